@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything roomcast needs on a fresh machine (Python 3.11, Node 20, apt):
+#   scripts/setup.sh          the virtualenv with roomcast and its dev tools
+#   scripts/setup.sh --test   also redis-server and Chromium (Debian packages) and the
+#                             TypeScript client's npm packages, for the test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.roomcast-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  touch "$stamp"
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+  fi
+  if [ -f clients/js/package.json ]; then
+    (cd clients/js && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } \
+      && npm run --silent build)
+  fi
+fi

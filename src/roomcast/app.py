@@ -1,0 +1,149 @@
+"""The public facade: build a node and its ASGI app from settings, register handlers, send
+commands, subscribe to events."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from importlib import resources
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .api import api_routes, json_error
+from .auth import IdentityResolver
+from .brokers import Broker
+from .codes import ErrorCode
+from .commands import Command
+from .events import Event
+from .node import Node
+from .registry import Handler
+from .settings import Settings
+from .transports.asgi import WebSocketEndpoint
+
+__all__ = ["Roomcast"]
+
+R = TypeVar("R")
+E = TypeVar("E", bound=Event)
+
+
+class Roomcast:
+    """A roomcast node with its ASGI app.
+
+    Mount it into FastAPI or Starlette (`app.mount("/rt", rc)` with
+    `lifespan=rc.lifespan`), or run it alone (`roomcast serve`).
+
+    Args:
+        settings: the configuration; defaults to `Settings()` (memory broker, anonymous).
+        broker: a broker instance to use instead of the one `settings.broker` names.
+        resolver: an async callable resolving identities (see `roomcast.auth`).
+        relay: relay topics with no handler to the room: True, False, or the topics to relay;
+            defaults to `settings.relay`.
+        demo: serve the demo chat page at `/`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker: Broker | None = None,
+        resolver: IdentityResolver | None = None,
+        relay: bool | Collection[str] | None = None,
+        demo: bool = False,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.node = Node(self.settings, broker=broker, resolver=resolver)
+        if relay is not None:
+            self.node.registry.set_relay(relay)
+        self._app = Starlette(
+            routes=self._routes(demo),
+            lifespan=self._own_lifespan,
+            exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
+        )
+
+    def _routes(self, demo: bool) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            WebSocketRoute("/api/v1/ws", WebSocketEndpoint(self.node)),
+            *api_routes(self.node),
+        ]
+        if demo:
+            static = resources.files("roomcast") / "static"
+            routes.append(Mount("/", StaticFiles(directory=str(static), html=True)))
+        return routes
+
+    # the ASGI app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI interface: roomcast is itself an ASGI app."""
+        await self._app(scope, receive, send)
+
+    @property
+    def asgi(self) -> ASGIApp:
+        """The Starlette app behind this node."""
+        return self._app
+
+    @contextlib.asynccontextmanager
+    async def _own_lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with self.lifespan(app):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Start the node and shut it down cleanly: pass it as the host app's `lifespan`."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        """Connect the broker (done on first use otherwise)."""
+        await self.node.start()
+
+    async def shutdown(self) -> None:
+        """Close every connection with 1012, leave presence and disconnect the broker."""
+        await self.node.shutdown()
+
+    # handlers, commands, events
+
+    def on(self, topic: str) -> Callable[[Handler], Handler]:
+        """Register a handler of `topic`: `@rc.on("chat") async def chat(ctx): ...`."""
+        return self.node.registry.on(topic)
+
+    def add_handler(self, topic: str, handler: Handler) -> None:
+        """Register `handler` for `topic` (several per topic run concurrently)."""
+        self.node.registry.add(topic, handler)
+
+    async def send(self, command: Command[R]) -> R:
+        """Send a command (`PublishToRoom`, `SendToMember`, `KickMember`) and return its result.
+
+        Raises:
+            MemberNotFound: the addressed member is connected nowhere.
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        if not self.node.started:
+            await self.node.start()
+        return await self.node.commands.send(command)
+
+    def subscribe(
+        self, event_type: type[E], handler: Callable[[E], Awaitable[None]]
+    ) -> Callable[[], None]:
+        """Call `handler` for each event of `event_type`; returns an unsubscribe function."""
+        return self.node.events.subscribe(event_type, handler)
+
+    def on_event(
+        self, event_type: type[E]
+    ) -> Callable[[Callable[[E], Awaitable[None]]], Callable[[E], Awaitable[None]]]:
+        """Decorator form of :meth:`subscribe`."""
+        return self.node.events.on(event_type)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
+    return json_error(code, str(exc.detail), exc.status_code)

@@ -1,0 +1,162 @@
+"""The Broker interface: how a node reaches the other nodes, presence and history.
+
+`memory://` (brokers/memory.py) is the reference implementation; `redis://` (brokers/redis.py)
+holds to the same contract, proven by one test suite run against both (tests/contract/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+__all__ = [
+    "Broker",
+    "BrokerListener",
+    "DuplicateMember",
+    "HistoryPage",
+    "Publication",
+    "Signal",
+    "SignalKind",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A room message with its offset, as every subscribed node receives it.
+
+    Attributes:
+        room: the room id.
+        offset: the room's offset for this message (one order per room, cluster-wide).
+        frame: the complete server frame, encoded once by the publisher.
+        to: the one member it is for, or `None` for the whole room.
+    """
+
+    room: str
+    offset: int
+    frame: str
+    to: str | None = None
+
+
+SignalKind = Literal["join", "leave", "kick", "replace"]
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A room event without offset: presence changes and orders to close a connection.
+
+    Attributes:
+        kind: `join`/`leave` (presence frames for the room's members), `kick` (close the
+            member with 4499), `replace` (close connection `connection_id` with 4409).
+        room: the room id.
+        username: whom it is about.
+        connection_id: the connection meant (`replace`, `leave`); empty for any.
+        node_id: the node that sent it.
+        reason: free text for logs (`kick`).
+    """
+
+    kind: SignalKind
+    room: str
+    username: str
+    connection_id: str = ""
+    node_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Retained messages of a room after some offset.
+
+    Attributes:
+        epoch: the incarnation of the room's history these offsets belong to.
+        offset: the room's latest offset.
+        publications: messages with an offset greater than the one asked for, in order.
+        complete: whether no message after the one asked for is missing (none was dropped
+            by retention); `False` means a client cannot recover from that offset.
+    """
+
+    epoch: str
+    offset: int
+    publications: list[Publication] = field(default_factory=list)
+    complete: bool = True
+
+
+class DuplicateMember(Exception):
+    """The username is already present in the room (and the policy is to reject)."""
+
+
+class BrokerListener(Protocol):
+    """What a node gives its broker to receive what arrives for the rooms it serves."""
+
+    def on_publication(self, publication: Publication) -> None:
+        """A message of a subscribed room, in offset order."""
+
+    def on_signal(self, signal: Signal) -> None:
+        """A presence change or close order of a subscribed room."""
+
+    def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
+        """Members of a dead node were removed from presence (called on exactly one node)."""
+
+    def on_broker_state(self, available: bool) -> None:
+        """The broker became unreachable (`False`) or reachable again (`True`)."""
+
+
+class Broker(Protocol):
+    """Cross-node delivery, presence and history, behind one interface.
+
+    Every method that talks to a remote store raises `BrokerUnavailable` when it cannot.
+    """
+
+    async def start(self, node_id: str, listener: BrokerListener) -> None:
+        """Connect, and deliver what arrives for subscribed rooms to `listener`."""
+
+    async def close(self) -> None:
+        """Leave presence for this node's members and disconnect."""
+
+    @property
+    def available(self) -> bool:
+        """Whether the broker is reachable now (`/readyz`)."""
+
+    async def subscribe(self, room: str) -> None:
+        """Receive the room's publications and signals on this node (first local member)."""
+
+    async def unsubscribe(self, room: str) -> None:
+        """Stop receiving the room's traffic on this node (last local member left)."""
+
+    async def publish(self, room: str, prefix: str, to: str | None = None) -> Publication:
+        """Give a message the room's next offset, retain it, and deliver it to every node
+        subscribed to the room; the frame is `prefix + str(offset) + "}"`."""
+
+    async def signal(self, signal: Signal) -> None:
+        """Deliver a signal to every node subscribed to its room."""
+
+    async def add_member(
+        self, room: str, username: str, connection_id: str, *, replace: bool = False
+    ) -> str | None:
+        """Add `username` to the room's presence for this node.
+
+        Returns:
+            The connection id it replaced (when `replace` and the name was taken), else None.
+        Raises:
+            DuplicateMember: the name is taken in the room and `replace` is False.
+        """
+
+    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
+        """Remove `username` if its entry still belongs to `connection_id`; True if removed."""
+
+    async def has_member(self, room: str, username: str) -> bool:
+        """Whether `username` is present in the room on any node."""
+
+    async def members(self, room: str) -> list[str]:
+        """Usernames present in the room, cluster-wide, sorted."""
+
+    async def rooms(self) -> dict[str, list[str]]:
+        """Every room with members, cluster-wide, with its sorted usernames."""
+
+    async def history(
+        self, room: str, since: int | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """Retained messages with an offset greater than `since` (all retained when None),
+        at most `limit` of them (the oldest first)."""
+
+    async def ping(self) -> None:
+        """Check the broker answers; raises `BrokerUnavailable` when it does not."""

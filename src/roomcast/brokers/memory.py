@@ -1,0 +1,161 @@
+"""The in-memory broker: one process, everything in memory; the reference implementation."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..protocol import message_frame
+from .base import BrokerListener, DuplicateMember, HistoryPage, Publication, Signal
+
+__all__ = ["MemoryBroker"]
+
+
+@dataclass(slots=True)
+class _Stream:
+    epoch: str
+    offset: int = 0
+    entries: deque[tuple[float, Publication]] = field(default_factory=deque)
+    touched: float = 0.0
+
+
+class MemoryBroker:
+    """Delivery, presence and history for a single process.
+
+    Args:
+        history_size: messages retained per room.
+        history_ttl: seconds retained messages live after their publish.
+    """
+
+    def __init__(self, *, history_size: int = 100, history_ttl: float = 300.0) -> None:
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._listener: BrokerListener | None = None
+        self._subscribed: set[str] = set()
+        self._streams: dict[str, _Stream] = {}
+        self._presence: dict[str, dict[str, str]] = {}
+        self._publishes = 0
+
+    @property
+    def available(self) -> bool:
+        """Always True: memory cannot be unreachable."""
+        return True
+
+    async def start(self, node_id: str, listener: BrokerListener) -> None:
+        """Remember where to deliver."""
+        self._listener = listener
+
+    async def close(self) -> None:
+        """Forget every subscription and member."""
+        self._subscribed.clear()
+        self._presence.clear()
+
+    async def subscribe(self, room: str) -> None:
+        """Deliver the room's traffic to the listener."""
+        self._subscribed.add(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        """Stop delivering the room's traffic."""
+        self._subscribed.discard(room)
+
+    def _stream(self, room: str, now: float) -> _Stream:
+        stream = self._streams.get(room)
+        if stream is None:
+            stream = self._streams[room] = _Stream(epoch=secrets.token_hex(6), touched=now)
+        self._expire(stream, now)
+        return stream
+
+    def _expire(self, stream: _Stream, now: float) -> None:
+        entries = stream.entries
+        cutoff = now - self.history_ttl
+        while entries and entries[0][0] < cutoff:
+            entries.popleft()
+
+    async def publish(self, room: str, prefix: str, to: str | None = None) -> Publication:
+        """Assign the next offset, retain, and deliver synchronously (one order per room)."""
+        now = time.monotonic()
+        stream = self._stream(room, now)
+        stream.offset += 1
+        stream.touched = now
+        publication = Publication(room, stream.offset, message_frame(prefix, stream.offset), to)
+        if self.history_size:
+            entries = stream.entries
+            entries.append((now, publication))
+            if len(entries) > self.history_size:
+                entries.popleft()
+        if room in self._subscribed and self._listener is not None:
+            self._listener.on_publication(publication)
+        self._publishes += 1
+        if self._publishes % 1024 == 0:
+            self._sweep(now)
+        return publication
+
+    def _sweep(self, now: float) -> None:
+        """Drop the state of rooms whose history expired and that nobody is in."""
+        cutoff = now - self.history_ttl
+        for room in [r for r, s in self._streams.items() if s.touched < cutoff]:
+            if room not in self._presence:
+                del self._streams[room]
+
+    async def signal(self, signal: Signal) -> None:
+        """Deliver a signal to the listener when the room is subscribed."""
+        if signal.room in self._subscribed and self._listener is not None:
+            self._listener.on_signal(signal)
+
+    async def add_member(
+        self, room: str, username: str, connection_id: str, *, replace: bool = False
+    ) -> str | None:
+        """Add to presence; see `Broker.add_member`."""
+        members = self._presence.setdefault(room, {})
+        previous = members.get(username)
+        if previous is not None and not replace:
+            raise DuplicateMember(username)
+        members[username] = connection_id
+        return previous
+
+    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
+        """Compare-and-delete the presence entry."""
+        members = self._presence.get(room)
+        if members is None or members.get(username) != connection_id:
+            return False
+        del members[username]
+        if not members:
+            del self._presence[room]
+        return True
+
+    async def has_member(self, room: str, username: str) -> bool:
+        """Whether the room's presence holds `username`."""
+        return username in self._presence.get(room, ())
+
+    async def members(self, room: str) -> list[str]:
+        """Sorted usernames of the room."""
+        return sorted(self._presence.get(room, ()))
+
+    async def rooms(self) -> dict[str, list[str]]:
+        """Every room with members."""
+        return {room: sorted(members) for room, members in sorted(self._presence.items())}
+
+    async def history(
+        self, room: str, since: int | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """Retained messages after `since`."""
+        now = time.monotonic()
+        stream = self._streams.get(room)
+        if stream is None:
+            # Nothing was ever published (or it expired): a fresh incarnation.
+            stream = self._stream(room, now)
+        else:
+            self._expire(stream, now)
+        entries = stream.entries
+        first = entries[0][1].offset if entries else stream.offset + 1
+        after = since if since is not None else first - 1
+        complete = after >= first - 1
+        publications = [p for _, p in entries if p.offset > after]
+        if limit is not None:
+            publications = publications[:limit]
+        return HistoryPage(stream.epoch, stream.offset, publications, complete)
+
+    async def ping(self) -> None:
+        """Memory always answers."""

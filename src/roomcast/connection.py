@@ -1,0 +1,152 @@
+"""The seam between the core and a transport: a connection that takes text and a close code.
+
+A transport wraps its socket in an object satisfying :class:`Connection`. `send` never blocks:
+fan-out calls it once per member with the same string, so it must only queue. :class:`Outbox`
+is the queue that transports without a synchronous write (ASGI) put in front of their socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
+
+__all__ = ["Connection", "Outbox"]
+
+
+class Connection(Protocol):
+    """What the core needs of one client connection."""
+
+    def send(self, data: str) -> None:
+        """Queue one text frame; never blocks. Ignored once the connection is closing."""
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after the frames already queued are written; never blocks."""
+
+    def abort(self, code: int, reason: str = "") -> None:
+        """Close at once, dropping queued frames (a slow consumer)."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes queued and not yet written."""
+
+
+_CLOSE = object()
+
+
+class Outbox:
+    """A bounded, byte-counted queue of text frames drained by one writer task.
+
+    When the queued bytes exceed `max_bytes`, `on_overflow` is called once (the session closes
+    the connection with 4408): a member that cannot keep up never delays the others.
+
+    Args:
+        write: sends one text frame on the socket (may wait for the peer).
+        close: sends the close frame.
+        max_bytes: bytes queued before `on_overflow` fires.
+        on_overflow: called once when the queue overflows.
+    """
+
+    __slots__ = ("_close", "_closing", "_on_overflow", "_queue", "_size", "_waiter", "_write",
+                 "max_bytes", "task")
+
+    def __init__(
+        self,
+        write: Callable[[str], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        max_bytes: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self._write = write
+        self._close = close
+        self._on_overflow = on_overflow
+        self.max_bytes = max_bytes
+        self._queue: deque[str | object] = deque()
+        self._size = 0
+        self._closing = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Characters queued and not yet written (bytes for ASCII text)."""
+        return self._size
+
+    @property
+    def closing(self) -> bool:
+        """Whether close or abort was called."""
+        return self._closing
+
+    def start(self) -> None:
+        """Start the writer task."""
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def send(self, data: str) -> None:
+        """Queue `data`; fires `on_overflow` when the queue grows past `max_bytes`."""
+        if self._closing:
+            return
+        self._queue.append(data)
+        self._size += len(data)
+        if self._size > self.max_bytes:
+            self._on_overflow()
+            return
+        self._wake()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Write what is queued, then the close frame."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.append(_CLOSE)
+        self._queue.append((code, reason))
+        self._wake()
+
+    def abort(self, code: int, reason: str = "") -> None:
+        """Drop what is queued and send the close frame as soon as the socket takes it."""
+        self._queue.clear()
+        self._size = 0
+        self._closing = False
+        self.close(code, reason)
+        if self.task is not None and self._waiter is None:
+            # The writer is blocked on a write that may never finish: restart it.
+            self.task.cancel()
+            self.start()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _run(self) -> None:
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            while queue:
+                item = queue.popleft()
+                if item is _CLOSE:
+                    code, reason = cast(tuple[int, str], queue.popleft())
+                    with contextlib.suppress(Exception):
+                        await self._close(code, reason)
+                    return
+                text = cast(str, item)
+                self._size -= len(text)
+                try:
+                    await self._write(text)
+                except Exception:
+                    queue.clear()
+                    self._size = 0
+                    return
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) for the writer to finish."""
+        if self.task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self.task), timeout)
+

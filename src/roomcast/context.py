@@ -1,0 +1,66 @@
+"""The context a topic handler receives for one frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .commands import PublishToRoom, SendToMember
+from .protocol import FrameId, server_frame
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .rooms import Member
+
+__all__ = ["Context"]
+
+
+@dataclass(slots=True)
+class Context:
+    """One client frame as a handler sees it, with ways to answer.
+
+    Attributes:
+        topic: the frame's topic.
+        payload: the frame's payload (any JSON value but null).
+        id: the frame's `id`, or None.
+        to: the frame's `to`, or None.
+        member: the sender (username, room, connection id, claims).
+        node: the node that received the frame; `node.commands` and `node.events` are the buses.
+    """
+
+    topic: str
+    payload: Any
+    id: FrameId | None
+    to: str | None
+    member: Member
+    node: Node
+
+    @property
+    def username(self) -> str:
+        """The sender's username."""
+        return self.member.username
+
+    @property
+    def room(self) -> str:
+        """The sender's room."""
+        return self.member.room
+
+    def reply(self, topic: str, payload: Any) -> None:
+        """Send a frame to the sender's connection only (no offset, not retained)."""
+        self.member.connection.send(server_frame(topic, payload))
+
+    async def broadcast(self, topic: str, payload: Any) -> int:
+        """Publish to the sender's room, `from` the sender; returns the offset."""
+        return await self.node.commands.send(
+            PublishToRoom(self.member.room, topic, payload, sender=self.member.username)
+        )
+
+    async def send_to(self, username: str, topic: str, payload: Any) -> int:
+        """Send to one member of the sender's room, `from` the sender; returns the offset.
+
+        Raises:
+            MemberNotFound: when that member is connected nowhere.
+        """
+        return await self.node.commands.send(
+            SendToMember(self.member.room, username, topic, payload, sender=self.member.username)
+        )

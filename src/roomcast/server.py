@@ -1,0 +1,155 @@
+"""The standalone server: uvicorn running one node's ASGI app, one or several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import uvicorn
+
+from .app import Roomcast
+from .log import configure_logging, log_event
+from .settings import OPTIONS, Settings
+
+__all__ = ["serve"]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with roomcast's ready line and shutdown order."""
+
+    def __init__(self, config: uvicorn.Config, roomcast: Roomcast) -> None:
+        super().__init__(config)
+        self.roomcast = roomcast
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or not self.started:
+            return
+        port = self.config.port
+        for server in self.servers:
+            for sock in server.sockets:
+                port = sock.getsockname()[1]
+        settings = self.roomcast.settings
+        log_event(
+            "roomcast.ready",
+            url=f"http://{settings.host}:{port}",
+            node_id=settings.node_id,
+            broker=_redacted(settings.broker),
+            pid=os.getpid(),
+            auth="jwt" if settings.auth_enabled else "anonymous",
+        )
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Tell clients first (1012) and leave presence, then let uvicorn close what is left.
+        log_event("roomcast.stopping", node_id=self.roomcast.settings.node_id)
+        for server in self.servers:
+            server.close()
+        try:
+            await asyncio.wait_for(self.roomcast.shutdown(),
+                                   self.roomcast.settings.shutdown_timeout)
+        except TimeoutError:
+            log_event("roomcast.shutdown_timeout", level=30)
+        await super().shutdown(sockets)
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_size,
+        ws_ping_interval=settings.ping_interval,
+        ws_ping_timeout=settings.ping_timeout,
+        ws_per_message_deflate=False,
+        loop="uvloop" if _has_uvloop() else "asyncio",
+        http="h11",
+        lifespan="on",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
+        timeout_keep_alive=5,
+        server_header=False,
+        **extra,
+    )
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _listen(settings: Settings, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings, roomcast: Roomcast | None = None) -> None:
+    """Run the standalone server until SIGTERM or SIGINT."""
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        _supervise(settings)
+        return
+    rc = roomcast or Roomcast(settings, demo=True)
+    sock = _listen(settings, reuse_port=os.environ.get(_WORKER_ENV) == "1")
+    server = _Server(_config(settings, rc), rc)
+    server.run(sockets=[sock])
+
+
+_WORKER_ENV = "ROOMCAST_WORKER_OF"
+
+
+def _supervise(settings: Settings) -> None:
+    """`--workers N`: N processes, each a whole node, sharing the port with SO_REUSEPORT."""
+    probe = _listen(settings, reuse_port=True)
+    port = probe.getsockname()[1]
+    env = dict(os.environ)
+    for opt in OPTIONS:
+        value = getattr(settings, opt.name)
+        env[opt.env] = (
+            ",".join(value) if isinstance(value, tuple) else "" if value is None else str(value)
+        )
+    env.update({"ROOMCAST_WORKERS": "1", "ROOMCAST_PORT": str(port), _WORKER_ENV: "1"})
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "roomcast", "serve"],
+            env={**env, "ROOMCAST_NODE_ID": f"{settings.node_id}-{i}"},
+        )
+        for i in range(settings.workers)
+    ]
+    probe.close()
+    log_event("roomcast.supervisor", workers=settings.workers, port=port, pid=os.getpid())
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        status = max(status, abs(child.wait()))
+    sys.exit(status)

@@ -1,0 +1,271 @@
+"""One frozen settings object; the environment is read only here.
+
+Every option is a command-line flag of `roomcast serve` (`--history-size`) and an environment
+variable (`ROOMCAST_HISTORY_SIZE`); a flag wins over the variable, the variable over the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = ["OPTIONS", "Option", "Settings"]
+
+DuplicatePolicy = Literal["reject", "replace"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of one roomcast node. Every field has a documented default.
+
+    `None` turns a limit off.
+    """
+
+    host: str = "127.0.0.1"
+    """Interface the standalone server listens on."""
+    port: int = 8000
+    """Port the standalone server listens on (0 picks a free one)."""
+    broker: str = "memory://"
+    """`memory://` (one process) or `redis://HOST:PORT/DB` (a cluster)."""
+    node_id: str = ""
+    """This node's name in the cluster; empty picks `<hostname>-<pid>`."""
+    workers: int = 1
+    """Processes sharing the port (needs `redis://`)."""
+    jwt_secret: str | None = None
+    """Shared secret for HS256/384/512 tokens; turns authentication on."""
+    jwt_public_key: str | None = None
+    """Path of a PEM public key for RS*/ES*/EdDSA tokens; turns authentication on."""
+    jwks_url: str | None = None
+    """URL of a JWKS document whose keys verify tokens; turns authentication on."""
+    jwt_algorithms: tuple[str, ...] = ()
+    """Accepted token algorithms; empty picks those that fit the configured key."""
+    jwt_audience: str | None = None
+    """Required `aud` claim, when set."""
+    jwt_issuer: str | None = None
+    """Required `iss` claim, when set."""
+    jwt_leeway: float = 5.0
+    """Seconds of clock skew tolerated on `exp` and `nbf`."""
+    api_keys: tuple[str, ...] = ()
+    """Keys accepted by the HTTP API as `Authorization: Bearer <key>`."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins allowed to open a WebSocket; empty allows same-host and non-browser clients."""
+    history_size: int = 100
+    """Messages retained per room."""
+    history_ttl: float = 300.0
+    """Seconds a room's retained messages live after its last publish."""
+    max_message_size: int = 65536
+    """Largest client frame in bytes; larger frames close the connection with 1009."""
+    on_duplicate: DuplicatePolicy = "reject"
+    """What a second connection with the same username in a room does."""
+    relay: bool = True
+    """Relay frames of topics without a handler to the room."""
+    outbound_buffer: int = 1048576
+    """Bytes queued for one connection before it is closed as a slow consumer (4408)."""
+    ping_interval: float | None = 20.0
+    """Seconds between server pings."""
+    ping_timeout: float | None = 20.0
+    """Seconds a pong may take before the connection is closed (4408)."""
+    presence_ttl: float = 15.0
+    """Seconds a dead node's members stay in presence at most (its lease)."""
+    rate_limit: float | None = 50.0
+    """Frames per second per connection (token bucket refill)."""
+    rate_burst: int = 100
+    """Frames a connection may send at once (token bucket size)."""
+    max_connections: int | None = 20000
+    """Connections one node accepts."""
+    max_connections_per_ip: int | None = 500
+    """Connections from one IP address on one node."""
+    max_connections_per_user: int | None = 50
+    """Connections of one username on one node, over all rooms."""
+    handshake_timeout: float = 10.0
+    """Seconds a client may take to complete the WebSocket handshake."""
+    shutdown_timeout: float = 5.0
+    """Seconds a graceful shutdown may take."""
+    log_level: str = "info"
+    """Logging level: debug, info, warning, error."""
+    log_format: Literal["text", "json"] = "text"
+    """`text` (key=value) or `json` lines."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Free-form settings for application code."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if not self.broker.startswith(("memory://", "redis://", "rediss://")):
+            raise ConfigError(
+                f"broker must be memory:// or redis://HOST:PORT/DB, got {self.broker!r}"
+            )
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and self.broker.startswith("memory://"):
+            raise ConfigError(
+                "--workers > 1 needs a shared broker: use --broker redis://HOST:PORT/DB "
+                "(memory:// keeps everything in one process)"
+            )
+        if self.history_size < 0:
+            raise ConfigError(f"history-size must be >= 0, got {self.history_size}")
+        if self.history_ttl <= 0:
+            raise ConfigError(f"history-ttl must be > 0, got {self.history_ttl}")
+        if self.max_message_size < 64:
+            raise ConfigError(f"max-message-size must be >= 64, got {self.max_message_size}")
+        if self.on_duplicate not in ("reject", "replace"):
+            raise ConfigError(
+                f"on-duplicate must be reject or replace, got {self.on_duplicate!r}"
+            )
+        if self.outbound_buffer < 1024:
+            raise ConfigError(f"outbound-buffer must be >= 1024, got {self.outbound_buffer}")
+        if self.presence_ttl < 1:
+            raise ConfigError(f"presence-ttl must be >= 1, got {self.presence_ttl}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log-format must be text or json, got {self.log_format!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"log-level must be debug, info, warning or error, got {self.log_level!r}"
+            )
+        if sum(x is not None for x in (self.jwt_secret, self.jwt_public_key, self.jwks_url)) > 1:
+            raise ConfigError("use only one of --jwt-secret, --jwt-public-key, --jwks-url")
+        if not self.node_id:
+            object.__setattr__(self, "node_id", f"{socket.gethostname()}-{os.getpid()}")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether connections must present a token."""
+        return any(x is not None for x in (self.jwt_secret, self.jwt_public_key, self.jwks_url))
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_sources(
+        cls, flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from flag values (by field name), then `ROOMCAST_*`, then defaults.
+
+        Raises:
+            ConfigError: naming the flag, the value and what is allowed.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for opt in OPTIONS:
+            raw = flags.get(opt.name)
+            source = f"--{opt.flag}"
+            if raw is None:
+                raw = env.get(opt.env)
+                source = opt.env
+            if raw is None:
+                continue
+            try:
+                values[opt.name] = opt.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+        return cls(**values)
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {raw!r}") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(raw: str) -> Any:
+        return None if raw.lower() in ("", "none", "off", "0") else parse(raw)
+
+    return parse_optional
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting as the command line and the environment spell it."""
+
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = "VALUE"
+
+    @property
+    def flag(self) -> str:
+        """The flag without its dashes, e.g. `history-size`."""
+        return _FLAG_NAMES.get(self.name, self.name.replace("_", "-"))
+
+    @property
+    def env(self) -> str:
+        """The environment variable, e.g. `ROOMCAST_HISTORY_SIZE`."""
+        return "ROOMCAST_" + self.flag.replace("-", "_").upper()
+
+
+_FLAG_NAMES = {"api_keys": "api-key"}
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "interface to listen on (default 127.0.0.1)", "HOST"),
+    Option("port", _int, "port to listen on, 0 for any free port (default 8000)", "PORT"),
+    Option("broker", str, "memory:// (default) or redis://HOST:PORT/DB", "URL"),
+    Option("node_id", str, "this node's name in the cluster (default HOSTNAME-PID)", "NAME"),
+    Option("workers", _int, "processes sharing the port; needs redis:// (default 1)", "N"),
+    Option("jwt_secret", str, "HMAC secret for HS256/384/512 tokens", "SECRET"),
+    Option("jwt_public_key", str, "PEM public key file for RS*/ES*/EdDSA tokens", "FILE"),
+    Option("jwks_url", str, "URL of a JWKS document with the token keys", "URL"),
+    Option("jwt_algorithms", _list, "accepted token algorithms, comma-separated", "ALG,..."),
+    Option("jwt_audience", str, "required token audience (aud)", "AUD"),
+    Option("jwt_issuer", str, "required token issuer (iss)", "ISS"),
+    Option("jwt_leeway", _float, "seconds of clock skew allowed (default 5)", "SECONDS"),
+    Option("api_keys", _list, "HTTP API key(s), comma-separated", "KEY,..."),
+    Option("allowed_origins", _list, "allowed WebSocket origins, comma-separated", "ORIGIN,..."),
+    Option("history_size", _int, "messages retained per room (default 100)", "N"),
+    Option("history_ttl", _float, "seconds history lives after the last publish (default 300)",
+           "SECONDS"),
+    Option("max_message_size", _int, "largest client frame in bytes (default 65536)", "BYTES"),
+    Option("on_duplicate", str, "reject (default) or replace a duplicate username",
+           "reject|replace"),
+    Option("relay", _bool, "relay topics without a handler to the room (default true)", "BOOL"),
+    Option("outbound_buffer", _int, "bytes queued per connection before 4408 (default 1 MiB)",
+           "BYTES"),
+    Option("ping_interval", _optional(_float), "seconds between server pings (default 20)",
+           "SECONDS"),
+    Option("ping_timeout", _optional(_float), "seconds to wait for a pong (default 20)",
+           "SECONDS"),
+    Option("presence_ttl", _float, "seconds a dead node's members stay listed (default 15)",
+           "SECONDS"),
+    Option("rate_limit", _optional(_float), "frames per second per connection (default 50)",
+           "N"),
+    Option("rate_burst", _int, "frames a connection may send at once (default 100)", "N"),
+    Option("max_connections", _optional(_int), "connections per node (default 20000)", "N"),
+    Option("max_connections_per_ip", _optional(_int),
+           "connections per IP address (default 500)", "N"),
+    Option("max_connections_per_user", _optional(_int),
+           "connections per username (default 50)", "N"),
+    Option("handshake_timeout", _float, "seconds to complete the handshake (default 10)",
+           "SECONDS"),
+    Option("shutdown_timeout", _float, "seconds a graceful shutdown may take (default 5)",
+           "SECONDS"),
+    Option("log_level", str, "debug, info (default), warning or error", "LEVEL"),
+    Option("log_format", str, "text (default) or json", "FORMAT"),
+)

@@ -1,0 +1,1 @@
+"""Transports: how sockets reach the core (ASGI for any ASGI server)."""

@@ -1,0 +1,275 @@
+"""Test harness: real roomcast processes, a real redis-server, real WebSocket clients.
+
+Every wait here is bounded; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY = re.compile(r"roomcast\.ready url=(http://[^\s]+)")
+START_TIMEOUT = 20.0
+RECV_TIMEOUT = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LogReader:
+    """Collects a process's stderr lines in a thread; lets tests wait for a pattern."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream: Any) -> None:
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<eof>")
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT,
+                 start: int = 0) -> re.Match[str]:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        index = start
+        with self._cond:
+            while True:
+                while index < len(self.lines):
+                    match = regex.search(self.lines[index])
+                    if match:
+                        return match
+                    if self.lines[index] == "<eof>":
+                        raise AssertionError(
+                            f"process ended before {regex.pattern!r}:\n" + self.text()
+                        )
+                    index += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out waiting for {regex.pattern!r}:\n"
+                                         + self.text())
+                self._cond.wait(left)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def text(self) -> str:
+        return "\n".join(self.lines[-200:])
+
+
+@dataclass
+class ServerProcess:
+    """A `roomcast serve` process started as a user would start it."""
+
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log: LogReader | None = None
+    url: str = ""
+
+    def start(self, timeout: float = START_TIMEOUT) -> ServerProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "roomcast", "serve", *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+        )
+        self.log = LogReader(self.proc.stderr)
+        self.url = self.log.wait_for(READY, timeout).group(1)
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/api/v1/ws"
+
+    def http(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=RECV_TIMEOUT, **kwargs)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._release()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._release()
+
+    def _release(self) -> None:
+        """Close the stderr pipe once the reader has seen its end."""
+        if self.proc is not None and self.proc.poll() is not None and self.log is not None:
+            self.log.join(5)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+
+
+@contextlib.contextmanager
+def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A roomcast server on a free port, stopped on exit."""
+    server = ServerProcess(["--port", "0", *args], env or {})
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+class RedisProcess:
+    """A throwaway redis-server on a free loopback port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="roomcast-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed: run scripts/setup.sh --test")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.5
+            ) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited at start")
+            time.sleep(0.05)  # polling a port that is not open yet: bounded by the deadline
+        raise RuntimeError("redis-server did not start in 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Client:
+    """A WebSocket client that reads JSON frames with a bounded wait."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, ws_url: str, username: str | None = None, room: str | None = None,
+                      **params: Any) -> Client:
+        query: dict[str, Any] = {}
+        if username is not None:
+            query["username"] = username
+        if room is not None:
+            query["roomID"] = room
+        query.update({k: v for k, v in params.items() if k != "headers"})
+        ws = await websockets.connect(
+            f"{ws_url}?{urlencode(query)}" if query else ws_url,
+            additional_headers=params.get("headers"),
+            open_timeout=RECV_TIMEOUT,
+            max_size=None,
+        )
+        return cls(ws)
+
+    async def join(self) -> dict[str, Any]:
+        """Read the welcome frame."""
+        frame = await self.recv()
+        assert frame["topic"] == "welcome", frame
+        return frame
+
+    async def send(self, frame: Any) -> None:
+        await self.ws.send(frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode())
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        return orjson.loads(raw)  # type: ignore[no-any-return]
+
+    async def recv_topic(self, topic: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        """Read frames until one of `topic` (others are skipped), bounded by `timeout`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout)
+                if frame["topic"] == topic:
+                    return frame
+
+    async def closed(self, timeout: float = RECV_TIMEOUT) -> tuple[int | None, list[dict[str, Any]]]:
+        """Read until the server closes; return the close code and the frames seen."""
+        frames: list[dict[str, Any]] = []
+        async with asyncio.timeout(timeout):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    frames.append(orjson.loads(await self.ws.recv()))
+        return self.ws.close_code, frames
+
+    async def barrier(self) -> None:
+        """Assert that nothing is queued for this client: a ping's pong must come next.
+
+        Frames the server queued for this connection before it read the ping would arrive
+        before the pong, so this proves "nothing was delivered" without a timed wait.
+        """
+        token = os.urandom(6).hex()
+        await self.send({"topic": "ping", "payload": token})
+        frame = await self.recv()
+        assert frame == {"topic": "pong", "payload": token}, f"unexpected frame {frame!r}"
+
+    async def close(self) -> None:
+        await self.ws.close()
