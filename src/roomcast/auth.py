@@ -7,22 +7,33 @@ their own async callable (their session cookie, their database) instead of the b
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Awaitable, Callable, Mapping
+import functools
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .codes import CloseCode, ErrorCode
 from .errors import FrameError, Refused
 from .protocol import validate_name
 
 __all__ = [
+    "PUBLISH_CLAIM",
+    "ROOMS_CLAIM",
     "AnonymousResolver",
     "ConnectRequest",
     "Identity",
     "IdentityResolver",
+    "identity_from_claims",
     "matches_any",
+    "origin_allowed",
 ]
+
+ROOMS_CLAIM = "rooms"
+"""The claim listing the rooms a token grants: exact ids and `*` patterns (`team-*`)."""
+PUBLISH_CLAIM = "publish"
+"""The claim listing the topics a member may send (`chat`, `chat.*`); absent allows all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +82,102 @@ IdentityResolver = Callable[[ConnectRequest], Awaitable[Identity]]
 """An async callable that returns the identity of a request or raises `Refused`."""
 
 
-def matches_any(value: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    """Whether `value` equals a pattern or matches one with `*` wildcards (`team-*`)."""
+def matches_any(value: str, patterns: Iterable[str]) -> bool:
+    """Whether `value` equals a pattern or matches one where `*` stands for any characters.
+
+    Only `*` is special (`team-*`, `*-public`, `*`); every other character matches itself.
+    """
     for pattern in patterns:
-        if pattern == value or ("*" in pattern and fnmatch.fnmatchcase(value, pattern)):
+        if pattern == value or ("*" in pattern and _wildcard(pattern).fullmatch(value)):
             return True
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+def _string_list(claims: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Refused(
+            CloseCode.UNAUTHENTICATED,
+            ErrorCode.UNAUTHENTICATED,
+            f"the {name!r} claim must be a list of strings",
+        )
+    return tuple(value)
+
+
+def identity_from_claims(
+    claims: dict[str, Any],
+    username: str | None,
+    room: str,
+    *,
+    expires_at: float | None = None,
+) -> Identity:
+    """The identity that verified token `claims` give in `room` (see docs/security.md).
+
+    The username is the `sub` claim; `rooms` must grant `room`; `publish`, when present,
+    restricts the topics the member may send.
+
+    Args:
+        claims: the verified claims.
+        username: the `username` query parameter, if the client sent one.
+        room: the room being joined.
+        expires_at: when the connection must present a fresh token (UNIX time).
+
+    Raises:
+        Refused: 4401 when `sub` is missing or invalid, `username` disagrees with it, or a
+            claim has the wrong type; 4403 when the token does not grant `room`.
+    """
+    try:
+        subject = validate_name(claims.get("sub"), "sub claim")
+    except FrameError as exc:
+        raise Refused(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, exc.message) from None
+    if username is not None and username != subject:
+        raise Refused(
+            CloseCode.UNAUTHENTICATED,
+            ErrorCode.UNAUTHENTICATED,
+            "the username parameter disagrees with the token's subject",
+        )
+    rooms = _string_list(claims, ROOMS_CLAIM)
+    publish = _string_list(claims, PUBLISH_CLAIM)
+    if rooms is None or not matches_any(room, rooms):
+        raise Refused(
+            CloseCode.FORBIDDEN, ErrorCode.FORBIDDEN, f"the token does not grant room {room!r}"
+        )
+    return Identity(username=subject, claims=claims, expires_at=expires_at, publish=publish)
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
+    """Whether a WebSocket request with this `Origin` header may connect.
+
+    Requests without an `Origin` header (non-browser clients) are always allowed: the check
+    exists to stop other web sites' pages from connecting with a visitor's cookies. With an
+    empty `allowed`, only an origin naming the request's own `Host` is allowed; otherwise only
+    the listed origins (`https://app.example.com`, `https://*.example.com`, or `*` for any).
+
+    Args:
+        origin: the `Origin` header, if any.
+        host: the `Host` header, if any.
+        allowed: the configured origins (`--allowed-origins`).
+    """
+    if origin is None:
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    patterns = [a.strip().lower().rstrip("/") for a in allowed]
+    if patterns:
+        return matches_any(origin, patterns)
+    if not host or origin == "null":
+        return False
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return netloc == host.strip().lower()
 
 
 class AnonymousResolver:
