@@ -1,0 +1,206 @@
+"""The wire codec (roomcast.protocol): parsing client frames and encoding server frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from roomcast.codes import ErrorCode
+from roomcast.errors import FrameError
+from roomcast.protocol import (
+    ClientFrame,
+    ack_frame,
+    error_frame,
+    message_frame,
+    message_prefix,
+    parse_client_frame,
+    parse_offset,
+    presence_frame,
+    server_frame,
+    validate_name,
+    validate_topic,
+    welcome_frame,
+)
+
+
+def parse_error(text: str | bytes) -> FrameError:
+    with pytest.raises(FrameError) as info:
+        parse_client_frame(text)
+    return info.value
+
+
+def test_parse_minimal_frame() -> None:
+    """A frame with topic and payload parses with no id and no to."""
+    assert parse_client_frame('{"topic":"chat","payload":{"a":1}}') == ClientFrame("chat", {"a": 1})
+
+
+def test_parse_full_frame_from_bytes() -> None:
+    """Bytes parse too; id and to are kept; unknown fields are ignored."""
+    frame = parse_client_frame(b'{"topic":"t","payload":[],"id":"x","to":"bob","extra":1}')
+    assert frame == ClientFrame("t", [], "x", "bob")
+
+
+@pytest.mark.parametrize("payload", [0, False, "", [], {}, "text", 1.5, -7])
+def test_any_non_null_payload_is_valid(payload: Any) -> None:
+    """Every JSON value except null is a valid payload, falsy ones included."""
+    frame = parse_client_frame(orjson.dumps({"topic": "t", "payload": payload}))
+    assert frame.payload == payload
+
+
+@pytest.mark.parametrize("text", ["", "{", "nope", "{'topic': 1}", '{"a":1} {}', "\x00"])
+def test_not_json_is_invalid_json(text: str) -> None:
+    """Text that is not one JSON document is invalid_json."""
+    assert parse_error(text).code is ErrorCode.INVALID_JSON
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        "1",
+        '"s"',
+        "null",
+        "true",
+        '{"payload":1}',
+        '{"topic":1,"payload":1}',
+        '{"topic":"","payload":1}',
+        '{"topic":"' + "t" * 129 + '","payload":1}',
+        '{"topic":"$x","payload":1}',
+        '{"topic":"t"}',
+        '{"topic":"t","payload":null}',
+        '{"topic":"t","payload":1,"id":1.0}',
+        '{"topic":"t","payload":1,"id":false}',
+        '{"topic":"t","payload":1,"id":[]}',
+        '{"topic":"t","payload":1,"to":1}',
+        '{"topic":"t","payload":1,"to":""}',
+        '{"topic":"t","payload":1,"to":"a b"}',
+    ],
+)
+def test_invalid_frames(text: str) -> None:
+    """Frames that break a rule of PROTOCOL section 2 are invalid_frame with a message."""
+    error = parse_error(text)
+    assert error.code is ErrorCode.INVALID_FRAME
+    assert error.message
+
+
+def test_error_keeps_a_readable_id() -> None:
+    """A frame rejected after its id was read carries the id; a bad id is not carried."""
+    assert parse_error('{"topic":"","payload":1,"id":7}').frame_id == 7
+    assert parse_error('{"topic":"t","id":"a"}').frame_id == "a"
+    assert parse_error('{"topic":"t","payload":1,"id":1.5}').frame_id is None
+    assert parse_error("[1]").frame_id is None
+
+
+def test_topic_limits() -> None:
+    """Topics are 1-128 characters and may not start with `$`; `$` elsewhere is fine."""
+    assert validate_topic("t" * 128) == "t" * 128
+    assert validate_topic("a$b") == "a$b"
+    for bad in ("", "t" * 129, "$", "$sys", None, 3):
+        with pytest.raises(FrameError):
+            validate_topic(bad)
+
+
+@pytest.mark.parametrize("name", ["a", "x" * 128, "émile", "a.b-c_d@e", "名字", "!#%&"])
+def test_valid_names(name: str) -> None:
+    """Printable names of 1-128 characters without whitespace are valid."""
+    assert validate_name(name, "username") == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        None,
+        "",
+        "x" * 129,
+        "a b",
+        "a\tb",
+        "a\nb",
+        "\x00",
+        "a\x1fb",
+        "\x7f",
+        "a\u00a0b",
+        "a\u2028b",
+        5,
+    ],
+)
+def test_invalid_names(name: object) -> None:
+    """Missing, empty, too long, whitespace or control characters are refused, named."""
+    with pytest.raises(FrameError) as info:
+        validate_name(name, "roomID")
+    assert "roomID" in info.value.message
+
+
+def test_parse_offset() -> None:
+    """Offsets are non-negative decimal integers; absent is None."""
+    assert parse_offset(None) is None
+    assert parse_offset("0") == 0
+    assert parse_offset("42") == 42
+    for bad in ("", "-1", "1.5", "x", "1e3", " 1", "9" * 20):
+        with pytest.raises(FrameError):
+            parse_offset(bad)
+
+
+def test_message_prefix_and_frame() -> None:
+    """A message is encoded once up to its offset; adding the offset makes valid JSON."""
+    prefix = message_prefix("chat", {"t": 'é"}'}, "r1", "alice")
+    frame = message_frame(prefix, 42)
+    assert orjson.loads(frame) == {
+        "topic": "chat",
+        "payload": {"t": 'é"}'},
+        "room": "r1",
+        "from": "alice",
+        "offset": 42,
+    }
+    assert frame.endswith(',"offset":42}')
+    direct = orjson.loads(message_frame(message_prefix("dm", 1, "r1", "$server", "bob"), 3))
+    assert direct == {
+        "topic": "dm",
+        "payload": 1,
+        "room": "r1",
+        "from": "$server",
+        "to": "bob",
+        "offset": 3,
+    }
+
+
+def test_server_frames() -> None:
+    """ack, error, presence and plain frames have the contract's shapes."""
+    assert orjson.loads(ack_frame(7, 42)) == {"topic": "ack", "payload": {"id": 7, "offset": 42}}
+    assert orjson.loads(ack_frame("x")) == {"topic": "ack", "payload": {"id": "x"}}
+    assert orjson.loads(error_frame(ErrorCode.INVALID_JSON, "bad", 0)) == {
+        "topic": "error",
+        "payload": {"code": "invalid_json", "message": "bad", "id": 0},
+    }
+    assert orjson.loads(error_frame(ErrorCode.UNKNOWN_TOPIC, "no")) == {
+        "topic": "error",
+        "payload": {"code": "unknown_topic", "message": "no"},
+    }
+    assert orjson.loads(presence_frame("leave", "r1", "bob")) == {
+        "topic": "presence.leave",
+        "payload": {"username": "bob"},
+        "room": "r1",
+    }
+    assert orjson.loads(server_frame("pong", [1])) == {"topic": "pong", "payload": [1]}
+
+
+def test_welcome_frame_recovered_only_when_resuming() -> None:
+    """The welcome has `recovered` only when told (a resume), never otherwise."""
+    common: dict[str, Any] = dict(
+        connection_id="c", username="u", room="r", members=["u"], epoch="e", offset=3
+    )
+    fresh = orjson.loads(welcome_frame(**common, recovered=None))
+    assert fresh == {
+        "topic": "welcome",
+        "payload": {
+            "connectionId": "c",
+            "username": "u",
+            "roomID": "r",
+            "members": ["u"],
+            "epoch": "e",
+            "offset": 3,
+        },
+    }
+    assert orjson.loads(welcome_frame(**common, recovered=False))["payload"]["recovered"] is False
+    assert orjson.loads(welcome_frame(**common, recovered=True))["payload"]["recovered"] is True

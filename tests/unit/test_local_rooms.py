@@ -1,0 +1,119 @@
+"""Local rooms and members: fan-out of one string, dedup by offset, holding while joining."""
+
+from __future__ import annotations
+
+from roomcast.rooms import LocalRooms, Member
+
+
+class Sink:
+    """A Connection that records what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, data: str) -> None:
+        self.sent.append(data)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Unused here."""
+
+    def abort(self, code: int, reason: str = "") -> None:
+        """Unused here."""
+
+    @property
+    def buffered(self) -> int:
+        return 0
+
+
+def member(name: str, room: str = "r1") -> tuple[Member, Sink]:
+    sink = Sink()
+    return Member(username=name, room=room, connection_id=f"c-{name}", connection=sink), sink
+
+
+def test_room_exists_while_it_has_members() -> None:
+    """add() creates the room on first member; remove() of the last member drops it."""
+    rooms = LocalRooms()
+    alice, _ = member("alice")
+    bob, _ = member("bob")
+    assert rooms.add(alice) is True
+    assert rooms.add(bob) is False
+    assert len(rooms) == 1
+    assert rooms.member_count() == 2
+    assert rooms.find("r1", "bob") is bob
+    assert rooms.remove(alice) is False
+    assert rooms.remove(bob) is True
+    assert rooms.get("r1") is None
+    assert len(rooms) == 0
+    assert rooms.find("r1", "bob") is None
+
+
+def test_remove_only_removes_that_member() -> None:
+    """remove() of a member that was replaced under its name leaves the newer one."""
+    rooms = LocalRooms()
+    old, _ = member("alice")
+    new, _ = member("alice")
+    rooms.add(old)
+    rooms.add(new)
+    assert rooms.remove(old) is False
+    assert rooms.find("r1", "alice") is new
+
+
+def test_fan_out_sends_the_same_string_to_every_member() -> None:
+    """fan_out delivers one string object to each member and counts them."""
+    rooms = LocalRooms()
+    sinks = []
+    for name in ("a", "b", "c"):
+        m, sink = member(name)
+        rooms.add(m)
+        sinks.append(sink)
+    other, other_sink = member("d", "r2")
+    rooms.add(other)
+    frame = '{"topic":"t","payload":1,"room":"r1","from":"a","offset":1}'
+    local = rooms.get("r1")
+    assert local is not None
+    assert local.fan_out(1, frame) == 3
+    assert all(len(s.sent) == 1 and s.sent[0] is frame for s in sinks)
+    assert other_sink.sent == []
+
+
+def test_deliver_drops_duplicates_and_old_offsets() -> None:
+    """A member receives each offset once, never an offset at or below the last one."""
+    alice, sink = member("alice")
+    alice.deliver(1, "one")
+    alice.deliver(1, "one again")
+    alice.deliver(3, "three")
+    alice.deliver(2, "two late")
+    assert sink.sent == ["one", "three"]
+    assert alice.last_offset == 3
+
+
+def test_held_frames_are_released_in_order_after_join() -> None:
+    """While held, messages and presence wait; release sends them deduplicated, in order."""
+    alice, sink = member("alice")
+    alice.held = []
+    alice.deliver(5, "m5")
+    alice.notify("presence")
+    alice.deliver(5, "m5 again")
+    alice.deliver(6, "m6")
+    assert sink.sent == []
+    sink.sent.append("welcome")
+    alice.last_offset = 4
+    alice.release()
+    assert sink.sent == ["welcome", "m5", "presence", "m6"]
+    assert alice.held is None
+    alice.deliver(7, "m7")
+    assert sink.sent[-1] == "m7"
+
+
+def test_broadcast_skips_the_excluded_member() -> None:
+    """broadcast (presence) reaches everyone but `exclude`."""
+    rooms = LocalRooms()
+    alice, a_sink = member("alice")
+    bob, b_sink = member("bob")
+    rooms.add(alice)
+    rooms.add(bob)
+    local = rooms.get("r1")
+    assert local is not None
+    assert local.broadcast("p", exclude="bob") == 1
+    assert a_sink.sent == ["p"]
+    assert b_sink.sent == []
