@@ -1,0 +1,785 @@
+"""The asyncio client: one member of one room, reconnecting and resuming on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
+
+from ._errors import ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout
+from ._frames import Frame, Welcome, parse_frame, parse_welcome
+from ._policy import Backoff, ClientState, Reconnect, reconnect_rule
+
+__all__ = [
+    "Client",
+    "CloseInfo",
+    "FrameHandler",
+    "RecoveryCallback",
+    "StateCallback",
+    "TokenProvider",
+]
+
+logger = logging.getLogger("roomcast.client")
+
+WS_PATH = "/api/v1/ws"
+_REFRESH_AT = 0.8
+
+TokenProvider = Callable[[], Awaitable[str | None]]
+"""An async callable returning a fresh token, or None when there is none to give."""
+FrameHandler = Callable[[Frame], Awaitable[None] | None]
+"""A function or coroutine function called with each frame of its topic."""
+StateCallback = Callable[[ClientState], Awaitable[None] | None]
+"""Called with the new state on every state change."""
+RecoveryCallback = Callable[[Welcome], Awaitable[None] | None]
+"""Called when a reconnect could not replay the missed messages (`recovered` is false)."""
+
+H = TypeVar("H", bound=FrameHandler)
+_Item = Frame | Callable[[], Awaitable[None] | None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CloseInfo:
+    """How a connection ended.
+
+    Attributes:
+        code: the close code the server sent, or None when the network failed (no close frame,
+            connection refused, handshake or keepalive timeout).
+        reason: the close reason, or a description of the network error.
+        error_code: the `code` of the `error` frame sent just before the close, if any.
+        error_message: that frame's `message`, if any.
+    """
+
+    code: int | None
+    reason: str
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def describe(self) -> str:
+        """A one-line human description."""
+        what = self.error_message or self.reason or "connection lost"
+        return what if self.code is None else f"{what} (close code {self.code})"
+
+
+class Client:
+    """A member of one room: send, receive, request, presence, with automatic reconnect.
+
+    The client follows the close-code table of the protocol: it stays closed after 1000,
+    1007, 1008, 1009, 4400, 4403, 4409 and 4499; after 4401 it asks `token_provider` for a fresh
+    token (and stays closed without one); it reconnects at once (with jitter) after 1001 and
+    1012, and after an exponential backoff with jitter otherwise. When it reconnects it sends
+    the last offset and epoch it saw, so every room message reaches the application once and
+    in order; when the server cannot replay them, `on_recovery_failed` is called.
+
+    Frames reach the application either through handlers (`client.on("chat")`), called one
+    at a time in arrival order, or through `async for frame in client` / `await recv()` for
+    every frame of a topic with no handler. Until iteration starts, the last `max_queue`
+    unhandled frames are kept; once it has started, none are dropped.
+
+    Args:
+        url: the server, `ws://HOST:PORT` (the path defaults to `/api/v1/ws`); `http(s)://`
+            is accepted too.
+        username: the member's name in the room.
+        room: the room id.
+        token: a JWT, sent as `Authorization: Bearer`.
+        token_provider: an async callable returning a token; called before the first
+            connection when `token` is None, again whenever the server answers 4401, and, for
+            a JWT with `exp`, at 80 % of its remaining lifetime to send the fresh token in-band
+            (`auth.refresh`) so that the connection is not closed at `exp`.
+        since: resume from this offset on the first connection (needs `epoch`).
+        epoch: the epoch `since` belongs to.
+        on_state: called with each new :class:`ClientState`.
+        on_recovery_failed: called with the welcome when missed messages could not be replayed:
+            the application should reload its state.
+        reconnect: set False to never reconnect.
+        backoff: the reconnect delays.
+        max_attempts: give up after this many failed reconnect attempts in a row (None: never).
+        ping_interval: seconds between WebSocket pings (None turns keepalive off).
+        ping_timeout: seconds to wait for the pong before the connection counts as dead.
+        open_timeout: seconds allowed for the handshake and the welcome frame.
+        close_timeout: seconds allowed for the closing handshake.
+        max_queue: unhandled frames kept before iteration starts.
+        headers: extra HTTP headers for the handshake.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str,
+        room: str,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+        on_state: StateCallback | None = None,
+        on_recovery_failed: RecoveryCallback | None = None,
+        reconnect: bool = True,
+        backoff: Backoff | None = None,
+        max_attempts: int | None = None,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        open_timeout: float = 10.0,
+        close_timeout: float = 5.0,
+        max_queue: int = 1000,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if (since is None) != (epoch is None):
+            raise ValueError("since and epoch go together")
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        self.url = _ws_url(url)
+        self.username = username
+        self.room = room
+        self._token = token
+        self._token_provider = token_provider
+        self._on_state = on_state
+        self._on_recovery_failed = on_recovery_failed
+        self._reconnect = reconnect
+        self._backoff = backoff or Backoff()
+        self._max_attempts = max_attempts
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._max_queue = max_queue
+        self._headers = dict(headers or {})
+        self._rng = random.Random()
+
+        self._state = ClientState.IDLE
+        self._changed = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._offset: int | None = since
+        self._epoch: str | None = epoch
+        self._members: list[str] = []
+        self._welcome: Welcome | None = None
+        self._last_close: CloseInfo | None = None
+        self._final: CloseInfo | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[str | int, tuple[asyncio.Future[Any], bool]] = {}
+        self._presence_pending = 0
+        self._last_presence: list[str] = []
+        self._handlers: dict[str, list[FrameHandler]] = {}
+        self._incoming: asyncio.Queue[_Item] = asyncio.Queue()
+        self._inbox: deque[Frame] = deque()
+        self._inbox_ready = asyncio.Event()
+        self._iterating = False
+        self._drained = False
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._first: asyncio.Future[None] | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._dispatch_task: asyncio.Task[None] | None = None
+
+    # public state
+
+    @property
+    def state(self) -> ClientState:
+        """The current :class:`ClientState`."""
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is joined right now."""
+        return self._state is ClientState.CONNECTED
+
+    @property
+    def members(self) -> list[str]:
+        """The room's members as this client knows them (welcome, then presence frames)."""
+        return list(self._members)
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """The welcome of the current (or last) connection."""
+        return self._welcome
+
+    @property
+    def offset(self) -> int | None:
+        """The offset of the last room message seen (or the room's offset at join)."""
+        return self._offset
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the room's history that `offset` belongs to."""
+        return self._epoch
+
+    @property
+    def last_close(self) -> CloseInfo | None:
+        """How the most recent connection ended, or None."""
+        return self._last_close
+
+    @property
+    def close_info(self) -> CloseInfo | None:
+        """Why the client closed for good, once it is `CLOSED`."""
+        return self._final
+
+    # handlers and iteration
+
+    def on(self, topic: str) -> Callable[[H], H]:
+        """Register a handler of `topic` (`"*"` for every topic) as a decorator.
+
+        Handlers are called one at a time, in the order frames arrive, and may await
+        :meth:`request`. An exception in a handler is logged and does not stop the client.
+        """
+
+        def register(handler: H) -> H:
+            self.add_handler(topic, handler)
+            return handler
+
+        return register
+
+    def add_handler(self, topic: str, handler: FrameHandler) -> None:
+        """Register `handler` for `topic` (`"*"` for every topic)."""
+        self._handlers.setdefault(topic, []).append(handler)
+
+    def remove_handler(self, topic: str, handler: FrameHandler) -> None:
+        """Unregister a handler; unknown handlers are ignored."""
+        handlers = self._handlers.get(topic, [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers:
+            self._handlers.pop(topic, None)
+
+    async def recv(self, timeout: float | None = None) -> Frame:
+        """The next frame that has no handler.
+
+        Raises:
+            ClientClosed: the client is closed and every received frame was returned.
+            TimeoutError: no frame came within `timeout` seconds.
+        """
+        self._iterating = True
+        async with asyncio.timeout(timeout):
+            while not self._inbox:
+                if self._drained:
+                    raise self._closed_error()
+                self._inbox_ready.clear()
+                await self._inbox_ready.wait()
+        return self._inbox.popleft()
+
+    def __aiter__(self) -> AsyncIterator[Frame]:
+        self._iterating = True
+        return self
+
+    async def __anext__(self) -> Frame:
+        try:
+            return await self.recv()
+        except ClientClosed:
+            raise StopAsyncIteration from None
+
+    # connecting and closing
+
+    async def connect(self) -> Welcome:
+        """Connect and join; returns the welcome.
+
+        Later disconnects are repaired in the background; this first connection is tried
+        once (plus once more with a fresh token after 4401 when there is a token provider).
+
+        Raises:
+            ClientClosed: the server refused the connection or could not be reached.
+        """
+        if self._state is not ClientState.IDLE:
+            raise ClientError(f"connect() was already called (state {self._state})")
+        self._first = asyncio.get_running_loop().create_future()
+        self._set_state(ClientState.CONNECTING)
+        self._dispatch_task = asyncio.create_task(self._dispatch(), name="roomcast-dispatch")
+        self._run_task = asyncio.create_task(self._run(), name="roomcast-client")
+        try:
+            await asyncio.shield(self._first)
+        except asyncio.CancelledError:
+            # The caller gave up (e.g. a timeout around connect()): do not linger in the
+            # background.
+            self._first.cancel()
+            await self.close()
+            raise
+        welcome = self._welcome
+        if welcome is None:  # cannot happen: the first future is only set after a welcome
+            raise ClientError("connected without a welcome")
+        return welcome
+
+    async def close(self) -> None:
+        """Close the connection with 1000 and stop reconnecting.
+
+        Pending requests fail with :class:`ClientClosed`; frames already received are still
+        handed to handlers and to iteration. Calling it again does nothing.
+        """
+        self._stopping = True
+        self._wake.set()
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close(1000, "client closed")
+        if self._run_task is None:
+            self._finish(CloseInfo(1000, "client closed"))
+            self._incoming.put_nowait(None)
+        current = asyncio.current_task()
+        for task in (self._run_task, self._dispatch_task):
+            if task is not None and task is not current:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+        if self._dispatch_task is None:
+            self._end_inbox()
+
+    async def wait_closed(self) -> CloseInfo:
+        """Wait until the client is closed for good; returns why."""
+        while self._final is None:
+            changed = self._changed
+            await changed.wait()
+        if self._dispatch_task is not None and self._dispatch_task is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._dispatch_task)
+        return self._final
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # sending
+
+    async def send(self, topic: str, payload: Any, to: str | None = None) -> None:
+        """Send a frame to the room, or to member `to` only; waits while reconnecting.
+
+        Raises:
+            ClientClosed: the client is closed.
+            ConnectionLost: the connection dropped while sending.
+        """
+        ws = await self._wait_connected()
+        await self._write(ws, _frame(topic, payload, to, None))
+
+    async def request(
+        self, topic: str, payload: Any, to: str | None = None, *, timeout: float | None = 10.0
+    ) -> int | None:
+        """Send a frame with an `id` and wait for the server's answer.
+
+        Returns:
+            The offset the `ack` carries (the message's offset when it was relayed), or None.
+
+        Raises:
+            RequestError: the server answered with an `error` frame (its code and message).
+            RequestTimeout: no answer within `timeout` seconds (waiting to reconnect included).
+            ConnectionLost: the connection dropped before the answer came.
+            ClientClosed: the client is closed.
+        """
+        result: int | None = await self._request(topic, payload, to, timeout, False)
+        return result
+
+    async def presence(self, *, timeout: float | None = 10.0) -> list[str]:
+        """Ask the server for the room's members, cluster-wide.
+
+        Raises:
+            RequestTimeout, ConnectionLost, ClientClosed: as :meth:`request`.
+        """
+        members: list[str] = await self._request("presence", {}, None, timeout, True)
+        return members
+
+    async def _request(
+        self, topic: str, payload: Any, to: str | None, timeout: float | None, presence: bool
+    ) -> Any:
+        frame_id = next(self._ids)
+        try:
+            async with asyncio.timeout(timeout):
+                ws = await self._wait_connected()
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                self._pending[frame_id] = (future, presence)
+                self._presence_pending += presence
+                try:
+                    await self._write(ws, _frame(topic, payload, to, frame_id))
+                    return await future
+                finally:
+                    if self._pending.pop(frame_id, None) is not None:
+                        self._presence_pending -= presence
+        except TimeoutError:
+            raise RequestTimeout(f"no answer to {topic!r} within {timeout} s", code=None) from None
+
+    async def _write(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        try:
+            await ws.send(orjson.dumps(frame).decode())
+        except ConnectionClosed:
+            raise ConnectionLost("the connection dropped while sending") from None
+
+    async def _wait_connected(self) -> ClientConnection:
+        while True:
+            if self._final is not None or self._stopping:
+                raise self._closed_error()
+            if self._state is ClientState.IDLE:
+                raise ClientError("call connect() first")
+            ws = self._ws
+            if self._state is ClientState.CONNECTED and ws is not None:
+                return ws
+            changed = self._changed
+            await changed.wait()
+
+    def _closed_error(self) -> ClientClosed:
+        info = self._final or CloseInfo(1000, "client closed")
+        return ClientClosed(
+            f"the client is closed: {info.describe()}",
+            close_code=info.code,
+            reason=info.reason,
+            wire_code=info.error_code,
+        )
+
+    # the connection loop
+
+    def _set_state(self, state: ClientState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        callback = self._on_state
+        if callback is not None:
+            self._incoming.put_nowait(lambda: callback(state))
+
+    async def _run(self) -> None:
+        attempt = 0
+        ever_joined = False
+        fresh_token_tried = False
+        final: CloseInfo | None = None
+        try:
+            if self._token is None and self._token_provider is not None:
+                final = await self._fetch_token()
+            while final is None and not self._stopping:
+                info, joined = await self._connect_once()
+                self._last_close = info
+                if self._stopping:
+                    break
+                if joined:
+                    ever_joined = True
+                    attempt = 0
+                rule = reconnect_rule(info.code) if self._reconnect else Reconnect.NEVER
+                if not ever_joined and not (rule is Reconnect.NEW_TOKEN and not fresh_token_tried):
+                    final = info
+                    break
+                if rule is Reconnect.NEVER or (
+                    self._max_attempts is not None and attempt >= self._max_attempts
+                ):
+                    final = info
+                    break
+                if ever_joined:
+                    self._set_state(ClientState.RECONNECTING)
+                if rule is Reconnect.NEW_TOKEN:
+                    fresh_token_tried = True
+                    final = await self._fetch_token(info)
+                    if final is not None:
+                        break
+                delay = self._backoff.delay(rule, attempt, self._rng)
+                attempt += 1
+                logger.info("reconnecting in %.2f s after %s", delay, info.describe())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+        except Exception as exc:
+            logger.exception("client loop failed")
+            final = CloseInfo(None, f"client error: {exc!r}")
+        finally:
+            self._finish(final or CloseInfo(1000, "client closed"))
+            self._incoming.put_nowait(None)
+
+    async def _fetch_token(self, refused: CloseInfo | None = None) -> CloseInfo | None:
+        """Ask the provider for a token; returns why to give up, or None on success."""
+        if self._token_provider is None:
+            return refused
+        try:
+            token = await self._token_provider()
+        except Exception as exc:
+            logger.warning("the token provider failed", exc_info=True)
+            return CloseInfo(
+                refused.code if refused else None,
+                f"the token provider failed: {exc!r}",
+                refused.error_code if refused else None,
+                refused.error_message if refused else None,
+            )
+        if token is None:
+            return refused or CloseInfo(None, "the token provider gave no token")
+        self._token = token
+        return None
+
+    def _finish(self, info: CloseInfo) -> None:
+        if self._final is not None:
+            return
+        self._final = info
+        error = self._closed_error()
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        if self._first is not None and not self._first.done():
+            self._first.set_exception(error)
+        self._set_state(ClientState.CLOSED)
+
+    def _query_url(self) -> str:
+        parts = urlsplit(self.url)
+        query = [
+            (k, v)
+            for k, v in parse_qsl(parts.query)
+            if k not in ("username", "roomID", "since", "epoch")
+        ]
+        query += [("username", self.username), ("roomID", self.room)]
+        if self._offset is not None and self._epoch is not None:
+            query += [("since", str(self._offset)), ("epoch", self._epoch)]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    async def _connect_once(self) -> tuple[CloseInfo, bool]:
+        """One connection, from the handshake to its end; returns how it ended and whether
+        it got as far as the welcome."""
+        headers = dict(self._headers)
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            ws = await websockets.connect(
+                self._query_url(),
+                additional_headers=headers,
+                open_timeout=self._open_timeout,
+                ping_interval=self._ping_interval,
+                ping_timeout=self._ping_timeout,
+                close_timeout=self._close_timeout,
+                compression=None,
+                max_size=None,
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            return CloseInfo(None, f"cannot connect to {self.url}: {exc}"), False
+        self._ws = ws
+        if self._stopping:  # close() ran while the handshake was in progress
+            await ws.close(1000, "client closed")
+            self._ws = None
+            return CloseInfo(1000, "client closed"), False
+        joined = False
+        error: tuple[str, str] | None = None
+        refresher: asyncio.Task[None] | None = None
+        try:
+            async with asyncio.timeout(self._open_timeout):
+                first = _decode(await ws.recv())
+                if first is not None and first.topic == "error":
+                    # A refusal: one error frame, then the close code.
+                    error = _error_of(first)
+                    await ws.wait_closed()
+                elif first is None or first.topic != "welcome":
+                    raise ValueError("the first frame is not a welcome")
+                else:
+                    welcome = parse_welcome(first.payload)
+            if error is None:
+                self._on_welcome(welcome)
+                joined = True
+                if self._token_provider is not None and _token_expiry(self._token):
+                    refresher = asyncio.create_task(self._keep_token_fresh())
+                async for raw in ws:
+                    frame = _decode(raw)
+                    if frame is not None:
+                        # An error frame right before the close says why it closed.
+                        is_error = frame.topic == "error" and _payload_id(frame) is None
+                        error = _error_of(frame) if is_error else None
+                        self._handle(frame)
+        except ConnectionClosed:
+            pass
+        except (TimeoutError, ValueError) as exc:
+            await ws.close(1002, "no valid welcome frame")
+            return CloseInfo(None, f"no valid welcome frame: {exc!r}"), False
+        finally:
+            self._ws = None
+            if refresher is not None:
+                refresher.cancel()
+            self._drop_pending()
+        rcvd = ws.protocol.close_rcvd
+        code = rcvd.code if rcvd is not None else None
+        reason = rcvd.reason if rcvd is not None else "connection lost"
+        return CloseInfo(code, reason, *(error or (None, None))), joined
+
+    async def _keep_token_fresh(self) -> None:
+        """Send `auth.refresh` with a token from the provider at 80 % of the current token's
+        remaining lifetime, so that the server does not close the connection at `exp`."""
+        while self._token_provider is not None:
+            expiry = _token_expiry(self._token)
+            if expiry is None:
+                return
+            await asyncio.sleep(max(0.0, (expiry - time.time()) * _REFRESH_AT))
+            try:
+                token = await self._token_provider()
+                if token is None or (_token_expiry(token) or 0.0) <= expiry:
+                    return  # nothing fresher: the server's 4401 at exp asks again
+                await self.request("auth.refresh", {"token": token}, timeout=self._open_timeout)
+            except ClientError as exc:
+                # A refused token is followed by 4401, and the reconnect asks the provider.
+                logger.info("auth.refresh failed: %s", exc)
+                return
+            except Exception:
+                logger.warning("the token provider failed", exc_info=True)
+                return
+            self._token = token
+
+    def _drop_pending(self) -> None:
+        error = ConnectionLost("the connection dropped before the answer came")
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        self._presence_pending = 0
+
+    def _on_welcome(self, welcome: Welcome) -> None:
+        self._welcome = welcome
+        self._members = list(welcome.members)
+        if welcome.recovered is not True:
+            # A first join, or history that could not be replayed: start from the room's
+            # current offset in its current epoch.
+            self._offset = welcome.offset
+        self._epoch = welcome.epoch
+        self._set_state(ClientState.CONNECTED)
+        if welcome.recovered is False and self._on_recovery_failed is not None:
+            callback = self._on_recovery_failed
+            self._incoming.put_nowait(lambda: callback(welcome))
+        if self._first is not None and not self._first.done():
+            self._first.set_result(None)
+
+    def _handle(self, frame: Frame) -> None:
+        """Route one frame: answers to requests here, the rest to the dispatcher in order."""
+        topic = frame.topic
+        if topic == "ack" or topic == "error":
+            frame_id = _payload_id(frame)
+            entry = self._pending.get(frame_id) if frame_id is not None else None
+            if entry is not None:
+                future, presence = entry
+                if not future.done():
+                    if topic == "error":
+                        code, message = _error_of(frame)
+                        future.set_exception(RequestError(code, message, frame_id))
+                    elif presence:
+                        future.set_result(self._last_presence)
+                    else:
+                        offset = frame.payload.get("offset")
+                        future.set_result(offset if isinstance(offset, int) else None)
+                return
+            if topic == "ack":
+                return
+        elif topic == "presence" and self._presence_pending:
+            members = frame.payload.get("members") if isinstance(frame.payload, dict) else None
+            self._last_presence = [str(m) for m in members or []]
+            self._members = list(self._last_presence)
+            return
+        elif topic in ("presence.join", "presence.leave") and isinstance(frame.payload, dict):
+            username = str(frame.payload.get("username"))
+            if topic == "presence.join" and username not in self._members:
+                self._members.append(username)
+            elif topic == "presence.leave" and username in self._members:
+                self._members.remove(username)
+        if frame.offset is not None:
+            if self._offset is not None and frame.offset <= self._offset:
+                return  # already delivered before a reconnect
+            self._offset = frame.offset
+        self._incoming.put_nowait(frame)
+
+    async def _dispatch(self) -> None:
+        """Hand frames to handlers or to the inbox, one at a time, in arrival order."""
+        try:
+            while True:
+                item = await self._incoming.get()
+                if item is None:
+                    if self._final is not None:
+                        break
+                    continue
+                if not isinstance(item, Frame):
+                    await _call(item)
+                    continue
+                handlers = self._handlers.get(item.topic, []) + self._handlers.get("*", [])
+                if handlers:
+                    for handler in handlers:
+                        await _call(handler, item)
+                    continue
+                if not self._iterating and len(self._inbox) >= self._max_queue:
+                    self._inbox.popleft()
+                self._inbox.append(item)
+                self._inbox_ready.set()
+        finally:
+            self._end_inbox()
+
+    def _end_inbox(self) -> None:
+        self._drained = True
+        self._inbox_ready.set()
+
+
+async def _call(function: Callable[..., Any], *args: Any) -> None:
+    try:
+        result = function(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("a client callback failed")
+
+
+def _frame(topic: str, payload: Any, to: str | None, frame_id: int | None) -> dict[str, Any]:
+    if not isinstance(topic, str) or not topic:
+        raise ValueError("topic must be a non-empty string")
+    if payload is None:
+        raise ValueError("payload must not be None")
+    frame: dict[str, Any] = {"topic": topic, "payload": payload}
+    if to is not None:
+        frame["to"] = to
+    if frame_id is not None:
+        frame["id"] = frame_id
+    return frame
+
+
+def _decode(raw: str | bytes) -> Frame | None:
+    try:
+        return parse_frame(orjson.loads(raw))
+    except (orjson.JSONDecodeError, ValueError):
+        logger.warning("ignored a frame that is not a JSON object with a topic")
+        return None
+
+
+def _payload_id(frame: Frame) -> str | int | None:
+    payload = frame.payload
+    frame_id = payload.get("id") if isinstance(payload, dict) else None
+    return frame_id if isinstance(frame_id, str | int) else None
+
+
+def _error_of(frame: Frame) -> tuple[str, str]:
+    payload = frame.payload if isinstance(frame.payload, dict) else {}
+    return str(payload.get("code", "internal")), str(payload.get("message", ""))
+
+
+def _token_expiry(token: str | None) -> float | None:
+    """The `exp` claim of a JWT, read without verifying it (None for other tokens)."""
+    parts = token.split(".") if token else []
+    if len(parts) != 3:
+        return None
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def _ws_url(url: str) -> str:
+    """`ws://HOST:PORT` with the default path; `http(s)://` becomes `ws(s)://`."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else WS_PATH
+    result = urlunsplit(parts._replace(scheme=scheme, path=path))
+    try:
+        parse_uri(result)
+    except InvalidURI as exc:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({exc})") from None
+    return result

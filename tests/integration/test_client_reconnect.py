@@ -1,0 +1,274 @@
+"""The Python client's reconnect rules per close code, token refresh and dedupe, played against
+a scripted WebSocket server on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from roomcast.client import (
+    Client,
+    ClientClosed,
+    ClientState,
+    ConnectionLost,
+    RequestTimeout,
+    Welcome,
+)
+from tests.harness import free_port
+from tests.integration.client_support import (
+    FAST,
+    Collector,
+    FakeServer,
+    StateLog,
+    message,
+    welcome,
+)
+
+NO_RECONNECT = [1000, 1007, 1008, 1009, 4400, 4403, 4409, 4499]
+RECONNECT = [1001, 1012, 1011, 4408, 4429, 4503, 4999]
+
+
+def close_after_welcome(code: int):  # type: ignore[no-untyped-def]
+    """A script: the first connection is welcomed then closed with `code`; later ones stay."""
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.send(welcome(offset=0))
+        if number == 0:
+            await ws.close(code, "test")
+        else:
+            await ws.wait_closed()
+
+    return script
+
+
+@pytest.mark.parametrize("code", NO_RECONNECT)
+async def test_no_reconnect_after_final_codes(code: int) -> None:
+    """After 1000, 1007, 1008, 1009, 4400, 4403, 4409 or 4499 the client stays closed."""
+    async with FakeServer(close_after_welcome(code)) as server:
+        states = StateLog()
+        client = Client(server.url, username="alice", room="r1", on_state=states, backoff=FAST)
+        await client.connect()
+        info = await asyncio.wait_for(client.wait_closed(), 5)
+        assert info.code == code
+        assert states.states == [ClientState.CONNECTING, ClientState.CONNECTED, ClientState.CLOSED]
+        assert len(server.queries) == 1
+        with pytest.raises(ClientClosed) as raised:
+            await client.send("chat", {"text": "late"})
+        assert raised.value.close_code == code
+
+
+@pytest.mark.parametrize("code", RECONNECT)
+async def test_reconnect_with_resume_after_transient_codes(code: int) -> None:
+    """After 1001, 1012, 1011, 4408, 4429 and 45xx the client reconnects with since and epoch."""
+    async with FakeServer(close_after_welcome(code)) as server:
+        states = StateLog()
+        client = Client(server.url, username="alice", room="r1", on_state=states, backoff=FAST)
+        await client.connect()
+        await states.wait(ClientState.CONNECTED, count=2)
+        assert states.states == [
+            ClientState.CONNECTING,
+            ClientState.CONNECTED,
+            ClientState.RECONNECTING,
+            ClientState.CONNECTED,
+        ]
+        assert client.last_close is not None
+        assert client.last_close.code == code
+        assert server.queries[1] == {
+            "username": "alice",
+            "roomID": "r1",
+            "since": "0",
+            "epoch": "e1",
+        }
+        await client.close()
+
+
+async def test_reconnect_skips_duplicates_and_keeps_order() -> None:
+    """Messages replayed again after a reconnect reach the application once, in order."""
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        if number == 0:
+            await ws.send(welcome(offset=0))
+            for offset in (1, 2, 3):
+                await ws.send(message(offset))
+            await ws.close(1012)
+        else:
+            await ws.send(welcome(offset=5, recovered=True))
+            for offset in (2, 3, 4, 5):
+                await ws.send(message(offset))
+            await ws.wait_closed()
+
+    async with FakeServer(script) as server:
+        seen = Collector()
+        client = Client(server.url, username="alice", room="r1", backoff=FAST)
+        client.on("chat")(seen)
+        await client.connect()
+        await seen.wait(5)
+        assert seen.offsets == [1, 2, 3, 4, 5]
+        assert server.queries[1]["since"] == "3"
+        await client.close()
+
+
+async def test_recovery_failed_callback_and_new_epoch() -> None:
+    """`recovered: false` calls on_recovery_failed, then counts offsets in the new epoch."""
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        if number == 0:
+            await ws.send(welcome(offset=0))
+            await ws.send(message(1))
+            await ws.close(1012)
+        else:
+            await ws.send(welcome(offset=1, epoch="e2", recovered=False))
+            await ws.send(message(1, "stale"))  # at or below the welcome's offset: skipped
+            await ws.send(message(2, "new"))
+            await ws.wait_closed()
+
+    async with FakeServer(script) as server:
+        failed: list[Welcome] = []
+        seen = Collector()
+        client = Client(
+            server.url, username="alice", room="r1", backoff=FAST, on_recovery_failed=failed.append
+        )
+        client.on("chat")(seen)
+        await client.connect()
+        frames = await seen.wait(2)
+        assert [(f.offset, f.payload["text"]) for f in frames] == [(1, "m"), (2, "new")]
+        assert [w.epoch for w in failed] == ["e2"]
+        assert client.epoch == "e2"
+        assert client.offset == 2
+        await client.close()
+
+
+def refuse_unless(token: str):  # type: ignore[no-untyped-def]
+    """A script refusing (error frame + 4401) any connection without `Bearer <token>`."""
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        assert ws.request is not None
+        if ws.request.headers.get("Authorization") != f"Bearer {token}":
+            await ws.send(
+                json.dumps(
+                    {
+                        "topic": "error",
+                        "payload": {"code": "unauthenticated", "message": "token expired"},
+                    }
+                )
+            )
+            await ws.close(4401, "token expired")
+            return
+        await ws.send(welcome())
+        await ws.wait_closed()
+
+    return script
+
+
+async def test_4401_asks_the_token_provider_again() -> None:
+    """4401 makes the client call its token provider and connect with the fresh token."""
+    tokens = iter(["old", "fresh"])
+
+    async def provider() -> str | None:
+        return next(tokens)
+
+    async with FakeServer(refuse_unless("fresh")) as server:
+        client = Client(
+            server.url, username="alice", room="r1", token_provider=provider, backoff=FAST
+        )
+        await client.connect()
+        assert server.tokens == ["Bearer old", "Bearer fresh"]
+        assert client.connected
+        await client.close()
+
+
+async def test_4401_without_a_provider_is_final() -> None:
+    """4401 with no token provider: connect() raises with the server's error code."""
+    async with FakeServer(refuse_unless("fresh")) as server:
+        client = Client(server.url, username="alice", room="r1", token="old", backoff=FAST)
+        with pytest.raises(ClientClosed) as raised:
+            await client.connect()
+        assert raised.value.close_code == 4401
+        assert raised.value.wire_code == "unauthenticated"
+        assert client.state is ClientState.CLOSED
+        assert len(server.queries) == 1
+
+
+async def test_4401_when_the_provider_has_no_token() -> None:
+    """A provider returning None after 4401 closes the client for good."""
+    calls: list[int] = []
+
+    async def provider() -> str | None:
+        calls.append(1)
+        return "old" if len(calls) == 1 else None
+
+    async with FakeServer(refuse_unless("fresh")) as server:
+        client = Client(
+            server.url, username="alice", room="r1", token_provider=provider, backoff=FAST
+        )
+        with pytest.raises(ClientClosed) as raised:
+            await client.connect()
+        assert raised.value.close_code == 4401
+        assert len(calls) == 2
+        assert len(server.queries) == 1
+
+
+async def test_request_timeout_and_connection_lost() -> None:
+    """A request with no answer times out; one cut by a disconnect raises ConnectionLost."""
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.send(welcome())
+        async for raw in ws:
+            if json.loads(raw)["topic"] == "drop":
+                await ws.close(1012)
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="r1", backoff=FAST)
+        await client.connect()
+        with pytest.raises(RequestTimeout):
+            await client.request("chat", {"text": "x"}, timeout=0.2)
+        with pytest.raises(ConnectionLost):
+            await client.request("drop", {})
+        await server.wait_connections(2)
+        await client.close()
+
+
+async def test_first_connect_to_nothing_raises() -> None:
+    """connect() to a port where nothing listens raises ClientClosed without a close code."""
+    client = Client(f"ws://127.0.0.1:{free_port()}", username="alice", room="r1")
+    with pytest.raises(ClientClosed) as raised:
+        await client.connect()
+    assert raised.value.close_code is None
+    assert "cannot connect" in raised.value.message
+    assert client.state is ClientState.CLOSED
+
+
+async def test_max_attempts_gives_up() -> None:
+    """With max_attempts, the client closes after that many failed reconnects in a row."""
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        if number > 0:
+            await ws.close(4503, "broker unavailable")  # refused before the welcome
+            return
+        await ws.send(welcome())
+        await ws.close(4503)
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="r1", backoff=FAST, max_attempts=3)
+        await client.connect()
+        info = await asyncio.wait_for(client.wait_closed(), 5)
+        assert info.code == 4503
+        assert len(server.queries) == 4  # the first connection and three failed reconnects
+
+
+async def test_cancelled_connect_leaves_nothing_running() -> None:
+    """A connect() cancelled by a timeout closes the client instead of retrying behind."""
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.wait_closed()  # never sends the welcome
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="r1", open_timeout=30)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.connect(), 0.3)
+        assert client.state is ClientState.CLOSED
+        info = await asyncio.wait_for(client.wait_closed(), 5)
+        assert info.code == 1000
