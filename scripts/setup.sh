@@ -27,6 +27,8 @@ if [ "${1:-}" = "--test" ]; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
   fi
+  # The load generator of the benchmark scripts (tests/integration/test_bench_smoke.py).
+  (cd bench/node && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; })
   if [ -f clients/js/package.json ]; then
     (cd clients/js && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } \
       && npm run --silent build)

@@ -19,6 +19,7 @@ from .errors import (
     RoomcastError,
 )
 from .events import Event, MemberJoined, MemberLeft, MessagePublished
+from .publisher import Publisher
 from .settings import Settings
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "MemberNotFound",
     "MessagePublished",
     "PublishToRoom",
+    "Publisher",
     "Refused",
     "Roomcast",
     "RoomcastError",

@@ -6,11 +6,13 @@ import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote, unquote_to_bytes
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from .codes import ErrorCode
 from .commands import KickMember, PublishToRoom, SendToMember
@@ -18,8 +20,9 @@ from .errors import BrokerUnavailable, FrameError, MemberNotFound, RoomcastError
 from .log import log_event
 from .node import Node
 from .protocol import dumps, parse_offset, validate_name, validate_topic
+from .settings import Settings
 
-__all__ = ["api_routes", "json_error"]
+__all__ = ["api_routes", "json_error", "log_api_policy"]
 
 _STATUS = {
     ErrorCode.BAD_REQUEST: 400,
@@ -58,6 +61,15 @@ def _is_loopback(request: Request) -> bool:
         return host in ("localhost", "testclient")
 
 
+def log_api_policy(settings: Settings) -> None:
+    """Log, at startup, who the HTTP API answers."""
+    if settings.api_keys:
+        log_event("api.keys", keys=len(settings.api_keys))
+    else:
+        log_event("api.loopback_only",
+                  reason="no --api-key is configured: the HTTP API answers loopback clients only")
+
+
 def _guard(node: Node, endpoint: Endpoint) -> Endpoint:
     """API key check, then error mapping: every failure becomes a JSON error."""
     keys = [k.encode() for k in node.settings.api_keys]
@@ -89,7 +101,31 @@ def _guard(node: Node, endpoint: Endpoint) -> Endpoint:
 
 
 def _room(request: Request) -> str:
-    return validate_name(request.path_params["room"], "roomID")
+    return validate_name(unquote(request.path_params["room"]), "roomID")
+
+
+class _NameRoute(Route):
+    """A route whose path parameters may be any valid name, `/` included.
+
+    Starlette matches the decoded path, where the room `a/b` (sent as `a%2Fb`) would be two
+    segments. This route matches the raw path instead, each segment decoded on its own and
+    only `%` and `/` escaped again; `_room` and the username take the escapes back out.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        escaped = _segment_escaped_path(scope)
+        return super().matches(scope if escaped is None else {**scope, "path": escaped})
+
+
+def _segment_escaped_path(scope: Scope) -> str | None:
+    raw = scope.get("raw_path")
+    if scope["type"] != "http" or not isinstance(raw, bytes):
+        return None
+    root = str(scope.get("root_path", ""))
+    # raw_path still holds the mount prefix (root_path); skip as many segments as it has.
+    segments = raw.split(b"?", 1)[0].split(b"/")[1 + root.count("/") :]
+    names = (unquote_to_bytes(s).decode("utf-8", "replace") for s in segments)
+    return root + "/" + "/".join(n.replace("%", "%25").replace("/", "%2F") for n in names)
 
 
 async def _read_json(request: Request, max_size: int) -> Any:
@@ -134,8 +170,9 @@ def api_routes(node: Node) -> list[Route]:
 
     async def history(request: Request) -> Response:
         room = _room(request)
-        since = parse_offset(request.query_params.get("since"), "since")
-        limit = parse_offset(request.query_params.get("limit"), "limit")
+        # An empty value (`?since=&limit=`) means the parameter is not given.
+        since = parse_offset(request.query_params.get("since") or None, "since")
+        limit = parse_offset(request.query_params.get("limit") or None, "limit")
         page = await node.history(room, since, limit)
         frames = ",".join(p.frame for p in page.publications)
         body = f'{{"epoch":{dumps(page.epoch)},"offset":{page.offset},"messages":[{frames}]}}'
@@ -143,7 +180,7 @@ def api_routes(node: Node) -> list[Route]:
 
     async def kick(request: Request) -> Response:
         room = _room(request)
-        username = validate_name(request.path_params["username"], "username")
+        username = validate_name(unquote(request.path_params["username"]), "username")
         await node.commands.send(KickMember(room, username))
         log_event("api.kicked", room=room, username=username)
         return Response(status_code=204)
@@ -169,10 +206,11 @@ def api_routes(node: Node) -> list[Route]:
 
     return [
         Route("/api/v1/rooms", guarded(rooms), methods=["GET"]),
-        Route("/api/v1/rooms/{room}/messages", guarded(publish), methods=["POST"]),
-        Route("/api/v1/rooms/{room}/members", guarded(members), methods=["GET"]),
-        Route("/api/v1/rooms/{room}/history", guarded(history), methods=["GET"]),
-        Route("/api/v1/rooms/{room}/members/{username}", guarded(kick), methods=["DELETE"]),
+        _NameRoute("/api/v1/rooms/{room}/messages", guarded(publish), methods=["POST"]),
+        _NameRoute("/api/v1/rooms/{room}/members", guarded(members), methods=["GET"]),
+        _NameRoute("/api/v1/rooms/{room}/history", guarded(history), methods=["GET"]),
+        _NameRoute("/api/v1/rooms/{room}/members/{username}", guarded(kick),
+                   methods=["DELETE"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,6 +31,18 @@ __all__ = ["Roomcast"]
 
 R = TypeVar("R")
 E = TypeVar("E", bound=Event)
+
+
+_WS_PATH = "/api/v1/ws"
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the app's mount point (`root_path`), as Starlette's routing sees it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path
 
 
 class Roomcast:
@@ -64,23 +76,32 @@ class Roomcast:
         self._app = Starlette(
             routes=self._routes(demo),
             lifespan=self._own_lifespan,
-            exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
+            exception_handlers={
+                HTTPException: _http_error,  # type: ignore[dict-item]
+                Exception: _internal_error,
+            },
         )
 
     def _routes(self, demo: bool) -> list[BaseRoute]:
+        self._websocket = WebSocketEndpoint(self.node)
         routes: list[BaseRoute] = [
-            WebSocketRoute("/api/v1/ws", WebSocketEndpoint(self.node)),
+            WebSocketRoute(_WS_PATH, self._websocket),
             *api_routes(self.node),
         ]
         if demo:
             static = resources.files("roomcast") / "static"
-            routes.append(Mount("/", StaticFiles(directory=str(static), html=True)))
+            routes.append(_DemoMount("/", StaticFiles(directory=str(static), html=True)))
         return routes
 
     # the ASGI app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI interface: roomcast is itself an ASGI app."""
+        if scope["type"] == "websocket" and _route_path(scope) == _WS_PATH:
+            # Straight to the endpoint: Starlette's middleware and routing would hold a
+            # coroutine frame each for the whole life of every connection.
+            await self._websocket(scope, receive, send)
+            return
         await self._app(scope, receive, send)
 
     @property
@@ -144,6 +165,21 @@ class Roomcast:
         return self.node.events.on(event_type)
 
 
+class _DemoMount(Mount):
+    """The demo page's files at `/`, never matching `/api/` paths: a wrong method on an API
+    route stays a 405 and an unknown API path a 404, instead of a file lookup."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if _route_path(scope).startswith("/api/"):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
     return json_error(code, str(exc.detail), exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette logs the exception after this answer: the client only learns it failed.
+    return json_error(ErrorCode.INTERNAL, "internal error", 500)

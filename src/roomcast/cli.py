@@ -1,4 +1,5 @@
-"""The `roomcast` command: `roomcast serve` runs the standalone server."""
+"""The `roomcast` command: `roomcast serve` runs the standalone server; `connect`, `publish`
+and `rooms` are clients of a running one."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .client._cli import add_client_commands, run_client_command
 from .errors import ConfigError
 from .settings import OPTIONS, Settings
 
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for opt in OPTIONS:
         serve.add_argument(f"--{opt.flag}", dest=opt.name, metavar=opt.metavar, help=opt.help)
+    add_client_commands(commands)
     return parser
 
 
@@ -44,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         serve(settings)
         return 0
+    status = run_client_command(parser, args)
+    if status is not None:
+        return status
     parser.error(f"unknown command {args.command!r}")
     return 2
 

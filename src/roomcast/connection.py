@@ -49,8 +49,8 @@ class Outbox:
         on_overflow: called once when the queue overflows.
     """
 
-    __slots__ = ("_close", "_closing", "_on_overflow", "_queue", "_size", "_waiter", "_write",
-                 "max_bytes", "task")
+    __slots__ = ("_close", "_closing", "_on_demand", "_on_overflow", "_queue", "_size",
+                 "_waiter", "_write", "allowance", "max_bytes", "task")
 
     def __init__(
         self,
@@ -63,10 +63,14 @@ class Outbox:
         self._close = close
         self._on_overflow = on_overflow
         self.max_bytes = max_bytes
+        # Bytes allowed above `max_bytes` for now (a replay); 0 once drained below it. While
+        # it is not 0, frames go through the queue, which notices the drain.
+        self.allowance = 0
         self._queue: deque[str | object] = deque()
         self._size = 0
         self._closing = False
         self._waiter: asyncio.Future[None] | None = None
+        self._on_demand = False
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -79,9 +83,23 @@ class Outbox:
         """Whether close or abort was called."""
         return self._closing
 
+    @property
+    def idle(self) -> bool:
+        """Whether the writer is parked with nothing queued: a frame written to the socket
+        directly now cannot overtake one queued earlier."""
+        return (
+            (self._waiter is not None or (self.task is None and self._on_demand))
+            and not self._queue and not self._closing and not self.allowance
+        )  # fmt: skip
+
     def start(self) -> None:
         """Start the writer task."""
         self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def start_on_demand(self) -> None:
+        """Start the writer task when the first frame is queued: a connection whose frames
+        are all written directly never holds a task (a task per idle connection is memory)."""
+        self._on_demand = True
 
     def send(self, data: str) -> None:
         """Queue `data`; fires `on_overflow` when the queue grows past `max_bytes`."""
@@ -89,10 +107,16 @@ class Outbox:
             return
         self._queue.append(data)
         self._size += len(data)
-        if self._size > self.max_bytes:
+        if self._size > self.max_bytes + self.allowance:
             self._on_overflow()
             return
         self._wake()
+
+    def allow(self, extra: int) -> None:
+        """Let the queue hold `extra` more bytes until it drains below `max_bytes` again: a
+        replay of retained messages (bounded by the history) must not count as a slow
+        consumer."""
+        self.allowance += extra
 
     def close(self, code: int, reason: str = "") -> None:
         """Write what is queued, then the close frame."""
@@ -109,12 +133,18 @@ class Outbox:
         self._size = 0
         self._closing = False
         self.close(code, reason)
-        if self.task is not None and self._waiter is None:
-            # The writer is blocked on a write that may never finish: restart it.
-            self.task.cancel()
+        task = self.task
+        if task is not None and not task.done() and self._waiter is None:
+            # The writer is blocked on a write that may never finish (the peer stopped
+            # reading): restart it, so that the close goes out now. Transports cancel a write
+            # only where it has written nothing (uvicorn waits for `writable` before writing).
+            task.cancel()
             self.start()
 
     def _wake(self) -> None:
+        if self.task is None and self._on_demand:
+            self.start()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -132,6 +162,8 @@ class Outbox:
                     return
                 text = cast(str, item)
                 self._size -= len(text)
+                if self.allowance and self._size <= self.max_bytes:
+                    self.allowance = 0
                 try:
                     await self._write(text)
                 except Exception:

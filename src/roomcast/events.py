@@ -67,6 +67,7 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: dict[type[Event], list[Subscriber]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wants: dict[type[Event], bool] = {}
 
     def subscribe(
         self, event_type: type[E], handler: Callable[[E], Awaitable[None]]
@@ -74,7 +75,14 @@ class EventBus:
         """Call `handler` for every event of `event_type`; returns a function that unsubscribes."""
         handlers = self._subscribers.setdefault(event_type, [])
         handlers.append(handler)
-        return lambda: handlers.remove(handler) if handler in handlers else None
+        self._wants.clear()
+
+        def unsubscribe() -> None:
+            if handler in handlers:
+                handlers.remove(handler)
+                self._wants.clear()
+
+        return unsubscribe
 
     def on(
         self, event_type: type[E]
@@ -89,9 +97,12 @@ class EventBus:
 
     def wants(self, event_type: type[Event]) -> bool:
         """Whether anything subscribes to `event_type` (lets the hot path skip building it)."""
-        return any(
-            self._subscribers.get(t) for t in event_type.__mro__ if issubclass(t, Event)
-        )
+        wanted = self._wants.get(event_type)
+        if wanted is None:
+            wanted = self._wants[event_type] = any(
+                self._subscribers.get(t) for t in event_type.__mro__ if issubclass(t, Event)
+            )
+        return wanted
 
     def publish(self, event: Event) -> None:
         """Schedule every subscriber of `event`; returns at once."""

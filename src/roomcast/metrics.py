@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 __all__ = ["Metrics"]
@@ -42,6 +44,19 @@ class Metrics:
             "roomcast_broker_errors", "Broker operations that failed", registry=self.registry
         )
 
+        self.tasks = Gauge(
+            "roomcast_tasks", "asyncio tasks alive in this process (leak check)",
+            registry=self.registry,
+        )
+        self.tasks.set_function(_task_count)
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+def _task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # no running loop
+        return 0.0

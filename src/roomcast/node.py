@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .auth import AnonymousResolver, IdentityResolver
@@ -16,6 +17,7 @@ from .codes import CloseCode, ErrorCode
 from .commands import CommandBus, KickMember, PublishToRoom, SendToMember
 from .errors import MemberNotFound
 from .events import EventBus, MemberLeft, MessagePublished
+from .limits import ConnectionLimits
 from .log import log_event
 from .metrics import Metrics
 from .protocol import message_prefix, presence_frame
@@ -27,6 +29,21 @@ if TYPE_CHECKING:
     from .session import Session
 
 __all__ = ["Node"]
+
+
+_REPAIR_ROUNDS = 10
+"""History reads one repair may take before the room's members are told to reconnect."""
+
+
+@dataclass(slots=True)
+class _Position:
+    """How far this node has delivered a room: a live offset that is not `offset + 1`
+    (a message lost across a broker reconnect) is noticed and repaired from history."""
+
+    epoch: str
+    offset: int
+    pending: list[Publication] | None = None
+    """Live messages that arrived while a gap is being repaired (None when not repairing)."""
 
 
 class Node:
@@ -58,11 +75,15 @@ class Node:
         self.metrics = Metrics()
         self.rooms = LocalRooms()
         self.sessions: dict[str, Session] = {}
+        self.limits = ConnectionLimits.from_settings(settings)
         self.accepting = True
         self._subscriptions: dict[str, asyncio.Future[None]] = {}
+        self._positions: dict[str, _Position] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._publishing = 0
+        self._published: asyncio.Future[None] | None = None
         self.commands.register(PublishToRoom, self._publish_to_room)
         self.commands.register(SendToMember, self._send_to_member)
         self.commands.register(KickMember, self._kick_member)
@@ -82,25 +103,37 @@ class Node:
                 self._started = True
                 log_event("node.started", node_id=self.node_id, broker=_safe_url(self.settings))
 
-    async def shutdown(self, code: CloseCode = CloseCode.SERVICE_RESTART) -> None:
-        """Stop accepting, close every connection with `code`, leave presence, disconnect."""
+    async def shutdown(
+        self, code: CloseCode = CloseCode.SERVICE_RESTART, timeout: float | None = None
+    ) -> None:
+        """Stop accepting, leave presence, let frames being handled finish, close every
+        connection with `code`, let publishes in flight finish, disconnect the broker.
+
+        Each step waits a bounded share of `timeout` (default `settings.shutdown_timeout`).
+        """
         if not self.accepting:
             return
         self.accepting = False
+        loop = asyncio.get_running_loop()
+        budget = self.settings.shutdown_timeout if timeout is None else timeout
+        deadline = loop.time() + budget
+
+        def share(part: float) -> float:
+            return max(0.0, min(deadline - loop.time(), budget * part))
+
         sessions = list(self.sessions.values())
-        for session in sessions:
-            session.close(code, ErrorCode.UNAVAILABLE, "server shutting down", frame=False)
-        timeout = self.settings.shutdown_timeout
         if sessions:
-            await asyncio.wait(
-                [asyncio.ensure_future(s.leave("shutdown")) for s in sessions],
-                timeout=timeout / 2,
-            )
-            await asyncio.wait(
-                [asyncio.ensure_future(s.connection_closed(timeout / 4)) for s in sessions],
-                timeout=timeout / 4,
-            )
-        await self.events.drain(timeout / 4)
+            # Presence first, so that every node announces the leaves now, not after a lease.
+            await _wait_all([s.leave("shutdown") for s in sessions], share(0.3))
+            await _wait_all([s.wait_idle() for s in sessions if s.dispatching], share(0.3))
+            for session in sessions:
+                session.close(code, ErrorCode.UNAVAILABLE, "server shutting down", frame=False)
+            wait = share(0.2)
+            await _wait_all([s.connection_closed(wait) for s in sessions], wait)
+        if self._publishing:
+            self._published = loop.create_future()
+            await _wait_all([asyncio.shield(self._published)], share(0.5))
+        await self.events.drain(share(1.0))
         if self._started:
             with contextlib.suppress(Exception):
                 await self.broker.close()
@@ -122,6 +155,7 @@ class Node:
             pending = self._subscriptions[room] = asyncio.get_running_loop().create_future()
             try:
                 await self.broker.subscribe(room)
+                await self._track(room)
             except BaseException as exc:
                 del self._subscriptions[room]
                 pending.set_exception(exc)
@@ -133,6 +167,7 @@ class Node:
     async def release_room(self, room: str) -> None:
         """Unsubscribe from `room` once no local member is left in it."""
         if self.rooms.get(room) is None and self._subscriptions.pop(room, None) is not None:
+            self._positions.pop(room, None)
             try:
                 await self.broker.unsubscribe(room)
             except Exception:
@@ -140,8 +175,33 @@ class Node:
 
     # BrokerListener: where broker traffic arrives
 
+    async def _track(self, room: str) -> None:
+        """Learn where a newly subscribed room stands, so that a gap after it is noticed."""
+        if room not in self._positions:
+            page = await self.broker.history(room, None, 0)
+            self._positions.setdefault(room, _Position(page.epoch, page.offset))
+
     def on_publication(self, publication: Publication) -> None:
-        """Deliver a room message to the local members it is for."""
+        """Deliver a room message to the local members it is for, in offset order; a gap
+        (or another epoch) is repaired from history before anything after it is delivered."""
+        local = self.rooms.get(publication.room)
+        if local is None:
+            return
+        position = self._positions.get(publication.room)
+        if position is not None and publication.epoch:
+            if position.pending is not None:
+                position.pending.append(publication)
+                return
+            if publication.epoch != position.epoch or publication.offset > position.offset + 1:
+                position.pending = [publication]
+                self.spawn(self._repair(publication.room, position))
+                return
+            if publication.offset <= position.offset:
+                return
+            position.offset = publication.offset
+        self._deliver(publication)
+
+    def _deliver(self, publication: Publication) -> None:
         local = self.rooms.get(publication.room)
         if local is None:
             return
@@ -162,6 +222,16 @@ class Node:
             frame = presence_frame(signal.kind, signal.room, signal.username)
             self.metrics.frames_out.inc(local.broadcast(frame, exclude=signal.username))
             return
+        if signal.kind == "replace":
+            # The newer connection already took the username's place in the local room, so the
+            # replaced one is found by its connection id, not by its name.
+            replaced = self.sessions.get(signal.connection_id)
+            if replaced is not None and replaced.member.username == signal.username:
+                replaced.close(
+                    CloseCode.DUPLICATE, ErrorCode.DUPLICATE, "replaced by a newer connection"
+                )
+                self.spawn(replaced.leave("replaced"))
+            return
         member = local.members.get(signal.username)
         if member is None:
             return
@@ -171,11 +241,6 @@ class Node:
         if signal.kind == "kick":
             session.close(CloseCode.KICKED, ErrorCode.KICKED, "kicked by the server")
             self.spawn(session.leave("kicked"))
-        elif signal.kind == "replace" and member.connection_id == signal.connection_id:
-            session.close(
-                CloseCode.DUPLICATE, ErrorCode.DUPLICATE, "replaced by a newer connection"
-            )
-            self.spawn(session.leave("replaced"))
 
     def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
         """Announce the members of a dead node as gone (this node was chosen to do it)."""
@@ -187,9 +252,75 @@ class Node:
             log_event("presence.lost", room=room, username=username, node_id=node_id)
 
     def on_broker_state(self, available: bool) -> None:
-        """Log broker availability changes."""
-        log_event("broker.available" if available else "broker.unavailable",
-                  level=20 if available else 40, node_id=self.node_id)
+        """Log broker availability changes; once back, repair every room from history (what
+        was published while this node could not hear it)."""
+        log_event(
+            "broker.available" if available else "broker.unavailable",
+            level=20 if available else 40,
+            node_id=self.node_id,
+        )
+        if available:
+            for room, position in self._positions.items():
+                if position.pending is None:
+                    position.pending = []
+                    self.spawn(self._repair(room, position))
+
+    async def _repair(self, room: str, position: _Position) -> None:
+        """Deliver the messages after `position` from history, then the live ones held
+        meanwhile; when history cannot fill the gap, the room's members must reconnect."""
+        log_event("room.repair", room=room, node_id=self.node_id, after=position.offset)
+        try:
+            page: HistoryPage | None = None
+            for _ in range(_REPAIR_ROUNDS):
+                page = await self.broker.history(room, position.offset)
+                if self._positions.get(room) is not position:
+                    return
+                if page.epoch != position.epoch or not page.complete:
+                    self._history_lost(room, page)
+                    return
+                for publication in page.publications:
+                    if publication.offset == position.offset + 1:
+                        position.offset = publication.offset
+                        self._deliver(publication)
+                pending = position.pending or []
+                for index, publication in enumerate(pending):
+                    if publication.offset <= position.offset and publication.epoch == (
+                        position.epoch
+                    ):
+                        continue
+                    if (
+                        publication.epoch != position.epoch
+                        or publication.offset != position.offset + 1
+                    ):
+                        position.pending = pending[index:]
+                        break
+                    position.offset = publication.offset
+                    self._deliver(publication)
+                else:
+                    position.pending = None
+                    return
+            if page is not None and self._positions.get(room) is position:
+                self._history_lost(room, page)  # the gap keeps moving: start the room afresh
+        except Exception:
+            # Unavailable again: the reconnect (or the next live message) repairs once more.
+            position.pending = None
+            log_event("room.repair_failed", level=30, room=room, exc_info=True)
+
+    def _history_lost(self, room: str, page: HistoryPage) -> None:
+        """The room's history is gone (another epoch, or trimmed past the gap): its local
+        members cannot get a gap-free order, so they are told to reconnect and resume."""
+        log_event("room.history_lost", level=30, room=room, node_id=self.node_id, epoch=page.epoch)
+        self._positions[room] = _Position(page.epoch, page.offset)
+        local = self.rooms.get(room)
+        for member in list(local.members.values()) if local is not None else ():
+            session = self.sessions.get(member.connection_id)
+            if session is not None:
+                session.close(
+                    CloseCode.BROKER_UNAVAILABLE,
+                    ErrorCode.UNAVAILABLE,
+                    "the room's history was lost: reconnect to resume",
+                )
+                self.spawn(session.leave("history_lost"))
 
     # commands
 
@@ -197,11 +328,17 @@ class Node:
         self, room: str, topic: str, payload: Any, sender: str, to: str | None
     ) -> int:
         prefix = message_prefix(topic, payload, room, sender, to)
+        self._publishing += 1
         try:
             publication = await self.broker.publish(room, prefix, to)
         except Exception:
             self.metrics.broker_errors.inc()
             raise
+        finally:
+            self._publishing -= 1
+            published = self._published
+            if not self._publishing and published is not None and not published.done():
+                published.set_result(None)
         self.metrics.publications.inc()
         if self.events.wants(MessagePublished):
             self.events.publish(
@@ -242,6 +379,13 @@ class Node:
     ) -> HistoryPage:
         """Retained messages of `room` after `since`."""
         return await self.broker.history(room, since, limit)
+
+
+async def _wait_all(awaitables: list[Any], timeout: float) -> None:
+    """Run `awaitables` concurrently; return when all are done or after `timeout` seconds."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
 
 
 def _default_resolver(settings: Settings) -> IdentityResolver:

@@ -21,7 +21,8 @@ class Member:
         connection_id: a random id naming this connection in logs and frames.
         connection: where frames for this member go.
         claims: what the identity resolver returned (token claims, application data).
-        held: while recovering, live frames are held here and sent after the replay.
+        held: while joining, live frames are held here and sent after the welcome and the
+            replay; offset 0 marks a frame without offset (presence).
     """
 
     username: str
@@ -33,12 +34,29 @@ class Member:
     last_offset: int = 0
 
     def deliver(self, offset: int, frame: str) -> None:
-        """Send a room message, or hold it while this member is recovering."""
+        """Send a room message, or hold it while this member is joining or recovering."""
         if self.held is not None:
             self.held.append((offset, frame))
         elif offset > self.last_offset:
             self.last_offset = offset
             self.connection.send(frame)
+
+    def notify(self, frame: str) -> None:
+        """Send a frame without offset (presence); held like messages while joining, so that
+        the welcome frame always comes first."""
+        if self.held is not None:
+            self.held.append((0, frame))
+        else:
+            self.connection.send(frame)
+
+    def release(self) -> None:
+        """End the joining state: send what was held, messages deduplicated by offset."""
+        held, self.held = self.held or [], None
+        for offset, frame in held:
+            if offset == 0:
+                self.connection.send(frame)
+            else:
+                self.deliver(offset, frame)
 
 
 class LocalRoom:
@@ -61,7 +79,7 @@ class LocalRoom:
         count = 0
         for username, member in self.members.items():
             if username != exclude:
-                member.connection.send(frame)
+                member.notify(frame)
                 count += 1
         return count
 

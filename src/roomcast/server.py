@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import socket
@@ -12,9 +13,13 @@ from typing import Any
 
 import uvicorn
 
+from .api import log_api_policy
 from .app import Roomcast
+from .auth import AnonymousResolver
+from .limits import handshake_protocol
 from .log import configure_logging, log_event
-from .settings import OPTIONS, Settings
+from .settings import OPTIONS, Option, Settings
+from .transports.uvicorn_ws import WebSocketProtocol
 
 __all__ = ["serve"]
 
@@ -26,6 +31,13 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.roomcast = roomcast
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # SIGTERM/SIGINT ask for a graceful stop: once it is done the process exits with
+        # status 0, instead of uvicorn raising the signal again (death by SIGTERM, or a
+        # KeyboardInterrupt traceback).
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.should_exit or not self.started:
@@ -35,6 +47,7 @@ class _Server(uvicorn.Server):
             for sock in server.sockets:
                 port = sock.getsockname()[1]
         settings = self.roomcast.settings
+        _log_security(self.roomcast)
         log_event(
             "roomcast.ready",
             url=f"http://{settings.host}:{port}",
@@ -46,15 +59,41 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Tell clients first (1012) and leave presence, then let uvicorn close what is left.
+        # The whole sequence fits in --shutdown-timeout: the node's part first, then uvicorn's
+        # wait for the last sockets with what is left of the budget.
         log_event("roomcast.stopping", node_id=self.roomcast.settings.node_id)
+        loop = asyncio.get_running_loop()
+        budget = self.roomcast.settings.shutdown_timeout
+        deadline = loop.time() + budget
         for server in self.servers:
             server.close()
         try:
-            await asyncio.wait_for(self.roomcast.shutdown(),
-                                   self.roomcast.settings.shutdown_timeout)
+            await asyncio.wait_for(self.roomcast.shutdown(), budget * 0.8)
         except TimeoutError:
             log_event("roomcast.shutdown_timeout", level=30)
+        self.config.timeout_graceful_shutdown = max(0, int(deadline - loop.time()))
         await super().shutdown(sockets)
+
+
+def _log_security(roomcast: Roomcast) -> None:
+    """Say at startup what is open to whom (docs/security.md)."""
+    settings = roomcast.settings
+    if isinstance(roomcast.node.resolver, AnonymousResolver) and not _is_loopback(settings.host):
+        log_event(
+            "roomcast.insecure",
+            level=30,
+            host=settings.host,
+            reason="listening beyond loopback without authentication: anyone can join any "
+            "room under any username; set --jwt-secret, --jwt-public-key or --jwks-url",
+        )
+    log_api_policy(settings)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _redacted(url: str) -> str:
@@ -69,13 +108,14 @@ def _config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,
         ws_per_message_deflate=False,
         loop="uvloop" if _has_uvloop() else "asyncio",
-        http="h11",
+        # h11 with a time limit on the request head (--handshake-timeout).
+        http=handshake_protocol(settings.handshake_timeout),
         lifespan="on",
         log_config=None,
         log_level="warning",
@@ -121,6 +161,13 @@ def serve(settings: Settings, roomcast: Roomcast | None = None) -> None:
 _WORKER_ENV = "ROOMCAST_WORKER_OF"
 
 
+def _parses_to_none(opt: Option) -> bool:
+    try:
+        return opt.parse("") is None
+    except ValueError:
+        return False
+
+
 def _supervise(settings: Settings) -> None:
     """`--workers N`: N processes, each a whole node, sharing the port with SO_REUSEPORT."""
     probe = _listen(settings, reuse_port=True)
@@ -128,6 +175,10 @@ def _supervise(settings: Settings) -> None:
     env = dict(os.environ)
     for opt in OPTIONS:
         value = getattr(settings, opt.name)
+        if value is None and not _parses_to_none(opt):
+            # An unset option (no JWT key, ...) must stay unset, not become "".
+            env.pop(opt.env, None)
+            continue
         env[opt.env] = (
             ",".join(value) if isinstance(value, tuple) else "" if value is None else str(value)
         )

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .auth import ConnectRequest, Identity
+from .auth import ConnectRequest, Identity, origin_allowed
 from .brokers import DuplicateMember, Signal
 from .codes import CloseCode, ErrorCode
 from .commands import PublishToRoom, SendToMember
@@ -21,6 +21,7 @@ from .connection import Connection
 from .context import Context
 from .errors import BrokerUnavailable, FrameError, MemberNotFound, Refused, RoomcastError
 from .events import MemberJoined, MemberLeft
+from .limits import Admission, Lease, TokenBucket
 from .log import log_event
 from .node import Node
 from .protocol import (
@@ -53,6 +54,10 @@ async def open_session(
     """
     connection_id = secrets.token_hex(8)
     try:
+        if not origin_allowed(headers.get("origin"), headers.get("host"),
+                              node.settings.allowed_origins):
+            raise Refused(CloseCode.POLICY_VIOLATION, ErrorCode.FORBIDDEN,
+                          "origin not allowed (see --allowed-origins)")
         if not node.accepting:
             raise Refused(CloseCode.SERVICE_RESTART, ErrorCode.UNAVAILABLE, "server shutting down")
         if not node.started:
@@ -67,8 +72,15 @@ async def open_session(
             query=query,
         )
         identity = await node.resolver(request)
+        lease = node.limits.acquire(client, identity.username)
         session = Session(node, connection, identity, room, connection_id)
-        await session.join(since, epoch)
+        session.lease = lease
+        try:
+            await session.join(since, epoch)
+        except BaseException:
+            lease.release()
+            raise
+        session.watch_expiry()
         return session
     except Refused as exc:
         _refuse(node, connection, exc.close_code, exc.code, exc.message, connection_id,
@@ -157,8 +169,13 @@ class Session:
         )
         self.joined = False
         self.closing = False
+        self.dispatching = False
+        self._idle: asyncio.Future[None] | None = None
         self._left: asyncio.Future[None] | None = None
         self._opened = time.monotonic()
+        self.bucket = TokenBucket.from_settings(node.settings)
+        self.lease: Lease | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     @property
     def connection_id(self) -> str:
@@ -207,7 +224,9 @@ class Session:
         except BaseException:
             await self.leave("join_failed")
             raise
-        recovered = recovering and page.complete and page.epoch == epoch
+        recovered = (
+            recovering and page.complete and page.epoch == epoch and (since or 0) <= page.offset
+        )
         self.connection.send(
             welcome_frame(
                 connection_id=member.connection_id,
@@ -222,13 +241,15 @@ class Session:
         member.last_offset = page.offset
         if recovered:
             member.last_offset = since or 0
+            allow = getattr(self.connection, "allow", None)
+            if allow is not None:
+                # The replay is bounded by the history: it must not look like a slow consumer.
+                allow(sum(len(p.frame) for p in page.publications))
             for publication in page.publications:
                 if publication.to is None or publication.to == member.username:
                     member.connection.send(publication.frame)
                 member.last_offset = publication.offset
-        held, member.held = member.held or [], None
-        for offset, frame in held:
-            member.deliver(offset, frame)
+        member.release()
         self._log("connection.joined", node_id=node.node_id,
                   recovered=recovered if recovering else None, replaced=replaced is not None)
         if replaced is None:
@@ -243,18 +264,32 @@ class Session:
         """Handle one text frame from the client."""
         node = self.node
         node.metrics.frames_in.inc()
-        if self.closing:
+        if self.closing or not node.accepting:
+            # Shutting down: frames that arrive now are not handled (no ack is sent); the
+            # client resends them after reconnecting.
             return
         max_size = node.settings.max_message_size
         if len(text) * 4 > max_size and len(text.encode()) > max_size:
             self.close(CloseCode.MESSAGE_TOO_BIG, ErrorCode.MESSAGE_TOO_BIG,
                        f"frame larger than {max_size} bytes")
             return
+        admission = Admission.OK if self.bucket is None else self.bucket.take()
+        if admission is Admission.EXCEEDED:
+            self.close(CloseCode.RATE_LIMITED, ErrorCode.RATE_LIMITED,
+                       "too many frames: kept sending while rate limited")
+            return
         try:
             frame = parse_client_frame(text)
         except FrameError as exc:
-            self.send_error(exc.code, exc.message, exc.frame_id)
+            if admission is Admission.LIMITED:
+                self._rate_limited(exc.frame_id)
+            else:
+                self.send_error(exc.code, exc.message, exc.frame_id)
             return
+        if admission is Admission.LIMITED:
+            self._rate_limited(frame.id)
+            return
+        self.dispatching = True
         try:
             await self.dispatch(frame)
         except RoomcastError as exc:
@@ -262,6 +297,18 @@ class Session:
         except Exception:
             self._log("frame.error", level=logging.ERROR, topic=frame.topic, exc_info=True)
             self.send_error(ErrorCode.INTERNAL, "internal error", frame.id)
+        finally:
+            self.dispatching = False
+            idle = self._idle
+            if idle is not None and not idle.done():
+                idle.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Wait until the frame being handled (if any) has been answered."""
+        if self.dispatching:
+            if self._idle is None or self._idle.done():
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)
 
     def receive_binary(self) -> None:
         """Binary frames are not part of the protocol: refuse with 1008."""
@@ -328,8 +375,45 @@ class Session:
         refresh = getattr(self.node.resolver, "refresh", None)
         if refresh is None:
             raise RoomcastError("authentication is not enabled", code=ErrorCode.INVALID_FRAME)
-        self.identity = await refresh(self, frame.payload)
+        try:
+            identity = await refresh(self, frame.payload)
+        except Refused as exc:
+            self.send_error(exc.code, exc.message, frame.id)
+            self.close(exc.close_code, exc.code, exc.message, frame=False)
+            self.node.spawn(self.leave("unauthenticated"))
+            return
+        self.identity = identity
+        self.member.claims = identity.claims
+        self.watch_expiry()
         self._ack(frame)
+
+    def watch_expiry(self) -> None:
+        """Close with 4401 at `identity.expires_at` (replacing any earlier schedule)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires_at = self.identity.expires_at
+        if expires_at is None or self.closing:
+            return
+        # Far-away expiries are re-checked daily rather than handed to the timer as is.
+        delay = min(max(0.0, expires_at - time.time()), 86400.0)
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        expires_at = self.identity.expires_at
+        if expires_at is not None and expires_at > time.time():
+            self.watch_expiry()
+            return
+        if not self.closing:
+            self.close(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED,
+                       "token expired: send auth.refresh with a fresh token before exp")
+            self.node.spawn(self.leave("expired"))
+
+    def _rate_limited(self, frame_id: Any) -> None:
+        rate = self.bucket.rate if self.bucket is not None else 0
+        self.send_error(ErrorCode.RATE_LIMITED,
+                        f"frame refused: more than {rate:g} frames per second", frame_id)
 
     def _ack(self, frame: ClientFrame, offset: int | None = None) -> None:
         if frame.id is not None:
@@ -370,6 +454,14 @@ class Session:
         self.connection.abort(CloseCode.KEEPALIVE_TIMEOUT, "slow consumer")
         node.spawn(self.leave("slow_consumer"))
 
+    def keepalive_timeout(self) -> None:
+        """The transport closed the connection with 4408: no pong came in time."""
+        if self.closing:
+            return
+        self.closing = True
+        self.node.metrics.disconnects.labels(str(int(CloseCode.KEEPALIVE_TIMEOUT))).inc()
+        self._log("connection.keepalive_timeout", level=logging.WARNING)
+
     async def connection_closed(self, timeout: float) -> None:
         """Wait until the transport has written the close (at most `timeout` seconds)."""
         wait = getattr(self.connection, "wait_closed", None)
@@ -388,6 +480,11 @@ class Session:
             self._left.set_result(None)
 
     async def _leave(self, reason: str) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.lease is not None:
+            self.lease.release()
         if not self.joined:
             return
         node, member = self.node, self.member

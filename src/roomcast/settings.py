@@ -43,6 +43,10 @@ class Settings:
     """Path of a PEM public key for RS*/ES*/EdDSA tokens; turns authentication on."""
     jwks_url: str | None = None
     """URL of a JWKS document whose keys verify tokens; turns authentication on."""
+    jwks_cache_ttl: float = 300.0
+    """Seconds the JWKS keys are used before the document is fetched again."""
+    jwks_refresh_min_interval: float = 5.0
+    """Least seconds between two JWKS fetches caused by a token with an unknown `kid`."""
     jwt_algorithms: tuple[str, ...] = ()
     """Accepted token algorithms; empty picks those that fit the configured key."""
     jwt_audience: str | None = None
@@ -128,6 +132,14 @@ class Settings:
             raise ConfigError(
                 f"log-level must be debug, info, warning or error, got {self.log_level!r}"
             )
+        if self.jwks_cache_ttl <= 0 or self.jwks_refresh_min_interval < 0:
+            raise ConfigError("jwks-cache-ttl must be > 0 and jwks-refresh-min-interval >= 0")
+        if self.jwt_leeway < 0:
+            raise ConfigError(f"jwt-leeway must be >= 0, got {self.jwt_leeway}")
+        if self.rate_limit is not None and (self.rate_limit <= 0 or self.rate_burst < 1):
+            raise ConfigError("rate-limit must be > 0 and rate-burst >= 1")
+        if self.handshake_timeout <= 0:
+            raise ConfigError(f"handshake-timeout must be > 0, got {self.handshake_timeout}")
         if sum(x is not None for x in (self.jwt_secret, self.jwt_public_key, self.jwks_url)) > 1:
             raise ConfigError("use only one of --jwt-secret, --jwt-public-key, --jwks-url")
         if not self.node_id:
@@ -233,6 +245,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("jwt_secret", str, "HMAC secret for HS256/384/512 tokens", "SECRET"),
     Option("jwt_public_key", str, "PEM public key file for RS*/ES*/EdDSA tokens", "FILE"),
     Option("jwks_url", str, "URL of a JWKS document with the token keys", "URL"),
+    Option("jwks_cache_ttl", _float, "seconds JWKS keys are cached (default 300)", "SECONDS"),
+    Option("jwks_refresh_min_interval", _float,
+           "least seconds between JWKS fetches for unknown kids (default 5)", "SECONDS"),
     Option("jwt_algorithms", _list, "accepted token algorithms, comma-separated", "ALG,..."),
     Option("jwt_audience", str, "required token audience (aud)", "AUD"),
     Option("jwt_issuer", str, "required token issuer (iss)", "ISS"),

@@ -31,7 +31,7 @@ def create_broker(settings: Settings) -> Broker:
     if url.startswith(("redis://", "rediss://")):
         from .redis import RedisBroker
 
-        return RedisBroker(  # type: ignore[return-value]
+        return RedisBroker(
             url,
             history_size=settings.history_size,
             history_ttl=settings.history_ttl,

@@ -29,12 +29,15 @@ class Publication:
         offset: the room's offset for this message (one order per room, cluster-wide).
         frame: the complete server frame, encoded once by the publisher.
         to: the one member it is for, or `None` for the whole room.
+        epoch: the incarnation of the room's history the offset belongs to (empty when the
+            broker does not say); a node that sees it change knows history was lost.
     """
 
     room: str
     offset: int
     frame: str
     to: str | None = None
+    epoch: str = ""
 
 
 SignalKind = Literal["join", "leave", "kick", "replace"]

@@ -79,7 +79,9 @@ class MemoryBroker:
         stream = self._stream(room, now)
         stream.offset += 1
         stream.touched = now
-        publication = Publication(room, stream.offset, message_frame(prefix, stream.offset), to)
+        publication = Publication(
+            room, stream.offset, message_frame(prefix, stream.offset), to, stream.epoch
+        )
         if self.history_size:
             entries = stream.entries
             entries.append((now, publication))

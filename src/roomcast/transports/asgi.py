@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -16,6 +17,7 @@ from ..codes import CloseCode
 from ..connection import Outbox
 from ..node import Node
 from ..session import Session, open_session
+from .uvicorn_ws import CLOSE_TIMEOUT, DIRECT_EXTENSION, KEEPALIVE_REASON, WebSocketProtocol
 
 __all__ = ["AsgiConnection", "WebSocketEndpoint"]
 
@@ -25,14 +27,51 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+_last_text: str | None = None
+_last_frame = b""
+
+
+def _text_frame(data: str) -> bytes:
+    """The unmasked WebSocket text frame carrying `data`.
+
+    Fan-out sends the same string object to every member in a row: remembering the last one
+    encodes each room message once, not once per member.
+    """
+    global _last_text, _last_frame
+    if data is _last_text:
+        return _last_frame
+    payload = data.encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    _last_text, _last_frame = data, header + payload
+    return _last_frame
+
+
 class AsgiConnection:
-    """A :class:`~roomcast.connection.Connection` over an ASGI `send` callable."""
+    """A :class:`~roomcast.connection.Connection` over an ASGI `send` callable.
 
-    __slots__ = ("_asgi_send", "on_overflow", "outbox")
+    Under `roomcast serve` the scope offers uvicorn's protocol object (see
+    :data:`~roomcast.transports.uvicorn_ws.DIRECT_EXTENSION`): while nothing is queued and the
+    transport is below its high-water mark, `send` writes the frame to the socket at once, with
+    no task switch; otherwise the frame waits in the :class:`~roomcast.connection.Outbox`,
+    whose overflow past `max_bytes` closes the connection (4408). Elsewhere every frame goes
+    through the outbox and the ASGI `send` callable.
+    """
 
-    def __init__(self, asgi_send: Send, max_bytes: int) -> None:
+    __slots__ = ("_asgi_send", "_direct", "on_closing", "on_overflow", "outbox")
+
+    def __init__(
+        self, asgi_send: Send, max_bytes: int, direct: WebSocketProtocol | None = None
+    ) -> None:
         self._asgi_send = asgi_send
+        self._direct = direct
         self.on_overflow: Callable[[], None] = lambda: None
+        self.on_closing: Callable[[], None] = lambda: None
         self.outbox = Outbox(self._write, self._close, max_bytes, self._overflow)
 
     def _overflow(self) -> None:
@@ -45,21 +84,41 @@ class AsgiConnection:
         await self._asgi_send({"type": "websocket.close", "code": code, "reason": reason})
 
     def send(self, data: str) -> None:
-        """Queue a text frame."""
-        self.outbox.send(data)
+        """Write a text frame now when nothing is queued, else queue it."""
+        direct = self._direct
+        outbox = self.outbox
+        # Straight to the socket while the transport takes it (below its high-water mark);
+        # once it pushes back, frames queue in the outbox, which bounds them (4408).
+        if (
+            direct is not None
+            and outbox.idle
+            and direct.writable.is_set()
+            and direct.write_frame(_text_frame(data)) >= 0
+        ):
+            return
+        outbox.send(data)
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after the queued frames."""
         self.outbox.close(code, reason)
+        self.on_closing()
 
     def abort(self, code: int, reason: str = "") -> None:
         """Drop the queued frames and close."""
         self.outbox.abort(code, reason)
+        self.on_closing()
 
     @property
     def buffered(self) -> int:
-        """Characters queued and not yet written."""
-        return self.outbox.buffered
+        """Characters queued and not yet written, plus bytes in the socket's write buffer."""
+        direct = self._direct
+        if direct is None or direct.transport is None:
+            return self.outbox.buffered
+        return self.outbox.buffered + direct.transport.get_write_buffer_size()
+
+    def allow(self, extra: int) -> None:
+        """Let the outbound buffer take `extra` more bytes until it drains (a replay)."""
+        self.outbox.allow(extra)
 
     async def wait_closed(self, timeout: float) -> None:
         """Wait (bounded) for the writer to send the close frame."""
@@ -82,22 +141,40 @@ class WebSocketEndpoint:
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
         }
         await send({"type": "websocket.accept"})
-        connection = AsgiConnection(send, node.settings.outbound_buffer)
-        connection.outbox.start()
+        direct = scope.get("extensions", {}).get(DIRECT_EXTENSION, {}).get("protocol")
+        connection = AsgiConnection(send, node.settings.outbound_buffer, direct)
+        connection.outbox.start_on_demand()
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                keep_blank_values=True))
         client = scope.get("client")
         session = await open_session(
             node, connection, query, headers, client[0] if client else None
         )
+        del headers, query  # this frame lives as long as the connection: keep it small
         if session is None:
             await self._drain_until_closed(receive, connection)
             return
         connection.on_overflow = session.overflow
+        reason = "closed"
         try:
-            await self._pump(receive, session)
+            async with asyncio.timeout(None) as bound:
+                # Once the server closes the connection, the peer gets a bounded time to go;
+                # a server that never reports the disconnect cannot keep this task forever.
+                loop = asyncio.get_running_loop()
+                connection.on_closing = lambda: bound.reschedule(
+                    loop.time() + CLOSE_TIMEOUT + 1.0
+                )
+                if session.closing:
+                    connection.on_closing()
+                code, text = await self._pump(receive, session)
+                if code == CloseCode.KEEPALIVE_TIMEOUT and text == KEEPALIVE_REASON:
+                    session.keepalive_timeout()
+                    reason = "keepalive_timeout"
+        except TimeoutError:
+            reason = "close_timeout"
         finally:
-            await session.leave()
+            connection.on_closing = lambda: None
+            await session.leave(reason)
             if not connection.outbox.closing:
                 connection.close(CloseCode.NORMAL)
             task = connection.outbox.task
@@ -107,7 +184,8 @@ class WebSocketEndpoint:
                     await task
 
     @staticmethod
-    async def _pump(receive: Receive, session: Session) -> None:
+    async def _pump(receive: Receive, session: Session) -> tuple[int, str]:
+        """Feed frames to the session until the disconnect; returns its code and reason."""
         while True:
             message = await receive()
             kind = message["type"]
@@ -118,7 +196,7 @@ class WebSocketEndpoint:
                 else:
                     session.receive_binary()
             elif kind == "websocket.disconnect":
-                return
+                return int(message.get("code", 1005)), str(message.get("reason") or "")
 
     @staticmethod
     async def _drain_until_closed(receive: Receive, connection: AsgiConnection) -> None:

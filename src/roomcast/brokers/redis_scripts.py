@@ -1,0 +1,133 @@
+"""The Lua scripts of the Redis broker: each one atomic step (see docs/architecture.md).
+
+Every key of one room shares the hash tag `{room}`, so that in a Redis Cluster the room's
+offset, epoch, stream and presence live on one shard with its channel.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ADD_MEMBER", "HISTORY", "LEASE", "PUBLISH", "REMOVE_MEMBER", "SWEEP_NODE"]
+
+PUBLISH = """
+-- KEYS: offset, epoch, stream
+-- ARGV: prefix, to, history size, history ttl, meta ttl, channel, epoch if none exists
+local offset = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[7]
+end
+if offset == 1 then
+  -- A new incarnation: nothing retained may carry a higher id than the offsets to come.
+  redis.call('DEL', KEYS[3])
+end
+redis.call('SET', KEYS[2], epoch, 'EX', ARGV[5])
+local id = string.format('%d', offset)
+local frame = ARGV[1] .. id .. '}'
+local size = tonumber(ARGV[3])
+if size > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', size, id .. '-0', 'f', frame, 't', ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[6], 'p' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[2] .. '\\n' .. frame)
+return {offset, epoch}
+"""
+
+HISTORY = """
+-- KEYS: offset, epoch, stream
+-- ARGV: epoch if none exists, meta ttl, first id wanted ('-' for all), count (-1: no limit)
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch, 'EX', ARGV[2])
+end
+local offset = tonumber(redis.call('GET', KEYS[1]) or '0')
+local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+local first_id = ''
+if #first > 0 then
+  first_id = first[1][1]
+end
+local count = tonumber(ARGV[4])
+local entries = {}
+if count ~= 0 then
+  if count > 0 then
+    entries = redis.call('XRANGE', KEYS[3], ARGV[3], '+', 'COUNT', count)
+  else
+    entries = redis.call('XRANGE', KEYS[3], ARGV[3], '+')
+  end
+end
+return {epoch, offset, first_id, entries}
+"""
+
+ADD_MEMBER = """
+-- KEYS: presence hash, node member set, rooms set
+-- ARGV: username, node_id:connection_id, node member entry, replace ('1'/'0'), room
+-- Returns {status, previous value}: 0 taken, 1 added, 2 already this connection's.
+local previous = redis.call('HGET', KEYS[1], ARGV[1])
+if previous == ARGV[2] then
+  return {2, previous}
+end
+if previous and ARGV[4] ~= '1' then
+  return {0, previous}
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[5])
+return {1, previous or ''}
+"""
+
+REMOVE_MEMBER = """
+-- KEYS: presence hash, node member set, rooms set
+-- ARGV: username, node_id:connection_id, node member entry, room
+redis.call('SREM', KEYS[2], ARGV[3])
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[4])
+end
+return 1
+"""
+
+SWEEP_NODE = """
+-- KEYS: node lease, node member set, nodes set, rooms set
+-- ARGV: node id, key prefix, force ('1': sweep even with a live lease, for its own restart)
+-- Removes a dead node's presence entries and returns them {room, username, ...} to the one
+-- caller that removed them; a second caller finds nothing.
+if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return {}
+end
+local removed = {}
+for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local room, username, connection = string.match(entry, '^(.-)\\n(.-)\\n(.*)$')
+  if room then
+    local hash = ARGV[2] .. '{' .. room .. '}:p'
+    if redis.call('HGET', hash, username) == ARGV[1] .. ':' .. connection then
+      redis.call('HDEL', hash, username)
+      if redis.call('HLEN', hash) == 0 then
+        redis.call('SREM', KEYS[4], room)
+      end
+      removed[#removed + 1] = room
+      removed[#removed + 1] = username
+    end
+  end
+end
+redis.call('DEL', KEYS[2])
+if ARGV[3] ~= '1' then
+  redis.call('SREM', KEYS[3], ARGV[1])
+end
+return removed
+"""
+
+LEASE = """
+-- KEYS: node lease, nodes set
+-- ARGV: node id, token, lease milliseconds
+-- Returns 1 when the lease was still held, 0 when it had lapsed (and is now taken again).
+redis.call('SADD', KEYS[2], ARGV[1])
+if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
+  return 1
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 0
+"""

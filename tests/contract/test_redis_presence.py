@@ -1,0 +1,94 @@
+"""What only a shared broker has: several nodes on one Redis, leases and the sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from roomcast.brokers.redis import RedisBroker
+from roomcast.protocol import message_prefix
+from tests.contract.conftest import Recorder
+from tests.harness import RedisProcess
+
+Make = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
+
+
+@pytest.fixture
+async def make(redis_server: RedisProcess) -> AsyncIterator[Make]:
+    """Starts Redis brokers (nodes) on one redis-server; closes them at the end."""
+    brokers: list[RedisBroker] = []
+
+    async def start(
+        node_id: str, url: str = redis_server.url, **options: float
+    ) -> tuple[RedisBroker, Recorder]:
+        broker = RedisBroker(url, **options)  # type: ignore[arg-type]
+        recorder = Recorder()
+        await broker.start(node_id, recorder)
+        brokers.append(broker)
+        return broker, recorder
+
+    yield start
+    for broker in brokers:
+        await broker.close()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition with a deadline (leases and sweeps are timed, not evented)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_dead_node_is_swept_by_exactly_one_survivor(make: Make) -> None:
+    """Members of a node whose lease ran out are returned to one survivor only."""
+    a, lost_a = await make("a", presence_ttl=1.5)
+    b, lost_b = await make("b", presence_ttl=1.5)
+    c, _ = await make("c", presence_ttl=1.5)
+    await c.add_member("r1", "carol", "c1")
+    await c.add_member("r2", "carol", "c2")
+    for task in c._tasks:  # c stops renewing, as a killed process would
+        task.cancel()
+    await until(lambda: len(lost_a.lost) + len(lost_b.lost) == 2)
+    assert sorted(lost_a.lost + lost_b.lost) == [("r1", ["carol"], "c"), ("r2", ["carol"], "c")]
+    assert await a.rooms() == {}
+    assert await b.add_member("r1", "carol", "c3") is None
+
+
+async def test_lapsed_lease_puts_live_members_back(make: Make, redis_server: RedisProcess) -> None:
+    """A live node whose entries were swept adds them again and announces the join."""
+    a, _ = await make("a", presence_ttl=1.5)
+    b, seen_b = await make("b", presence_ttl=1.5)
+    await b.subscribe("r1")
+    await a.add_member("r1", "alice", "c1")
+    admin = Redis.from_url(redis_server.url)
+    await admin.delete("rc:node:a", "rc:{r1}:p")  # as if a stalled and was swept
+    await until(lambda: any(s.kind == "join" for s in seen_b.signals))
+    assert await b.members("r1") == ["alice"]
+    await admin.aclose()
+
+
+async def test_replace_across_nodes_keeps_the_newer_entry(make: Make) -> None:
+    """A replaced entry is not removed by the older connection's leave."""
+    a, _ = await make("a")
+    b, _ = await make("b")
+    await a.add_member("r1", "bob", "c1")
+    assert await b.add_member("r1", "bob", "c2", replace=True) == "c1"
+    assert not await a.remove_member("r1", "bob", "c1")
+    assert await a.members("r1") == ["bob"]
+    assert await b.remove_member("r1", "bob", "c2")
+
+
+async def test_databases_do_not_share_rooms(make: Make, redis_server: RedisProcess) -> None:
+    """Two clusters on two databases of one Redis see neither each other's traffic nor keys."""
+    one, seen_one = await make("a", f"redis://127.0.0.1:{redis_server.port}/1")
+    two, seen_two = await make("a", f"redis://127.0.0.1:{redis_server.port}/2")
+    await one.subscribe("r1")
+    await two.subscribe("r1")
+    await one.publish("r1", message_prefix("t", 1, "r1", "x"))
+    publication = await two.publish("r1", message_prefix("t", 2, "r1", "x"))
+    assert publication.offset == 1
+    assert [p.offset for p in seen_one.publications] == [1]
+    assert seen_two.publications == [publication]

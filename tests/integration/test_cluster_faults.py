@@ -1,0 +1,177 @@
+"""Cluster faults and the publisher: lost subscriptions, lost history, commands from afar."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from roomcast import KickMember, MemberNotFound, Publisher, SendToMember
+from tests.harness import Client, RedisProcess, ServerProcess
+
+Start = Callable[..., ServerProcess]
+
+
+def node(start_server: Start, redis: RedisProcess, node_id: str, *flags: str) -> ServerProcess:
+    return start_server("--broker", redis.url, "--node-id", node_id, *flags)
+
+
+async def test_publisher_sends_commands_to_members_anywhere(
+    start_server: Start, redis_server: RedisProcess
+) -> None:
+    """A Publisher with no connections publishes, messages one member and kicks across nodes."""
+    a = node(start_server, redis_server, "a")
+    b = node(start_server, redis_server, "b")
+    alice = await Client.connect(a.ws_url, "alice", "r1")
+    await alice.join()
+    bob = await Client.connect(b.ws_url, "bob", "r1")
+    await bob.join()
+    await alice.recv_topic("presence.join")
+    async with Publisher(redis_server.url) as publisher:
+        assert await publisher.publish("r1", "news", {"n": 1}) == 1
+        expected = {
+            "topic": "news",
+            "payload": {"n": 1},
+            "room": "r1",
+            "from": "$server",
+            "offset": 1,
+        }
+        assert await alice.recv() == expected
+        assert await bob.recv() == expected
+        assert await publisher.send(SendToMember("r1", "bob", "note", 2)) == 2
+        assert (await bob.recv())["payload"] == 2
+        with pytest.raises(MemberNotFound):
+            await publisher.send_to("r1", "zed", "note", 3)
+        await publisher.send(KickMember("r1", "alice"))
+        code, _ = await alice.closed()
+        assert code == 4499
+    assert await bob.recv() == {
+        "topic": "presence.leave",
+        "payload": {"username": "alice"},
+        "room": "r1",
+    }
+    await bob.barrier()
+    await bob.close()
+
+
+async def test_lost_subscription_is_noticed_and_repaired(
+    start_server: Start, redis_server: RedisProcess
+) -> None:
+    """Killed subscription connections: the node reconnects and fills the gap from history."""
+    a = node(start_server, redis_server, "a")
+    alice = await Client.connect(a.ws_url, "alice", "r1")
+    await alice.join()
+    admin = Redis.from_url(redis_server.url)
+    async with Publisher(redis_server.url) as publisher:
+        assert await publisher.publish("r1", "n", 0) == 1
+        assert (await alice.recv())["offset"] == 1
+        await admin.client_kill_filter(_type="pubsub")
+        for n in range(1, 40):
+            await publisher.publish("r1", "n", n)
+    offsets = [(await alice.recv_topic("n", 15))["offset"] for _ in range(39)]
+    assert offsets == list(range(2, 41))
+    assert a.log is not None
+    a.log.wait_for(r"broker\.lost")
+    a.log.wait_for(r"broker\.connected.*rooms=1")
+    await alice.barrier()
+    await alice.close()
+    await admin.aclose()
+
+
+async def test_lost_history_makes_members_reconnect(
+    start_server: Start, redis_server: RedisProcess
+) -> None:
+    """After Redis lost its data (a new epoch), members are closed 4503 and resume afresh."""
+    a = node(start_server, redis_server, "a", "--presence-ttl", "3")
+    alice = await Client.connect(a.ws_url, "alice", "r1")
+    welcome = await alice.join()
+    admin = Redis.from_url(redis_server.url)
+    async with Publisher(redis_server.url) as publisher:
+        await publisher.publish("r1", "n", 1)
+        assert (await alice.recv())["offset"] == 1
+        await admin.flushall()
+        await publisher.publish("r1", "n", 2)
+        code, frames = await alice.closed()
+        assert code == 4503
+        assert frames[-1]["payload"]["code"] == "unavailable"
+    async with asyncio.timeout(10):  # the node puts its presence back within one lease
+        while True:
+            again = await Client.connect(
+                a.ws_url, "alice", "r1", since=1, epoch=welcome["payload"]["epoch"]
+            )
+            first = await again.recv()
+            if first["topic"] == "welcome":
+                break
+            await again.closed()
+    assert first["payload"]["recovered"] is False
+    assert first["payload"]["epoch"] != welcome["payload"]["epoch"]
+    await again.close()
+    await admin.aclose()
+
+
+async def test_node_started_before_redis_becomes_ready(start_server: Start) -> None:
+    """A node whose Redis is not up yet starts not-ready and serves once Redis is there."""
+    redis = RedisProcess()
+    a = start_server("--broker", redis.url, "--node-id", "a")
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        assert (await http.get("/readyz")).status_code == 503
+        refused = await Client.connect(a.ws_url, "alice", "r1")
+        code, frames = await refused.closed()
+        assert code == 4503
+        assert frames[0]["payload"]["code"] == "unavailable"
+        redis.start()
+        try:
+            async with asyncio.timeout(15):  # the node retries with backoff: poll
+                while (await http.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            alice = await Client.connect(a.ws_url, "alice", "r1")
+            assert (await alice.join())["payload"]["members"] == ["alice"]
+            await alice.close()
+        finally:
+            redis.stop()
+
+
+async def test_replace_policy_across_nodes(start_server: Start, redis_server: RedisProcess) -> None:
+    """With --on-duplicate replace, a newer connection on node B closes the one on node A."""
+    policy = ("--on-duplicate", "replace")
+    a = node(start_server, redis_server, "a", *policy)
+    b = node(start_server, redis_server, "b", *policy)
+    bob = await Client.connect(a.ws_url, "bob", "r1")
+    await bob.join()
+    old = await Client.connect(a.ws_url, "alice", "r1")
+    await old.join()
+    await bob.recv_topic("presence.join")
+    new = await Client.connect(b.ws_url, "alice", "r1")
+    assert (await new.join())["payload"]["members"] == ["alice", "bob"]
+    code, _ = await old.closed()
+    assert code == 4409
+    await new.send({"topic": "chat", "payload": "still here"})
+    assert (await bob.recv())["payload"] == "still here"  # no presence.leave came first
+    await new.close()
+    await bob.close()
+
+
+async def test_silent_redis_is_noticed(start_server: Start, redis_server: RedisProcess) -> None:
+    """A Redis that stops answering without closing (frozen, cut off) is noticed by heartbeat."""
+    a = node(start_server, redis_server, "a", "--presence-ttl", "3")
+    alice = await Client.connect(a.ws_url, "alice", "r1")
+    await alice.join()
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # sockets stay open: no error, only silence
+    assert a.log is not None
+    try:
+        async with httpx.AsyncClient(base_url=a.url) as http, asyncio.timeout(15):
+            while (await http.get("/readyz")).status_code != 503:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        a.log.wait_for(r"broker\.silent", timeout=10)
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    a.log.wait_for(r"broker\.connected.*rooms=1", timeout=15)
+    async with Publisher(redis_server.url) as publisher:
+        offset = await publisher.publish("r1", "n", "after")
+    assert (await alice.recv_topic("n"))["offset"] == offset
+    await alice.close()
