@@ -34,6 +34,9 @@ class Connection(Protocol):
 
 
 _CLOSE = object()
+# Every outbox's queue until its first frame: shared and always empty, because a deque costs
+# a 0.5 KiB block and most connections, written to directly, never queue anything.
+_NO_QUEUE: deque[str | object] = deque(maxlen=0)
 
 
 class Outbox:
@@ -66,7 +69,7 @@ class Outbox:
         # Bytes allowed above `max_bytes` for now (a replay); 0 once drained below it. While
         # it is not 0, frames go through the queue, which notices the drain.
         self.allowance = 0
-        self._queue: deque[str | object] = deque()
+        self._queue = _NO_QUEUE
         self._size = 0
         self._closing = False
         self._waiter: asyncio.Future[None] | None = None
@@ -105,7 +108,10 @@ class Outbox:
         """Queue `data`; fires `on_overflow` when the queue grows past `max_bytes`."""
         if self._closing:
             return
-        self._queue.append(data)
+        queue = self._queue
+        if queue is _NO_QUEUE:
+            queue = self._queue = deque()
+        queue.append(data)
         self._size += len(data)
         if self._size > self.max_bytes + self.allowance:
             self._on_overflow()
@@ -123,8 +129,11 @@ class Outbox:
         if self._closing:
             return
         self._closing = True
-        self._queue.append(_CLOSE)
-        self._queue.append((code, reason))
+        queue = self._queue
+        if queue is _NO_QUEUE:
+            queue = self._queue = deque()
+        queue.append(_CLOSE)
+        queue.append((code, reason))
         self._wake()
 
     def abort(self, code: int, reason: str = "") -> None:
@@ -150,9 +159,9 @@ class Outbox:
             waiter.set_result(None)
 
     async def _run(self) -> None:
-        queue = self._queue
         loop = asyncio.get_running_loop()
         while True:
+            queue = self._queue  # still _NO_QUEUE when started before the first frame
             while queue:
                 item = queue.popleft()
                 if item is _CLOSE:

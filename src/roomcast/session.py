@@ -194,7 +194,9 @@ class Session:
             BrokerUnavailable: when presence or history cannot be reached.
         """
         node, member = self.node, self.member
-        replace = node.settings.on_duplicate == "replace"
+        # A resuming client (since+epoch) takes over its own name: the connection it left is
+        # most likely dead (a crashed node, a dropped network) and not yet noticed as such.
+        replace = node.settings.on_duplicate == "replace" or since is not None
         try:
             replaced = await node.broker.add_member(
                 member.room, member.username, member.connection_id, replace=replace

@@ -214,7 +214,7 @@ async def test_resume_after_network_loss_sees_every_message_once(server: ServerP
 
 async def test_keepalive_notices_a_dead_connection(start_server: StartServer) -> None:
     """When the peer stops answering, WebSocket pings time out and the client reconnects."""
-    server = start_server("--on-duplicate", "replace")
+    server = start_server()
     proxy = await Proxy(server.port).start()
     states = StateLog()
     client = Client(
@@ -303,7 +303,7 @@ async def test_resume_on_another_node_after_kill_9(
 ) -> None:
     """With Redis, the node a client was on is killed (-9); the client reconnects to the other
     node and sees every message once, in order, including those published meanwhile."""
-    flags = ("--broker", redis_server.url, "--on-duplicate", "replace")
+    flags = ("--broker", redis_server.url)
     a = start_server(*flags, "--node-id", "a")
     b = start_server(*flags, "--node-id", "b")
     proxy = await Proxy(a.port).start()

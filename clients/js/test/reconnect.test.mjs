@@ -194,7 +194,7 @@ test("after a server restart the client reconnects and is told history was lost"
 
 test("with Redis, after a kill -9 of its node the client resumes on the other with no loss", async (t) => {
   const broker = await redis(t);
-  const flags = ["--broker", broker, "--on-duplicate", "replace"];
+  const flags = ["--broker", broker];
   const a = await new Server([...flags, "--node-id", "a"]).start();
   const b = await new Server([...flags, "--node-id", "b"]).start();
   t.after(() => Promise.all([a.stop(), b.stop()]));

@@ -27,6 +27,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+def _nothing() -> None:
+    """The default callback (one function, not a closure per connection)."""
+
+
 _last_text: str | None = None
 _last_frame = b""
 
@@ -52,6 +56,23 @@ def _text_frame(data: str) -> bytes:
     return _last_frame
 
 
+# Connections with frames held for the end of the current event-loop iteration. One list per
+# process: `roomcast serve` runs one event loop (the direct path exists only under it).
+_dirty: list[AsgiConnection] = []
+
+
+def _flush_dirty() -> None:
+    """Write what every connection got during this event-loop iteration."""
+    global _dirty
+    dirty, _dirty = _dirty, []
+    for connection in dirty:
+        frames = connection._pending
+        direct = connection._direct
+        if frames is not None and direct is not None:
+            connection._pending = None
+            direct.write_frame(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
 class AsgiConnection:
     """A :class:`~roomcast.connection.Connection` over an ASGI `send` callable.
 
@@ -63,15 +84,16 @@ class AsgiConnection:
     through the outbox and the ASGI `send` callable.
     """
 
-    __slots__ = ("_asgi_send", "_direct", "on_closing", "on_overflow", "outbox")
+    __slots__ = ("_asgi_send", "_direct", "_pending", "on_closing", "on_overflow", "outbox")
 
     def __init__(
         self, asgi_send: Send, max_bytes: int, direct: WebSocketProtocol | None = None
     ) -> None:
         self._asgi_send = asgi_send
         self._direct = direct
-        self.on_overflow: Callable[[], None] = lambda: None
-        self.on_closing: Callable[[], None] = lambda: None
+        self._pending: list[bytes] | None = None
+        self.on_overflow: Callable[[], None] = _nothing
+        self.on_closing: Callable[[], None] = _nothing
         self.outbox = Outbox(self._write, self._close, max_bytes, self._overflow)
 
     def _overflow(self) -> None:
@@ -88,23 +110,38 @@ class AsgiConnection:
         direct = self._direct
         outbox = self.outbox
         # Straight to the socket while the transport takes it (below its high-water mark);
-        # once it pushes back, frames queue in the outbox, which bounds them (4408).
-        if (
-            direct is not None
-            and outbox.idle
-            and direct.writable.is_set()
-            and direct.write_frame(_text_frame(data)) >= 0
-        ):
+        # once it pushes back, frames queue in the outbox, which bounds them (4408). The
+        # frames of one event-loop iteration go out in one write at its end: when messages
+        # come faster than one per iteration, a member costs one system call, not one each.
+        if direct is not None and outbox.idle and direct.writable.is_set():
+            pending = self._pending
+            if pending is None:
+                self._pending = [_text_frame(data)]
+                if not _dirty:
+                    asyncio.get_running_loop().call_soon(_flush_dirty)
+                _dirty.append(self)
+            else:
+                pending.append(_text_frame(data))
             return
+        self.flush()  # what was written directly goes first
         outbox.send(data)
+
+    def flush(self) -> None:
+        """Write the frames held for the end of this event-loop iteration now."""
+        frames = self._pending
+        if frames is not None and self._direct is not None:
+            self._pending = None
+            self._direct.write_frame(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after the queued frames."""
+        self.flush()
         self.outbox.close(code, reason)
         self.on_closing()
 
     def abort(self, code: int, reason: str = "") -> None:
         """Drop the queued frames and close."""
+        self._pending = None
         self.outbox.abort(code, reason)
         self.on_closing()
 
@@ -173,7 +210,7 @@ class WebSocketEndpoint:
         except TimeoutError:
             reason = "close_timeout"
         finally:
-            connection.on_closing = lambda: None
+            connection.on_closing = _nothing
             await session.leave(reason)
             if not connection.outbox.closing:
                 connection.close(CloseCode.NORMAL)

@@ -4,7 +4,7 @@ closes.
 `roomcast serve` runs uvicorn with :class:`WebSocketProtocol`. An application that runs its own
 uvicorn can do the same: ``uvicorn.run(app, ws=WebSocketProtocol)``.
 
-Three differences from uvicorn's own class:
+The differences from uvicorn's own class:
 
 - A peer that does not answer a ping within `ws_ping_timeout` is closed with 4408 (uvicorn
   uses 1011, which tells clients "internal error"), and the application sees a
@@ -14,6 +14,8 @@ Three differences from uvicorn's own class:
 - When the peer does not complete the closing handshake within :data:`CLOSE_TIMEOUT`
   seconds, the socket is aborted; uvicorn closes it gracefully, which waits for the peer to
   read what is buffered, possibly forever.
+- The scope offers the protocol itself (:data:`DIRECT_EXTENSION`), so that fan-out can write a
+  frame to the socket without a task switch while the transport takes it.
 """
 
 from __future__ import annotations
