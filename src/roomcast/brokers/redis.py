@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -35,6 +35,10 @@ T = TypeVar("T")
 KEY_PREFIX = "rc:"
 META_TTL = 30 * 24 * 3600
 """Seconds a room's offset and epoch outlive its last publish (its history lives less)."""
+POOL_SIZE = 64
+"""Redis connections a node uses for commands at most (pub/sub has its own)."""
+POOL_WAIT = 5.0
+"""Seconds a command waits for a free pooled connection before the broker counts as down."""
 SUBSCRIBE_TIMEOUT = 5.0
 PING_TIMEOUT = 1.0
 DELIVERY_WAIT = 2.0
@@ -78,8 +82,12 @@ class RedisBroker:
         self.tick = presence_ttl / 6
         self.presence = presence
         try:
-            self._pool: ConnectionPool = ConnectionPool.from_url(
+            # A bounded pool that makes callers wait for a free connection: a burst (10,000
+            # clients leaving at once) queues instead of failing with "Too many connections".
+            self._pool: ConnectionPool = BlockingConnectionPool.from_url(
                 url,
+                max_connections=POOL_SIZE,
+                timeout=POOL_WAIT,
                 socket_connect_timeout=2,
                 socket_timeout=5,
                 # No retry: a publish resent after a lost reply would be published twice.

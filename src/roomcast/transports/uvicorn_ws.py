@@ -9,6 +9,8 @@ The differences from uvicorn's own class:
 - A peer that does not answer a ping within `ws_ping_timeout` is closed with 4408 (uvicorn
   uses 1011, which tells clients "internal error"), and the application sees a
   ``websocket.disconnect`` with code 4408 and the reason :data:`KEEPALIVE_REASON`.
+- A frame refused by the parser (larger than `ws_max_size`: 1009, not UTF-8: 1007) is answered
+  by one `error` frame before the close frame.
 - A close frame is written even when the peer has stopped reading (uvicorn waits for the
   write buffer to drain first, which never happens for a stalled reader).
 - When the peer does not complete the closing handshake within :data:`CLOSE_TIMEOUT`
@@ -24,10 +26,12 @@ from typing import Any
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from ..codes import CloseCode
+from ..codes import CloseCode, ErrorCode
+from ..protocol import error_frame
 
 __all__ = ["CLOSE_TIMEOUT", "DIRECT_EXTENSION", "KEEPALIVE_REASON", "WebSocketProtocol"]
 
@@ -72,6 +76,21 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.close_timer.cancel()
         if not self.disconnected:
             self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    def handle_parser_exception(self) -> None:
+        """A frame the parser refused (too large: 1009, not UTF-8: 1007): one error frame
+        goes out before the close frame, as before every close the contract lists."""
+        close = self.conn.close_sent
+        if close is not None and not self.close_sent:
+            if close.code == CloseCode.MESSAGE_TOO_BIG:
+                text = error_frame(ErrorCode.MESSAGE_TOO_BIG, close.reason or "frame too large")
+            elif close.code == CloseCode.INVALID_TEXT:
+                text = error_frame(ErrorCode.INVALID_FRAME, "frame is not valid UTF-8 text")
+            else:
+                text = None
+            if text is not None:
+                self.transport.write(Frame(Opcode.TEXT, text.encode()).serialize(mask=False))
+        super().handle_parser_exception()
 
     def keepalive_timeout(self) -> None:
         """No pong in time: close with 4408 and tell the application why."""
