@@ -120,8 +120,8 @@ def identity_from_claims(
 ) -> Identity:
     """The identity that verified token `claims` give in `room` (see docs/security.md).
 
-    The username is the `sub` claim; `rooms` must grant `room`; `publish`, when present,
-    restricts the topics the member may send.
+    The username is the `sub` claim; `rooms`, when present, must grant `room`; `publish`,
+    when present, restricts the topics the member may send.
 
     Args:
         claims: the verified claims.
@@ -145,7 +145,8 @@ def identity_from_claims(
         )
     rooms = _string_list(claims, ROOMS_CLAIM)
     publish = _string_list(claims, PUBLISH_CLAIM)
-    if rooms is None or not matches_any(room, rooms):
+    # No `rooms` claim grants every room, as no `publish` claim allows every topic.
+    if rooms is not None and not matches_any(room, rooms):
         raise Refused(
             CloseCode.FORBIDDEN, ErrorCode.FORBIDDEN, f"the token does not grant room {room!r}"
         )

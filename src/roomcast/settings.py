@@ -77,13 +77,13 @@ class Settings:
     """Seconds a pong may take before the connection is closed (4408)."""
     presence_ttl: float = 15.0
     """Seconds a dead node's members stay in presence at most (its lease)."""
-    rate_limit: float | None = 50.0
+    rate_limit: float | None = 1000.0
     """Frames per second per connection (token bucket refill)."""
-    rate_burst: int = 100
+    rate_burst: int = 2000
     """Frames a connection may send at once (token bucket size)."""
     max_connections: int | None = 20000
     """Connections one node accepts."""
-    max_connections_per_ip: int | None = 500
+    max_connections_per_ip: int | None = None
     """Connections from one IP address on one node."""
     max_connections_per_user: int | None = 50
     """Connections of one username on one node, over all rooms."""
@@ -269,12 +269,12 @@ OPTIONS: tuple[Option, ...] = (
            "SECONDS"),
     Option("presence_ttl", _float, "seconds a dead node's members stay listed (default 15)",
            "SECONDS"),
-    Option("rate_limit", _optional(_float), "frames per second per connection (default 50)",
+    Option("rate_limit", _optional(_float), "frames per second per connection (default 1000)",
            "N"),
-    Option("rate_burst", _int, "frames a connection may send at once (default 100)", "N"),
+    Option("rate_burst", _int, "frames a connection may send at once (default 2000)", "N"),
     Option("max_connections", _optional(_int), "connections per node (default 20000)", "N"),
     Option("max_connections_per_ip", _optional(_int),
-           "connections per IP address (default 500)", "N"),
+           "connections per IP address (default off)", "N"),
     Option("max_connections_per_user", _optional(_int),
            "connections per username (default 50)", "N"),
     Option("handshake_timeout", _float, "seconds to complete the handshake (default 10)",

@@ -149,13 +149,16 @@ async def test_subject_mismatch_is_unauthenticated(hs_resolver: JwtResolver) -> 
 
 
 async def test_room_grants(hs_resolver: JwtResolver) -> None:
-    """Rooms are granted by exact id or `*` pattern; others are refused with 4403."""
+    """Rooms are granted by exact id or `*` pattern; others are refused with 4403; no `rooms`
+    claim grants every room and an empty one none."""
     token = hs(claims(aud="rc", iss="iss"))
     assert (await resolve(hs_resolver, token, room="team-blue")).username == "alice"
     for room in ("r2", "team", "xteam-blue", "r1x"):
         assert (await refused(hs_resolver, token, room=room)).close_code == CloseCode.FORBIDDEN
     no_rooms = hs(claims(aud="rc", iss="iss", rooms=None))
-    assert (await refused(hs_resolver, no_rooms)).close_code == CloseCode.FORBIDDEN
+    assert (await resolve(hs_resolver, no_rooms, room="anything")).username == "alice"
+    empty = hs(claims(aud="rc", iss="iss", rooms=[]))
+    assert (await refused(hs_resolver, empty)).close_code == CloseCode.FORBIDDEN
 
 
 async def test_secret_resolver_refuses_rs_tokens(rsa_key: rsa.RSAPrivateKey) -> None:
