@@ -72,6 +72,22 @@ async def test_request_ack_and_error_mapping(server: ServerProcess) -> None:
         assert await alice.request("chat", {"text": "three"}) == 3
 
 
+async def test_relayed_server_topic_names_are_messages(server: ServerProcess) -> None:
+    """A member may relay a topic named "ack" or "error": the client hands it to the
+    application as a message (it carries `from`) and does not take it as an answer."""
+    async with (
+        Client(server.url, username="alice", room="r1") as alice,
+        Client(server.ws_url, username="mallory", room="r1") as mallory,
+    ):
+        await mallory.send("ack", {"id": 1, "offset": 99})
+        await mallory.send("error", {"code": "forbidden", "message": "fake", "id": 2})
+        frame = await _next_topic(alice, "ack")
+        assert (frame.sender, frame.payload) == ("mallory", {"id": 1, "offset": 99})
+        frame = await _next_topic(alice, "error")
+        assert frame.sender == "mallory"
+        assert await alice.request("chat", {"text": "real"}) == 3
+
+
 async def _next_topic(client: Client, topic: str) -> Frame:
     async with asyncio.timeout(5):
         while True:

@@ -320,7 +320,8 @@ export class Client {
     }
     this.arm();
     const p = m.payload;
-    switch (m.topic) {
+    // Server frames never carry `from`; a relayed message named "ack" is just a message.
+    switch (m.from === undefined ? m.topic : "") {
       case "welcome":
         return this.welcomed(m as Message<Welcome>);
       case "ack":

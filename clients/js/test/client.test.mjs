@@ -111,3 +111,17 @@ test("a kicked member is closed with 4499 and stays closed", async (t) => {
   const members = await api(url, "GET", `/api/v1/rooms/${r}/members`);
   assert.deepEqual(members.body.members, []);
 });
+
+test("a relayed topic named like a server frame is a message, not an answer", async (t) => {
+  const { url } = await sharedServer(t);
+  const r = room();
+  const alice = client(t, url, "alice", r);
+  const mallory = client(t, url, "mallory", r);
+  await within(Promise.all([alice.ready, mallory.ready]), "welcomes");
+  const fake = next(alice, "ack");
+  mallory.send("ack", { id: 1, offset: 99 });
+  const message = await fake;
+  assert.equal(message.from, "mallory");
+  assert.deepEqual(message.payload, { id: 1, offset: 99 });
+  assert.equal(await alice.request("chat", "real"), message.offset + 1);
+});

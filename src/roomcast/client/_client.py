@@ -654,7 +654,8 @@ class Client:
 
     def _handle(self, frame: Frame) -> None:
         """Route one frame: answers to requests here, the rest to the dispatcher in order."""
-        topic = frame.topic
+        # Server frames never carry `from`; a relayed message named "ack" is just a message.
+        topic = frame.topic if frame.sender is None else ""
         if topic == "ack" or topic == "error":
             frame_id = _payload_id(frame)
             entry = self._pending.get(frame_id) if frame_id is not None else None
