@@ -58,8 +58,9 @@ class LogReader:
             self.lines.append("<eof>")
             self._cond.notify_all()
 
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT,
-                 start: int = 0) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT, start: int = 0
+    ) -> re.Match[str]:
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         index = start
@@ -76,8 +77,9 @@ class LogReader:
                     index += 1
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"timed out waiting for {regex.pattern!r}:\n"
-                                         + self.text())
+                    raise AssertionError(
+                        f"timed out waiting for {regex.pattern!r}:\n" + self.text()
+                    )
                 self._cond.wait(left)
 
     def join(self, timeout: float) -> None:
@@ -179,15 +181,28 @@ class RedisProcess:
         if exe is None:
             raise RuntimeError("redis-server is not installed: run scripts/setup.sh --test")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return self
@@ -214,8 +229,9 @@ class Client:
         self.ws = ws
 
     @classmethod
-    async def connect(cls, ws_url: str, username: str | None = None, room: str | None = None,
-                      **params: Any) -> Client:
+    async def connect(
+        cls, ws_url: str, username: str | None = None, room: str | None = None, **params: Any
+    ) -> Client:
         query: dict[str, Any] = {}
         if username is not None:
             query["username"] = username
@@ -237,7 +253,9 @@ class Client:
         return frame
 
     async def send(self, frame: Any) -> None:
-        await self.ws.send(frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode())
+        await self.ws.send(
+            frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode()
+        )
 
     async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
@@ -251,7 +269,9 @@ class Client:
                 if frame["topic"] == topic:
                     return frame
 
-    async def closed(self, timeout: float = RECV_TIMEOUT) -> tuple[int | None, list[dict[str, Any]]]:
+    async def closed(
+        self, timeout: float = RECV_TIMEOUT
+    ) -> tuple[int | None, list[dict[str, Any]]]:
         """Read until the server closes; return the close code and the frames seen."""
         frames: list[dict[str, Any]] = []
         async with asyncio.timeout(timeout):

@@ -66,8 +66,10 @@ def log_api_policy(settings: Settings) -> None:
     if settings.api_keys:
         log_event("api.keys", keys=len(settings.api_keys))
     else:
-        log_event("api.loopback_only",
-                  reason="no --api-key is configured: the HTTP API answers loopback clients only")
+        log_event(
+            "api.loopback_only",
+            reason="no --api-key is configured: the HTTP API answers loopback clients only",
+        )
 
 
 def _guard(node: Node, endpoint: Endpoint) -> Endpoint:
@@ -83,11 +85,14 @@ def _guard(node: Node, endpoint: Endpoint) -> Endpoint:
             for key in keys:
                 matched |= hmac.compare_digest(given_b, key)
             if scheme.lower() != "bearer" or not matched:
-                return json_error(ErrorCode.UNAUTHENTICATED,
-                                  "missing or wrong API key: send Authorization: Bearer <key>")
+                return json_error(
+                    ErrorCode.UNAUTHENTICATED,
+                    "missing or wrong API key: send Authorization: Bearer <key>",
+                )
         elif not _is_loopback(request):
-            return json_error(ErrorCode.FORBIDDEN,
-                              "no API key is configured: the API answers loopback only")
+            return json_error(
+                ErrorCode.FORBIDDEN, "no API key is configured: the API answers loopback only"
+            )
         try:
             return await endpoint(request)
         except FrameError as exc:
@@ -161,9 +166,7 @@ def api_routes(node: Node) -> list[Route]:
 
     async def rooms(request: Request) -> Response:
         listing = await node.broker.rooms()
-        return json_response(
-            {"rooms": [{"roomID": r, "members": m} for r, m in listing.items()]}
-        )
+        return json_response({"rooms": [{"roomID": r, "members": m} for r, m in listing.items()]})
 
     async def members(request: Request) -> Response:
         return json_response({"members": await node.broker.members(_room(request))})
@@ -198,8 +201,9 @@ def api_routes(node: Node) -> list[Route]:
         return json_response({"status": "ready", "node": node.node_id})
 
     async def metrics(request: Request) -> Response:
-        return Response(node.metrics.render(), 200,
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            node.metrics.render(), 200, media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     def guarded(endpoint: Endpoint) -> Endpoint:
         return _guard(node, endpoint)
@@ -209,8 +213,7 @@ def api_routes(node: Node) -> list[Route]:
         _NameRoute("/api/v1/rooms/{room}/messages", guarded(publish), methods=["POST"]),
         _NameRoute("/api/v1/rooms/{room}/members", guarded(members), methods=["GET"]),
         _NameRoute("/api/v1/rooms/{room}/history", guarded(history), methods=["GET"]),
-        _NameRoute("/api/v1/rooms/{room}/members/{username}", guarded(kick),
-                   methods=["DELETE"]),
+        _NameRoute("/api/v1/rooms/{room}/members/{username}", guarded(kick), methods=["DELETE"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

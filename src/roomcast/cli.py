@@ -38,9 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         try:
-            settings = Settings.from_sources(
-                {opt.name: getattr(args, opt.name) for opt in OPTIONS}
-            )
+            settings = Settings.from_sources({opt.name: getattr(args, opt.name) for opt in OPTIONS})
         except ConfigError as exc:
             parser.exit(2, f"roomcast serve: error: {exc.message}\n")
         from .server import serve

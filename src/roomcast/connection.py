@@ -52,8 +52,19 @@ class Outbox:
         on_overflow: called once when the queue overflows.
     """
 
-    __slots__ = ("_close", "_closing", "_on_demand", "_on_overflow", "_queue", "_size",
-                 "_waiter", "_write", "allowance", "max_bytes", "task")
+    __slots__ = (
+        "_close",
+        "_closing",
+        "_on_demand",
+        "_on_overflow",
+        "_queue",
+        "_size",
+        "_waiter",
+        "_write",
+        "allowance",
+        "max_bytes",
+        "task",
+    )
 
     def __init__(
         self,
@@ -190,4 +201,3 @@ class Outbox:
         if self.task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self.task), timeout)
-

@@ -53,9 +53,7 @@ class FrameError(RoomcastError):
         frame_id: the frame's `id`, when it could be read.
     """
 
-    def __init__(
-        self, code: ErrorCode, message: str, *, frame_id: str | int | None = None
-    ) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, frame_id: str | int | None = None) -> None:
         super().__init__(message, code=code)
         self.frame_id = frame_id
 

@@ -25,11 +25,15 @@ class Metrics:
             "roomcast_frames_out", "Frames queued to clients", registry=self.registry
         )
         self.errors = Counter(
-            "roomcast_errors", "Error frames and refusals by code", ["code"],
+            "roomcast_errors",
+            "Error frames and refusals by code",
+            ["code"],
             registry=self.registry,
         )
         self.disconnects = Counter(
-            "roomcast_disconnects", "Connections closed by the server, by close code", ["code"],
+            "roomcast_disconnects",
+            "Connections closed by the server, by close code",
+            ["code"],
             registry=self.registry,
         )
         self.slow_consumers = Counter(
@@ -45,7 +49,8 @@ class Metrics:
         )
 
         self.tasks = Gauge(
-            "roomcast_tasks", "asyncio tasks alive in this process (leak check)",
+            "roomcast_tasks",
+            "asyncio tasks alive in this process (leak check)",
             registry=self.registry,
         )
         self.tasks.set_function(_task_count)

@@ -355,21 +355,18 @@ class Node:
         if self.rooms.find(command.room, command.username) is None and not (
             await self.broker.has_member(command.room, command.username)
         ):
-            raise MemberNotFound(
-                f"{command.username!r} is not connected to room {command.room!r}"
-            )
+            raise MemberNotFound(f"{command.username!r} is not connected to room {command.room!r}")
         return await self._publish(
             command.room, command.topic, command.payload, command.sender, command.username
         )
 
     async def _kick_member(self, command: KickMember) -> None:
         if not await self.broker.has_member(command.room, command.username):
-            raise MemberNotFound(
-                f"{command.username!r} is not connected to room {command.room!r}"
-            )
+            raise MemberNotFound(f"{command.username!r} is not connected to room {command.room!r}")
         await self.broker.signal(
-            Signal("kick", command.room, command.username, node_id=self.node_id,
-                   reason=command.reason)
+            Signal(
+                "kick", command.room, command.username, node_id=self.node_id, reason=command.reason
+            )
         )
 
     # queries

@@ -85,9 +85,7 @@ def validate_topic(value: object) -> Topic:
     if not isinstance(value, str):
         raise FrameError(ErrorCode.INVALID_FRAME, "topic must be a string")
     if not 1 <= len(value) <= MAX_TOPIC_LENGTH:
-        raise FrameError(
-            ErrorCode.INVALID_FRAME, f"topic must be 1-{MAX_TOPIC_LENGTH} characters"
-        )
+        raise FrameError(ErrorCode.INVALID_FRAME, f"topic must be 1-{MAX_TOPIC_LENGTH} characters")
     if value.startswith("$"):
         raise FrameError(ErrorCode.INVALID_FRAME, "topics starting with '$' are reserved")
     return Topic(value)
@@ -131,9 +129,7 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     if not isinstance(data, dict):
         raise FrameError(ErrorCode.INVALID_FRAME, "frame must be a JSON object")
     frame_id = data.get("id")
-    if frame_id is not None and (
-        isinstance(frame_id, bool) or not isinstance(frame_id, str | int)
-    ):
+    if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, str | int)):
         raise FrameError(ErrorCode.INVALID_FRAME, "id must be a string or an integer")
     try:
         topic = validate_topic(data.get("topic"))
@@ -154,9 +150,7 @@ def server_frame(topic: str, payload: Any, **fields: Any) -> str:
     return dumps({"topic": topic, "payload": payload, **fields})
 
 
-def message_prefix(
-    topic: str, payload: Any, room: str, sender: str, to: str | None = None
-) -> str:
+def message_prefix(topic: str, payload: Any, room: str, sender: str, to: str | None = None) -> str:
     """Encode a room message up to its offset: the frame is `prefix + str(offset) + "}"`.
 
     The broker assigns the offset; encoding everything else once, here, lets every node and

@@ -54,10 +54,14 @@ async def open_session(
     """
     connection_id = secrets.token_hex(8)
     try:
-        if not origin_allowed(headers.get("origin"), headers.get("host"),
-                              node.settings.allowed_origins):
-            raise Refused(CloseCode.POLICY_VIOLATION, ErrorCode.FORBIDDEN,
-                          "origin not allowed (see --allowed-origins)")
+        if not origin_allowed(
+            headers.get("origin"), headers.get("host"), node.settings.allowed_origins
+        ):
+            raise Refused(
+                CloseCode.POLICY_VIOLATION,
+                ErrorCode.FORBIDDEN,
+                "origin not allowed (see --allowed-origins)",
+            )
         if not node.accepting:
             raise Refused(CloseCode.SERVICE_RESTART, ErrorCode.UNAVAILABLE, "server shutting down")
         if not node.started:
@@ -83,16 +87,30 @@ async def open_session(
         session.watch_expiry()
         return session
     except Refused as exc:
-        _refuse(node, connection, exc.close_code, exc.code, exc.message, connection_id,
-                query)
+        _refuse(node, connection, exc.close_code, exc.code, exc.message, connection_id, query)
     except BrokerUnavailable as exc:
-        _refuse(node, connection, CloseCode.BROKER_UNAVAILABLE, ErrorCode.UNAVAILABLE,
-                exc.message, connection_id, query)
+        _refuse(
+            node,
+            connection,
+            CloseCode.BROKER_UNAVAILABLE,
+            ErrorCode.UNAVAILABLE,
+            exc.message,
+            connection_id,
+            query,
+        )
     except Exception:
-        log_event("connection.error", level=logging.ERROR, connection_id=connection_id,
-                  exc_info=True)
-        _refuse(node, connection, CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL,
-                "internal error", connection_id, query)
+        log_event(
+            "connection.error", level=logging.ERROR, connection_id=connection_id, exc_info=True
+        )
+        _refuse(
+            node,
+            connection,
+            CloseCode.INTERNAL_ERROR,
+            ErrorCode.INTERNAL,
+            "internal error",
+            connection_id,
+            query,
+        )
     return None
 
 
@@ -183,8 +201,14 @@ class Session:
         return self.member.connection_id
 
     def _log(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
-        log_event(event, level=level, room=self.member.room, username=self.member.username,
-                  connection_id=self.member.connection_id, **fields)
+        log_event(
+            event,
+            level=level,
+            room=self.member.room,
+            username=self.member.username,
+            connection_id=self.member.connection_id,
+            **fields,
+        )
 
     async def join(self, since: int | None, epoch: str | None) -> None:
         """Enter presence and the local room, send the welcome and any missed messages.
@@ -220,8 +244,9 @@ class Session:
                     Signal("replace", member.room, member.username, replaced, node.node_id)
                 )
             recovering = since is not None
-            page = await node.broker.history(member.room, since if recovering else None,
-                                             None if recovering else 0)
+            page = await node.broker.history(
+                member.room, since if recovering else None, None if recovering else 0
+            )
             members = await node.broker.members(member.room)
         except BaseException:
             await self.leave("join_failed")
@@ -252,8 +277,12 @@ class Session:
                     member.connection.send(publication.frame)
                 member.last_offset = publication.offset
         member.release()
-        self._log("connection.joined", node_id=node.node_id,
-                  recovered=recovered if recovering else None, replaced=replaced is not None)
+        self._log(
+            "connection.joined",
+            node_id=node.node_id,
+            recovered=recovered if recovering else None,
+            replaced=replaced is not None,
+        )
         if replaced is None:
             await node.broker.signal(
                 Signal("join", member.room, member.username, member.connection_id, node.node_id)
@@ -272,13 +301,19 @@ class Session:
             return
         max_size = node.settings.max_message_size
         if len(text) * 4 > max_size and len(text.encode()) > max_size:
-            self.close(CloseCode.MESSAGE_TOO_BIG, ErrorCode.MESSAGE_TOO_BIG,
-                       f"frame larger than {max_size} bytes")
+            self.close(
+                CloseCode.MESSAGE_TOO_BIG,
+                ErrorCode.MESSAGE_TOO_BIG,
+                f"frame larger than {max_size} bytes",
+            )
             return
         admission = Admission.OK if self.bucket is None else self.bucket.take()
         if admission is Admission.EXCEEDED:
-            self.close(CloseCode.RATE_LIMITED, ErrorCode.RATE_LIMITED,
-                       "too many frames: kept sending while rate limited")
+            self.close(
+                CloseCode.RATE_LIMITED,
+                ErrorCode.RATE_LIMITED,
+                "too many frames: kept sending while rate limited",
+            )
             return
         try:
             frame = parse_client_frame(text)
@@ -314,8 +349,11 @@ class Session:
 
     def receive_binary(self) -> None:
         """Binary frames are not part of the protocol: refuse with 1008."""
-        self.close(CloseCode.POLICY_VIOLATION, ErrorCode.INVALID_FRAME,
-                   "binary frames are not supported; send JSON text")
+        self.close(
+            CloseCode.POLICY_VIOLATION,
+            ErrorCode.INVALID_FRAME,
+            "binary frames are not supported; send JSON text",
+        )
 
     async def dispatch(self, frame: ClientFrame) -> None:
         """Run a valid frame: built-in topics, then handlers, then the relay."""
@@ -333,8 +371,9 @@ class Session:
             await self.refresh(frame)
             return
         if not self.identity.may_publish(topic):
-            raise RoomcastError(f"not allowed to publish to topic {topic!r}",
-                                code=ErrorCode.FORBIDDEN)
+            raise RoomcastError(
+                f"not allowed to publish to topic {topic!r}", code=ErrorCode.FORBIDDEN
+            )
         handlers = self.node.registry.handlers(topic)
         if handlers:
             await self._run_handlers(frame, handlers)
@@ -346,8 +385,9 @@ class Session:
                 )
             else:
                 offset = await self.node.commands.send(
-                    SendToMember(member.room, frame.to, topic, frame.payload,
-                                 sender=member.username)
+                    SendToMember(
+                        member.room, frame.to, topic, frame.payload, sender=member.username
+                    )
                 )
             self._ack(frame, offset)
         else:
@@ -361,11 +401,21 @@ class Session:
             results = await asyncio.gather(*(_capture(h, ctx) for h in handlers))
         failures = [r for r in results if isinstance(r, BaseException)]
         for exc in failures:
-            self._log("handler.error", level=logging.ERROR, topic=frame.topic,
-                      exc_info=(type(exc), exc, exc.__traceback__))
+            self._log(
+                "handler.error",
+                level=logging.ERROR,
+                topic=frame.topic,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
         if failures:
-            known = next((e for e in failures if isinstance(e, MemberNotFound | Refused
-                                                            | BrokerUnavailable)), None)
+            known = next(
+                (
+                    e
+                    for e in failures
+                    if isinstance(e, MemberNotFound | Refused | BrokerUnavailable)
+                ),
+                None,
+            )
             if known is not None:
                 raise known
             raise RoomcastError(
@@ -408,14 +458,18 @@ class Session:
             self.watch_expiry()
             return
         if not self.closing:
-            self.close(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED,
-                       "token expired: send auth.refresh with a fresh token before exp")
+            self.close(
+                CloseCode.UNAUTHENTICATED,
+                ErrorCode.UNAUTHENTICATED,
+                "token expired: send auth.refresh with a fresh token before exp",
+            )
             self.node.spawn(self.leave("expired"))
 
     def _rate_limited(self, frame_id: Any) -> None:
         rate = self.bucket.rate if self.bucket is not None else 0
-        self.send_error(ErrorCode.RATE_LIMITED,
-                        f"frame refused: more than {rate:g} frames per second", frame_id)
+        self.send_error(
+            ErrorCode.RATE_LIMITED, f"frame refused: more than {rate:g} frames per second", frame_id
+        )
 
     def _ack(self, frame: ClientFrame, offset: int | None = None) -> None:
         if frame.id is not None:
@@ -436,8 +490,7 @@ class Session:
             return
         self.closing = True
         self.node.metrics.disconnects.labels(str(int(close_code))).inc()
-        self._log("connection.closing", close_code=int(close_code), code=code.value,
-                  reason=message)
+        self._log("connection.closing", close_code=int(close_code), code=code.value, reason=message)
         if frame:
             self.node.metrics.errors.labels(code.value).inc()
             self.connection.send(error_frame(code, message))
@@ -451,8 +504,9 @@ class Session:
         node = self.node
         node.metrics.slow_consumers.inc()
         node.metrics.disconnects.labels(str(int(CloseCode.KEEPALIVE_TIMEOUT))).inc()
-        self._log("connection.slow_consumer", level=logging.WARNING,
-                  buffered=self.connection.buffered)
+        self._log(
+            "connection.slow_consumer", level=logging.WARNING, buffered=self.connection.buffered
+        )
         self.connection.abort(CloseCode.KEEPALIVE_TIMEOUT, "slow consumer")
         node.spawn(self.leave("slow_consumer"))
 
@@ -502,17 +556,18 @@ class Session:
             )
             if removed:
                 await node.broker.signal(
-                    Signal("leave", member.room, member.username, member.connection_id,
-                           node.node_id)
+                    Signal(
+                        "leave", member.room, member.username, member.connection_id, node.node_id
+                    )
                 )
         except Exception:
             self._log("presence.leave_failed", level=logging.WARNING, exc_info=True)
-        self._log("connection.left", reason=reason,
-                  duration=round(time.monotonic() - self._opened, 3))
+        self._log(
+            "connection.left", reason=reason, duration=round(time.monotonic() - self._opened, 3)
+        )
         if removed:
             node.events.publish(
-                MemberLeft(member.room, member.username, member.connection_id, node.node_id,
-                           reason)
+                MemberLeft(member.room, member.username, member.connection_id, node.node_id, reason)
             )
 
 

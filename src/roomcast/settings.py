@@ -119,9 +119,7 @@ class Settings:
         if self.max_message_size < 64:
             raise ConfigError(f"max-message-size must be >= 64, got {self.max_message_size}")
         if self.on_duplicate not in ("reject", "replace"):
-            raise ConfigError(
-                f"on-duplicate must be reject or replace, got {self.on_duplicate!r}"
-            )
+            raise ConfigError(f"on-duplicate must be reject or replace, got {self.on_duplicate!r}")
         if self.outbound_buffer < 1024:
             raise ConfigError(f"outbound-buffer must be >= 1024, got {self.outbound_buffer}")
         if self.presence_ttl < 1:
@@ -246,8 +244,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("jwt_public_key", str, "PEM public key file for RS*/ES*/EdDSA tokens", "FILE"),
     Option("jwks_url", str, "URL of a JWKS document with the token keys", "URL"),
     Option("jwks_cache_ttl", _float, "seconds JWKS keys are cached (default 300)", "SECONDS"),
-    Option("jwks_refresh_min_interval", _float,
-           "least seconds between JWKS fetches for unknown kids (default 5)", "SECONDS"),
+    Option(
+        "jwks_refresh_min_interval",
+        _float,
+        "least seconds between JWKS fetches for unknown kids (default 5)",
+        "SECONDS",
+    ),
     Option("jwt_algorithms", _list, "accepted token algorithms, comma-separated", "ALG,..."),
     Option("jwt_audience", str, "required token audience (aud)", "AUD"),
     Option("jwt_issuer", str, "required token issuer (iss)", "ISS"),
@@ -255,32 +257,42 @@ OPTIONS: tuple[Option, ...] = (
     Option("api_keys", _list, "HTTP API key(s), comma-separated", "KEY,..."),
     Option("allowed_origins", _list, "allowed WebSocket origins, comma-separated", "ORIGIN,..."),
     Option("history_size", _int, "messages retained per room (default 100)", "N"),
-    Option("history_ttl", _float, "seconds history lives after the last publish (default 300)",
-           "SECONDS"),
+    Option(
+        "history_ttl",
+        _float,
+        "seconds history lives after the last publish (default 300)",
+        "SECONDS",
+    ),
     Option("max_message_size", _int, "largest client frame in bytes (default 65536)", "BYTES"),
-    Option("on_duplicate", str, "reject (default) or replace a duplicate username",
-           "reject|replace"),
+    Option(
+        "on_duplicate", str, "reject (default) or replace a duplicate username", "reject|replace"
+    ),
     Option("relay", _bool, "relay topics without a handler to the room (default true)", "BOOL"),
-    Option("outbound_buffer", _int, "bytes queued per connection before 4408 (default 1 MiB)",
-           "BYTES"),
-    Option("ping_interval", _optional(_float), "seconds between server pings (default 20)",
-           "SECONDS"),
-    Option("ping_timeout", _optional(_float), "seconds to wait for a pong (default 20)",
-           "SECONDS"),
-    Option("presence_ttl", _float, "seconds a dead node's members stay listed (default 15)",
-           "SECONDS"),
-    Option("rate_limit", _optional(_float), "frames per second per connection (default 1000)",
-           "N"),
+    Option(
+        "outbound_buffer", _int, "bytes queued per connection before 4408 (default 1 MiB)", "BYTES"
+    ),
+    Option(
+        "ping_interval", _optional(_float), "seconds between server pings (default 20)", "SECONDS"
+    ),
+    Option("ping_timeout", _optional(_float), "seconds to wait for a pong (default 20)", "SECONDS"),
+    Option(
+        "presence_ttl", _float, "seconds a dead node's members stay listed (default 15)", "SECONDS"
+    ),
+    Option("rate_limit", _optional(_float), "frames per second per connection (default 1000)", "N"),
     Option("rate_burst", _int, "frames a connection may send at once (default 2000)", "N"),
     Option("max_connections", _optional(_int), "connections per node (default 20000)", "N"),
-    Option("max_connections_per_ip", _optional(_int),
-           "connections per IP address (default off)", "N"),
-    Option("max_connections_per_user", _optional(_int),
-           "connections per username (default 50)", "N"),
-    Option("handshake_timeout", _float, "seconds to complete the handshake (default 10)",
-           "SECONDS"),
-    Option("shutdown_timeout", _float, "seconds a graceful shutdown may take (default 5)",
-           "SECONDS"),
+    Option(
+        "max_connections_per_ip", _optional(_int), "connections per IP address (default off)", "N"
+    ),
+    Option(
+        "max_connections_per_user", _optional(_int), "connections per username (default 50)", "N"
+    ),
+    Option(
+        "handshake_timeout", _float, "seconds to complete the handshake (default 10)", "SECONDS"
+    ),
+    Option(
+        "shutdown_timeout", _float, "seconds a graceful shutdown may take (default 5)", "SECONDS"
+    ),
     Option("log_level", str, "debug, info (default), warning or error", "LEVEL"),
     Option("log_format", str, "text (default) or json", "FORMAT"),
 )

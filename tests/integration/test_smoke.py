@@ -13,11 +13,18 @@ async def test_two_members_chat(server: ServerProcess) -> None:
     bob = await Client.connect(server.ws_url, "bob", "r1")
     await bob.join()
     assert (await alice.recv()) == {
-        "topic": "presence.join", "payload": {"username": "bob"}, "room": "r1"
+        "topic": "presence.join",
+        "payload": {"username": "bob"},
+        "room": "r1",
     }
     await alice.send({"topic": "chat", "payload": {"text": "hi"}, "id": 1})
-    expected = {"topic": "chat", "payload": {"text": "hi"}, "room": "r1", "from": "alice",
-                "offset": 1}
+    expected = {
+        "topic": "chat",
+        "payload": {"text": "hi"},
+        "room": "r1",
+        "from": "alice",
+        "offset": 1,
+    }
     assert await alice.recv() == expected
     assert await alice.recv() == {"topic": "ack", "payload": {"id": 1, "offset": 1}}
     assert await bob.recv() == expected

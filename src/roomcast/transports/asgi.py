@@ -181,8 +181,9 @@ class WebSocketEndpoint:
         direct = scope.get("extensions", {}).get(DIRECT_EXTENSION, {}).get("protocol")
         connection = AsgiConnection(send, node.settings.outbound_buffer, direct)
         connection.outbox.start_on_demand()
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                               keep_blank_values=True))
+        query = dict(
+            parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        )
         client = scope.get("client")
         session = await open_session(
             node, connection, query, headers, client[0] if client else None
@@ -198,9 +199,7 @@ class WebSocketEndpoint:
                 # Once the server closes the connection, the peer gets a bounded time to go;
                 # a server that never reports the disconnect cannot keep this task forever.
                 loop = asyncio.get_running_loop()
-                connection.on_closing = lambda: bound.reschedule(
-                    loop.time() + CLOSE_TIMEOUT + 1.0
-                )
+                connection.on_closing = lambda: bound.reschedule(loop.time() + CLOSE_TIMEOUT + 1.0)
                 if session.closing:
                     connection.on_closing()
                 code, text = await self._pump(receive, session)
