@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 
-from roomcast.brokers import DuplicateMember, Signal
+from roomcast.brokers import Broker, DuplicateMember, HistoryPage, Signal
 from roomcast.protocol import message_prefix
 from tests.contract.conftest import Factory
 
@@ -150,3 +153,61 @@ async def test_ping_and_available(make_broker: Factory) -> None:
     broker, _ = await make_broker()
     await broker.ping()
     assert broker.available
+
+
+async def poll_history(
+    broker: Broker, room: str, done: Callable[[HistoryPage], bool], timeout: float = 5.0
+) -> HistoryPage:
+    """Read the room's history until `done` holds (retention has no event to wait on)."""
+    async with asyncio.timeout(timeout):
+        while not done(page := await broker.history(room)):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return page
+
+
+async def test_held_room_keeps_its_epoch_after_retention(make_broker: Factory) -> None:
+    """A room with a member keeps its epoch and offset once its retained messages expired."""
+    broker, _ = await make_broker(history_ttl=1)
+    await broker.add_member("r1", "bob", "c1")
+    await broker.subscribe("r1")
+    first = await broker.publish("r1", prefix("r1", 1))
+    page = await poll_history(broker, "r1", lambda p: not p.publications)
+    assert (page.epoch, page.offset, page.complete) == (first.epoch, 1, True)
+    assert not (await broker.history("r1", 0)).complete
+    again = await broker.publish("r1", prefix("r1", 2))
+    assert (again.epoch, again.offset) == (first.epoch, 2)
+
+
+async def test_unheld_room_starts_a_new_epoch_after_retention(make_broker: Factory) -> None:
+    """Once nobody is in a room and its messages expired, its history is lost: history shows
+    a new epoch at offset 0, and the next publish takes that epoch and offset 1."""
+    broker, _ = await make_broker(history_ttl=1)
+    await broker.add_member("r1", "bob", "c1")
+    await broker.subscribe("r1")
+    for n in range(2):
+        old = await broker.publish("r1", prefix("r1", n))
+    await broker.unsubscribe("r1")
+    assert await broker.remove_member("r1", "bob", "c1")
+    page = await poll_history(broker, "r1", lambda p: p.epoch != old.epoch)
+    assert (page.offset, page.publications, page.complete) == (0, [], True)
+    publication = await broker.publish("r1", prefix("r1", 3))
+    assert (publication.epoch, publication.offset) == (page.epoch, 1)
+    page = await broker.history("r1")
+    assert (page.epoch, [p.offset for p in page.publications]) == (publication.epoch, [1])
+
+
+async def test_publish_to_a_lost_room_starts_a_new_epoch(make_broker: Factory) -> None:
+    """A publish (with no read before it) to a room whose history was lost gets offset 1 under
+    a new epoch, the one history then reports."""
+    broker, _ = await make_broker(history_ttl=1)
+    old = await broker.publish("quiet", prefix("quiet", 1))
+    await broker.publish("quiet", prefix("quiet", 2))
+    marker = await broker.publish("marker", prefix("marker", 1))
+    # "marker" was published last: once its history is lost, so is that of "quiet".
+    await poll_history(broker, "marker", lambda p: p.epoch != marker.epoch)
+    publication = await broker.publish("quiet", prefix("quiet", 3))
+    assert publication.offset == 1
+    assert publication.epoch != old.epoch
+    page = await broker.history("quiet")
+    assert (page.epoch, page.offset, page.complete) == (publication.epoch, 1, True)
+    assert [p.offset for p in page.publications] == [1]

@@ -92,3 +92,23 @@ async def test_databases_do_not_share_rooms(make: Make, redis_server: RedisProce
     assert publication.offset == 1
     assert [p.offset for p in seen_one.publications] == [1]
     assert seen_two.publications == [publication]
+
+
+async def test_a_member_on_any_node_holds_the_room(make: Make) -> None:
+    """A member on one node keeps the room's epoch for every node past the history ttl; once a
+    survivor sweeps that dead node's member, the room's history is lost a history ttl later."""
+    a, _ = await make("a", presence_ttl=1.5, history_ttl=1)
+    c, _ = await make("c", presence_ttl=1.5, history_ttl=1)
+    await c.add_member("r1", "carol", "c1")
+    first = await a.publish("r1", message_prefix("t", 1, "r1", "x"))
+    async with asyncio.timeout(5):
+        while (page := await a.history("r1")).publications:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert (page.epoch, page.offset) == (first.epoch, 1)
+    for task in c._tasks:  # c stops renewing, as a killed process would
+        task.cancel()
+    async with asyncio.timeout(8):
+        while (page := await a.history("r1")).epoch == first.epoch:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert await a.members("r1") == []
+    assert page.offset == 0

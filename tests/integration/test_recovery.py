@@ -210,6 +210,64 @@ async def test_resume_after_history_ttl_is_not_recovered(
     await client.close()
 
 
+async def test_history_of_an_empty_room_is_lost_after_history_ttl(
+    start_server: StartServer, broker: str
+) -> None:
+    """With --history-ttl 1, once everyone left and the messages expired the room has a new
+    epoch (GET .../history and the welcome agree); resuming with the old one says recovered
+    false, and the next message is offset 1."""
+    server = start_server("--broker", broker, "--history-ttl", "1")
+    bob = await Client.connect(server.ws_url, "bob", "r")
+    old = (await bob.join())["payload"]["epoch"]
+    await bob.send({"topic": "chat", "payload": 1, "id": 1})
+    assert (await bob.recv_topic("ack"))["payload"] == {"id": 1, "offset": 1}
+    await bob.close()
+    with server.http() as sync_http:
+        await poll_until(
+            lambda: sync_http.get("/api/v1/rooms/r/history").json()["epoch"] != old,
+            timeout=8,
+            every=0.2,
+        )
+    page = orjson.loads(await _history(server, "r"))
+    assert (page["offset"], page["messages"]) == (0, [])
+    client = await Client.connect(server.ws_url, "alice", "r", since=1, epoch=old)
+    welcome = (await client.join())["payload"]
+    assert (welcome["recovered"], welcome["offset"], welcome["epoch"]) == (
+        False,
+        0,
+        page["epoch"],
+    )
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert await publish(http, "r", "again") == 1
+    assert await read_offsets(client, 1) == [1]
+    await client.close()
+
+
+async def test_quiet_room_with_a_member_keeps_its_epoch(
+    start_server: StartServer, broker: str
+) -> None:
+    """With --history-ttl 1, a room whose member stays connected keeps its epoch and offset
+    after its messages expired: the member is not closed and gets the next offset."""
+    server = start_server("--broker", broker, "--history-ttl", "1")
+    alice = await Client.connect(server.ws_url, "alice", "r")
+    epoch = (await alice.join())["payload"]["epoch"]
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await publish(http, "r", 1)
+        assert await read_offsets(alice, 1) == [1]
+        with server.http() as sync_http:
+            await poll_until(
+                lambda: not sync_http.get("/api/v1/rooms/r/history").json()["messages"],
+                timeout=8,
+                every=0.2,
+            )
+        page = orjson.loads(await _history(server, "r"))
+        assert (page["epoch"], page["offset"]) == (epoch, 1)
+        await publish(http, "r", 2)
+        assert await read_offsets(alice, 2) == [2]
+    await alice.barrier()
+    await alice.close()
+
+
 async def test_resume_with_another_epoch_is_not_recovered(
     start_server: StartServer, broker: str
 ) -> None:

@@ -105,8 +105,10 @@ async def test_history_size_zero_keeps_nothing() -> None:
 
 
 async def test_history_ttl(clock: Clock) -> None:
-    """Messages older than history_ttl are dropped; the epoch and offset survive."""
+    """Messages older than history_ttl are dropped; in a held room the epoch and offset
+    survive."""
     broker, _ = await started(history_ttl=10.0)
+    await broker.subscribe("r1")
     await broker.publish("r1", prefix(1))
     clock.now += 6
     await broker.publish("r1", prefix(2))
@@ -120,6 +122,25 @@ async def test_history_ttl(clock: Clock) -> None:
     assert page.publications == []
     assert page.offset == 2
     assert page.epoch == epoch
+
+
+async def test_history_is_lost_history_ttl_after_the_room_was_left(clock: Clock) -> None:
+    """A room nobody holds, where nothing was published and nobody was present for
+    history_ttl, starts again at offset 0 under a new epoch."""
+    broker, _ = await started(history_ttl=10.0)
+    await broker.add_member("r1", "bob", "c1")
+    epoch = (await broker.publish("r1", prefix(1))).epoch
+    clock.now += 20  # held: the message expires, the epoch stays
+    assert (await broker.history("r1")).epoch == epoch
+    await broker.remove_member("r1", "bob", "c1")
+    clock.now += 9
+    assert ((page := await broker.history("r1")).epoch, page.offset) == (epoch, 1)
+    clock.now += 2
+    await broker.add_member("r1", "bob", "c2")  # too late: it joins a new incarnation
+    page = await broker.history("r1")
+    assert page.epoch != epoch
+    assert page.offset == 0
+    assert (await broker.publish("r1", prefix(2))).offset == 1
 
 
 async def test_unknown_room_history() -> None:

@@ -19,10 +19,16 @@ class _Stream:
     offset: int = 0
     entries: deque[tuple[float, Publication]] = field(default_factory=deque)
     touched: float = 0.0
+    """The last publish, or the moment the room was last left (whichever is later)."""
 
 
 class MemoryBroker:
     """Delivery, presence and history for a single process.
+
+    A room is held while it is subscribed or has members. A room that is not held, where
+    nothing was published and nobody was present for `history_ttl` seconds, has lost its
+    history: its offset and epoch are forgotten and it starts again under a new epoch (the
+    same rule as the Redis broker, where its keys expire).
 
     Args:
         history_size: messages retained per room.
@@ -54,17 +60,41 @@ class MemoryBroker:
 
     async def subscribe(self, room: str) -> None:
         """Deliver the room's traffic to the listener."""
+        self._current(room, time.monotonic())  # a lost history is not taken over
         self._subscribed.add(room)
 
     async def unsubscribe(self, room: str) -> None:
         """Stop delivering the room's traffic."""
         self._subscribed.discard(room)
+        self._released(room)
+
+    def _held(self, room: str) -> bool:
+        return room in self._subscribed or room in self._presence
+
+    def _released(self, room: str) -> None:
+        """The room may no longer be held: its history lives `history_ttl` from now."""
+        stream = self._streams.get(room)
+        if stream is not None and not self._held(room):
+            stream.touched = max(stream.touched, time.monotonic())
+
+    def _lost(self, room: str, stream: _Stream, now: float) -> bool:
+        return now - stream.touched > self.history_ttl and not self._held(room)
+
+    def _current(self, room: str, now: float) -> _Stream | None:
+        """The room's state, None when it has none or its history was lost."""
+        stream = self._streams.get(room)
+        if stream is not None and self._lost(room, stream, now):
+            del self._streams[room]
+            return None
+        if stream is not None:
+            self._expire(stream, now)
+        return stream
 
     def _stream(self, room: str, now: float) -> _Stream:
-        stream = self._streams.get(room)
+        stream = self._current(room, now)
         if stream is None:
+            # Nothing was ever published, or the history was lost: a new incarnation.
             stream = self._streams[room] = _Stream(epoch=secrets.token_hex(6), touched=now)
-        self._expire(stream, now)
         return stream
 
     def _expire(self, stream: _Stream, now: float) -> None:
@@ -95,11 +125,9 @@ class MemoryBroker:
         return publication
 
     def _sweep(self, now: float) -> None:
-        """Drop the state of rooms whose history expired and that nobody is in."""
-        cutoff = now - self.history_ttl
-        for room in [r for r, s in self._streams.items() if s.touched < cutoff]:
-            if room not in self._presence:
-                del self._streams[room]
+        """Drop the state of rooms whose history was lost (see the class)."""
+        for room in [r for r, s in self._streams.items() if self._lost(r, s, now)]:
+            del self._streams[room]
 
     async def signal(self, signal: Signal) -> None:
         """Deliver a signal to the listener when the room is subscribed."""
@@ -110,6 +138,7 @@ class MemoryBroker:
         self, room: str, username: str, connection_id: str, *, replace: bool = False
     ) -> str | None:
         """Add to presence; see `Broker.add_member`."""
+        self._current(room, time.monotonic())  # a lost history is not taken over
         members = self._presence.setdefault(room, {})
         previous = members.get(username)
         if previous is not None and not replace:
@@ -125,6 +154,7 @@ class MemoryBroker:
         del members[username]
         if not members:
             del self._presence[room]
+            self._released(room)
         return True
 
     async def has_member(self, room: str, username: str) -> bool:
@@ -143,13 +173,7 @@ class MemoryBroker:
         self, room: str, since: int | None = None, limit: int | None = None
     ) -> HistoryPage:
         """Retained messages after `since`."""
-        now = time.monotonic()
-        stream = self._streams.get(room)
-        if stream is None:
-            # Nothing was ever published (or it expired): a fresh incarnation.
-            stream = self._stream(room, now)
-        else:
-            self._expire(stream, now)
+        stream = self._stream(room, time.monotonic())
         entries = stream.entries
         first = entries[0][1].offset if entries else stream.offset + 1
         after = since if since is not None else first - 1

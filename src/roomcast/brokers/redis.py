@@ -33,8 +33,6 @@ __all__ = ["RedisBroker"]
 T = TypeVar("T")
 
 KEY_PREFIX = "rc:"
-META_TTL = 30 * 24 * 3600
-"""Seconds a room's offset and epoch outlive its last publish (its history lives less)."""
 POOL_SIZE = 64
 """Redis connections a node uses for commands at most (pub/sub has its own)."""
 POOL_WAIT = 5.0
@@ -56,7 +54,9 @@ class RedisBroker:
     Args:
         url: `redis://[:PASSWORD@]HOST:PORT/DB` (or `rediss://` for TLS).
         history_size: messages retained per room (a stream trimmed to exactly this many).
-        history_ttl: seconds a room's retained messages live after its last publish.
+        history_ttl: seconds a room's retained messages live after its last publish; a room
+            nobody is in loses its offset and epoch (its history) once nothing was published
+            and nobody was present for as long.
         presence_ttl: bound, in seconds, on how long a dead node's members stay in presence.
         presence: hold a node lease, keep presence and sweep dead nodes; False for a
             publisher that holds no connections (it then needs no subscription either).
@@ -73,8 +73,7 @@ class RedisBroker:
     ) -> None:
         self.url = url
         self.history_size = history_size
-        self.history_ttl = max(1, math.ceil(history_ttl))
-        self.meta_ttl = max(META_TTL, self.history_ttl)
+        self.history_ttl_ms = max(1, math.ceil(history_ttl * 1000))
         self.presence_ttl = presence_ttl
         # A lease of 2/3 of the bound, renewed and swept every 1/6: a dead node's members
         # are removed at most ~5/6 of `presence_ttl` after its last renewal.
@@ -173,7 +172,7 @@ class RedisBroker:
             with contextlib.suppress(*_FAULTS, RedisError):
                 await self._sweep(
                     keys=self._node_keys(self.node_id),
-                    args=[self.node_id, KEY_PREFIX, "1"],
+                    args=[self.node_id, KEY_PREFIX, "1", self.history_ttl_ms],
                 )
                 await self._redis.delete(self._key_lease(self.node_id))
                 await self._redis.srem(self._key_nodes(), self.node_id)
@@ -191,7 +190,12 @@ class RedisBroker:
         return f"{KEY_PREFIX}{{{room}}}:{kind}"
 
     def _room_keys(self, room: str) -> list[str]:
-        return [self._key(room, "o"), self._key(room, "e"), self._key(room, "s")]
+        return [
+            self._key(room, "o"),
+            self._key(room, "e"),
+            self._key(room, "s"),
+            self._key(room, "p"),
+        ]
 
     @staticmethod
     def _key_lease(node_id: str) -> str:
@@ -252,8 +256,7 @@ class RedisBroker:
                     prefix,
                     to or "",
                     self.history_size,
-                    self.history_ttl,
-                    self.meta_ttl,
+                    self.history_ttl_ms,
                     self._channel(room),
                     secrets.token_hex(6),
                 ),
@@ -306,7 +309,7 @@ class RedisBroker:
         for attempt in (1, 2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for args in calls:
-                    pipe.evalsha(sha, 3, *args)
+                    pipe.evalsha(sha, 4, *args)
                 results: list[Any] = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
                 # Redis restarted without its script cache. A script that was refused did not
@@ -339,7 +342,12 @@ class RedisBroker:
         result = await self._call(
             lambda: self._history(
                 keys=self._room_keys(room),
-                args=[secrets.token_hex(6), self.meta_ttl, start, -1 if limit is None else limit],
+                args=[
+                    secrets.token_hex(6),
+                    self.history_ttl_ms,
+                    start,
+                    -1 if limit is None else limit,
+                ],
             )
         )
         epoch, offset, first_id, entries = (
@@ -369,6 +377,8 @@ class RedisBroker:
             self._key(room, "p"),
             f"{KEY_PREFIX}node-members:{self.node_id}",
             self._key_rooms(),
+            self._key(room, "o"),
+            self._key(room, "e"),
         ]
 
     async def add_member(
@@ -397,7 +407,8 @@ class RedisBroker:
         try:
             removed = await self._call(
                 lambda: self._remove(
-                    keys=self._presence_keys(room), args=[username, value, entry, room]
+                    keys=self._presence_keys(room),
+                    args=[username, value, entry, room, self.history_ttl_ms],
                 )
             )
         except BrokerUnavailable:
@@ -653,7 +664,8 @@ class RedisBroker:
         for room, username, connection_id in list(self._orphans):
             value, entry = self._entry(room, username, connection_id)
             removed = await self._remove(
-                keys=self._presence_keys(room), args=[username, value, entry, room]
+                keys=self._presence_keys(room),
+                args=[username, value, entry, room, self.history_ttl_ms],
             )
             self._orphans.discard((room, username, connection_id))
             if removed:
@@ -671,7 +683,8 @@ class RedisBroker:
 
     async def _sweep_node(self, node_id: str, *, force: bool = False) -> None:
         removed = await self._sweep(
-            keys=self._node_keys(node_id), args=[node_id, KEY_PREFIX, "1" if force else "0"]
+            keys=self._node_keys(node_id),
+            args=[node_id, KEY_PREFIX, "1" if force else "0", self.history_ttl_ms],
         )
         if not removed:
             return

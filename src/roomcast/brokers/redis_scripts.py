@@ -9,37 +9,51 @@ from __future__ import annotations
 __all__ = ["ADD_MEMBER", "HISTORY", "LEASE", "PUBLISH", "REMOVE_MEMBER", "SWEEP_NODE"]
 
 PUBLISH = """
--- KEYS: offset, epoch, stream
--- ARGV: prefix, to, history size, history ttl, meta ttl, channel, epoch if none exists
-local offset = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+-- KEYS: offset, epoch, stream, presence
+-- ARGV: prefix, to, history size, history ttl (ms), channel, epoch if none exists
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
-  epoch = ARGV[7]
+  -- A new incarnation (the room is new, or its history was lost): nothing of an older one
+  -- may survive it.
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('SET', KEYS[2], epoch)
 end
+local offset = redis.call('INCR', KEYS[1])
 if offset == 1 then
-  -- A new incarnation: nothing retained may carry a higher id than the offsets to come.
+  -- Nothing retained may carry a higher id than the offsets to come.
   redis.call('DEL', KEYS[3])
 end
-redis.call('SET', KEYS[2], epoch, 'EX', ARGV[5])
 local id = string.format('%d', offset)
 local frame = ARGV[1] .. id .. '}'
 local size = tonumber(ARGV[3])
 if size > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', size, id .. '-0', 'f', frame, 't', ARGV[2])
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
-redis.call('PUBLISH', ARGV[6], 'p' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[2] .. '\\n' .. frame)
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  -- Nobody holds the room: its offset and epoch expire with the stream (a member's join
+  -- makes them persistent, its room's last leave gives them the history ttl again).
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[5], 'p' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[2] .. '\\n' .. frame)
 return {offset, epoch}
 """
 
 HISTORY = """
--- KEYS: offset, epoch, stream
--- ARGV: epoch if none exists, meta ttl, first id wanted ('-' for all), count (-1: no limit)
+-- KEYS: offset, epoch, stream, presence
+-- ARGV: epoch if none exists, history ttl (ms), first id wanted ('-' for all), count (-1: all)
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
+  -- A new incarnation, which the next publish adopts.
   epoch = ARGV[1]
-  redis.call('SET', KEYS[2], epoch, 'EX', ARGV[2])
+  redis.call('DEL', KEYS[1], KEYS[3])
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    redis.call('SET', KEYS[2], epoch)
+  else
+    redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
+  end
 end
 local offset = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
@@ -60,9 +74,12 @@ return {epoch, offset, first_id, entries}
 """
 
 ADD_MEMBER = """
--- KEYS: presence hash, node member set, rooms set
+-- KEYS: presence hash, node member set, rooms set, offset, epoch
 -- ARGV: username, node_id:connection_id, node member entry, replace ('1'/'0'), room
 -- Returns {status, previous value}: 0 taken, 1 added, 2 already this connection's.
+-- A room with members is held: its offset and epoch do not expire.
+redis.call('PERSIST', KEYS[4])
+redis.call('PERSIST', KEYS[5])
 local previous = redis.call('HGET', KEYS[1], ARGV[1])
 if previous == ARGV[2] then
   return {2, previous}
@@ -77,22 +94,26 @@ return {1, previous or ''}
 """
 
 REMOVE_MEMBER = """
--- KEYS: presence hash, node member set, rooms set
--- ARGV: username, node_id:connection_id, node member entry, room
+-- KEYS: presence hash, node member set, rooms set, offset, epoch
+-- ARGV: username, node_id:connection_id, node member entry, room, history ttl (ms)
 redis.call('SREM', KEYS[2], ARGV[3])
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
   return 0
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('HLEN', KEYS[1]) == 0 then
+  -- The room is no longer held: its offset and epoch live one history ttl from now.
   redis.call('SREM', KEYS[3], ARGV[4])
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[5], ARGV[5])
 end
 return 1
 """
 
 SWEEP_NODE = """
 -- KEYS: node lease, node member set, nodes set, rooms set
--- ARGV: node id, key prefix, force ('1': sweep even with a live lease, for its own restart)
+-- ARGV: node id, key prefix, force ('1': sweep even with a live lease, for its own restart),
+--       history ttl (ms)
 -- Removes a dead node's presence entries and returns them {room, username, ...} to the one
 -- caller that removed them; a second caller finds nothing.
 if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
@@ -107,6 +128,8 @@ for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
       redis.call('HDEL', hash, username)
       if redis.call('HLEN', hash) == 0 then
         redis.call('SREM', KEYS[4], room)
+        redis.call('PEXPIRE', ARGV[2] .. '{' .. room .. '}:o', ARGV[4])
+        redis.call('PEXPIRE', ARGV[2] .. '{' .. room .. '}:e', ARGV[4])
       end
       removed[#removed + 1] = room
       removed[#removed + 1] = username
