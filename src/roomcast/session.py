@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +37,13 @@ from .protocol import (
 )
 from .rooms import Member
 
-__all__ = ["Session", "open_session"]
+__all__ = ["MAX_RELAYS_IN_FLIGHT", "Session", "open_session"]
+
+MAX_RELAYS_IN_FLIGHT = 32
+"""Relayed frames of one connection that may wait for the broker at once; past that, the
+connection's next frame waits (backpressure)."""
+
+_BUILTIN_TOPICS = frozenset(("ping", "presence", "auth.refresh"))
 
 
 async def open_session(
@@ -187,8 +194,12 @@ class Session:
         )
         self.joined = False
         self.closing = False
-        self.dispatching = False
+        self._busy = False
         self._idle: asyncio.Future[None] | None = None
+        # With a broker that batches publishes, default relays run as tasks, several at once
+        # (`_relay`), so that one connection's frames share the broker's round trips.
+        self._pipelined = bool(getattr(node.broker, "batches_publishes", False))
+        self._relays: deque[asyncio.Task[None]] = deque()
         self._left: asyncio.Future[None] | None = None
         self._opened = time.monotonic()
         self.bucket = TokenBucket.from_settings(node.settings)
@@ -291,8 +302,19 @@ class Session:
                 MemberJoined(member.room, member.username, member.connection_id, node.node_id)
             )
 
+    @property
+    def dispatching(self) -> bool:
+        """Whether a frame is being handled or relayed frames still wait for the broker."""
+        return self._busy or bool(self._relays)
+
     async def receive(self, text: str) -> None:
-        """Handle one text frame from the client."""
+        """Handle one text frame from the client.
+
+        Answers (acks, errors) go out in frame order. With a broker that batches publishes,
+        a default relay of a room message returns once its publish is under way, so that the
+        connection's next frames can join the same round trip; any other frame first waits
+        for the relays in flight.
+        """
         node = self.node
         node.metrics.frames_in.inc()
         if self.closing or not node.accepting:
@@ -301,32 +323,42 @@ class Session:
             return
         max_size = node.settings.max_message_size
         if len(text) * 4 > max_size and len(text.encode()) > max_size:
-            self.close(
-                CloseCode.MESSAGE_TOO_BIG,
-                ErrorCode.MESSAGE_TOO_BIG,
-                f"frame larger than {max_size} bytes",
-            )
+            if not self._relays or await self._settle():
+                self.close(
+                    CloseCode.MESSAGE_TOO_BIG,
+                    ErrorCode.MESSAGE_TOO_BIG,
+                    f"frame larger than {max_size} bytes",
+                )
             return
         admission = Admission.OK if self.bucket is None else self.bucket.take()
         if admission is Admission.EXCEEDED:
-            self.close(
-                CloseCode.RATE_LIMITED,
-                ErrorCode.RATE_LIMITED,
-                "too many frames: kept sending while rate limited",
-            )
+            if not self._relays or await self._settle():
+                self.close(
+                    CloseCode.RATE_LIMITED,
+                    ErrorCode.RATE_LIMITED,
+                    "too many frames: kept sending while rate limited",
+                )
             return
         try:
             frame = parse_client_frame(text)
         except FrameError as exc:
+            if self._relays and not await self._settle():
+                return
             if admission is Admission.LIMITED:
                 self._rate_limited(exc.frame_id)
             else:
                 self.send_error(exc.code, exc.message, exc.frame_id)
             return
         if admission is Admission.LIMITED:
-            self._rate_limited(frame.id)
+            if not self._relays or await self._settle():
+                self._rate_limited(frame.id)
             return
-        self.dispatching = True
+        if self._pipelined and self._relayable(frame):
+            await self._start_relay(frame)
+            return
+        if self._relays and not await self._settle():
+            return
+        self._busy = True
         try:
             await self.dispatch(frame)
         except RoomcastError as exc:
@@ -335,14 +367,84 @@ class Session:
             self._log("frame.error", level=logging.ERROR, topic=frame.topic, exc_info=True)
             self.send_error(ErrorCode.INTERNAL, "internal error", frame.id)
         finally:
-            self.dispatching = False
+            self._busy = False
             idle = self._idle
             if idle is not None and not idle.done():
                 idle.set_result(None)
 
+    def _relayable(self, frame: ClientFrame) -> bool:
+        """Whether `frame` takes the default relay to the whole room (see `dispatch`)."""
+        topic, registry = frame.topic, self.node.registry
+        return (
+            frame.to is None
+            and topic not in _BUILTIN_TOPICS
+            and self.identity.may_publish(topic)
+            and not registry.handlers(topic)
+            and registry.relays(topic)
+        )
+
+    async def _start_relay(self, frame: ClientFrame) -> None:
+        """Start relaying `frame` as a task, after a free place among the relays in flight."""
+        relays = self._relays
+        if len(relays) >= MAX_RELAYS_IN_FLIGHT:
+            while len(relays) >= MAX_RELAYS_IN_FLIGHT:
+                await asyncio.wait((relays[0],))
+            if self.closing or not self.node.accepting:
+                return
+        previous = relays[-1] if relays else None
+        # The task's first step runs up to the broker's queue without suspending: tasks
+        # start in creation order, so the publishes are asked for in frame order.
+        task = asyncio.get_running_loop().create_task(self._relay(frame, previous))
+        relays.append(task)
+        task.add_done_callback(self._relay_done)
+
+    async def _relay(self, frame: ClientFrame, previous: asyncio.Task[None] | None) -> None:
+        """Publish `frame` to the room; answer it once the frame before it was answered."""
+        member = self.member
+        offset: int | None = None
+        error: RoomcastError | None = None
+        try:
+            offset = await self.node.commands.send(
+                PublishToRoom(member.room, frame.topic, frame.payload, sender=member.username)
+            )
+        except RoomcastError as exc:
+            error = exc
+        except Exception:
+            self._log("frame.error", level=logging.ERROR, topic=frame.topic, exc_info=True)
+            error = RoomcastError("internal error", code=ErrorCode.INTERNAL)
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))
+        if error is None:
+            self._ack(frame, offset)
+        else:
+            self.send_error(error.code, error.message, frame.id)
+
+    def _relay_done(self, task: asyncio.Task[None]) -> None:
+        relays = self._relays
+        if relays and relays[0] is task:
+            relays.popleft()
+        else:
+            relays.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log(
+                "frame.error",
+                level=logging.ERROR,
+                exc_info=(type(task.exception()), task.exception(), None),
+            )
+
+    async def _settle(self) -> bool:
+        """Wait until the relays in flight are answered; False when the connection is
+        closing meanwhile (the frame is then dropped, as any frame that arrives then)."""
+        await asyncio.wait(tuple(self._relays))
+        return not self.closing and self.node.accepting
+
     async def wait_idle(self) -> None:
-        """Wait until the frame being handled (if any) has been answered."""
-        if self.dispatching:
+        """Wait until the frame being handled (if any) and the relays in flight have been
+        answered."""
+        while self.dispatching:
+            if self._relays:
+                await asyncio.wait(tuple(self._relays))
+                continue
             if self._idle is None or self._idle.done():
                 self._idle = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._idle)
@@ -536,6 +638,9 @@ class Session:
             self._left.set_result(None)
 
     async def _leave(self, reason: str) -> None:
+        if self._relays:
+            # The frames a member sent before leaving are published before it leaves.
+            await asyncio.wait(tuple(self._relays))
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None

@@ -62,6 +62,10 @@ class RedisBroker:
             publisher that holds no connections (it then needs no subscription either).
     """
 
+    batches_publishes = True
+    """Publishes asked for while a round trip is under way share the next one, in call order:
+    a session may have several of one connection's publishes in flight (see session.py)."""
+
     def __init__(
         self,
         url: str,
@@ -135,6 +139,7 @@ class RedisBroker:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flushing = False
         self._flushes: set[asyncio.Task[None]] = set()
 
     # lifecycle
@@ -263,7 +268,8 @@ class RedisBroker:
                 waiter,
             )
         )
-        if len(self._batch) == 1:
+        if not self._flushing:
+            self._flushing = True
             self._spawn(self._flush_publishes())
         result = await waiter
         offset, epoch = int(result[0]), result[1].decode()
@@ -276,13 +282,32 @@ class RedisBroker:
         return Publication(room, offset, f"{prefix}{offset}}}", to, epoch)
 
     async def _flush_publishes(self) -> None:
-        """Send every publish queued meanwhile in one pipeline: one round trip, not one each.
+        """Send the publishes queued meanwhile in one pipeline: one round trip, not one each.
 
-        Scripts run one by one in Redis either way; the order of the batch is the order in
-        which the publishes were asked for.
+        One flush at a time: what is asked for while a batch is on its way goes in the next
+        batch, sent once this one is answered, so batches reach Redis in order. Scripts run
+        one by one in Redis; the order of the batches and within each is the order in which
+        the publishes were asked for (so one sender's offsets follow its calls).
         """
-        await asyncio.sleep(0)  # let the publishes of this loop iteration join the batch
-        batch, self._batch = self._batch, []
+        try:
+            await asyncio.sleep(0)  # let the publishes of this loop iteration join the batch
+            while self._batch:
+                batch, self._batch = self._batch, []
+                await self._send_publishes(batch)
+        except BaseException as exc:
+            batch, self._batch = self._batch, []
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(
+                        BrokerUnavailable(f"the broker (redis) is unavailable: {exc!r}")
+                    )
+            raise
+        finally:
+            self._flushing = False
+
+    async def _send_publishes(
+        self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
+    ) -> None:
         try:
             results = await self._run_publishes([args for args, _ in batch])
         except _FAULTS as exc:
