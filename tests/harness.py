@@ -95,6 +95,8 @@ class ServerProcess:
 
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    module: str = "roomcast"
+    """The module run with `python -m`: roomcast's CLI, or a test app with the same flags."""
     proc: subprocess.Popen[bytes] | None = None
     log: LogReader | None = None
     url: str = ""
@@ -102,7 +104,7 @@ class ServerProcess:
     def start(self, timeout: float = START_TIMEOUT) -> ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roomcast", "serve", *self.args],
+            [sys.executable, "-m", self.module, "serve", *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,

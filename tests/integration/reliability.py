@@ -12,8 +12,6 @@ import os
 import re
 import socket
 import struct
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +22,8 @@ import orjson
 import websockets
 
 from tests.harness import (
-    READY,
     RECV_TIMEOUT,
-    ROOT,
-    START_TIMEOUT,
     Client,
-    LogReader,
     ServerProcess,
 )
 
@@ -334,23 +328,6 @@ class RawClient:
     def close(self) -> None:
         """Drop the socket."""
         self.sock.close()
-
-
-class SlowAppProcess(ServerProcess):
-    """tests/integration/slow_app.py (a server with a slow `slow` handler) as a process."""
-
-    def start(self, timeout: float = START_TIMEOUT) -> ServerProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.slow_app", "serve", *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        self.log = LogReader(self.proc.stderr)
-        self.url = self.log.wait_for(READY, timeout).group(1)
-        return self
 
 
 # Connection churn for the soak run (tests/integration/test_soak.py, bench/soak.py).

@@ -10,20 +10,13 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.harness import RECV_TIMEOUT, Client, ServerProcess, running_server
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """One memory-broker server for this module; every test uses rooms of its own."""
-    with running_server() as process:
-        yield process
+from tests.harness import RECV_TIMEOUT, Client, ServerProcess
 
 
 @pytest.fixture
-def room() -> str:
-    """A room id no other test uses."""
-    return f"r-{uuid.uuid4().hex[:10]}"
+def server(shared_server: ServerProcess) -> ServerProcess:
+    """The module's shared server (see conftest.py)."""
+    return shared_server
 
 
 @pytest.fixture

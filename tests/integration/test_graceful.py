@@ -15,7 +15,6 @@ from tests.integration.reliability import (
     Publisher,
     RawClient,
     ResumingClient,
-    SlowAppProcess,
 )
 
 StartServer = Callable[..., ServerProcess]
@@ -29,7 +28,7 @@ def slow_app() -> Iterator[Callable[..., ServerProcess]]:
     servers: list[ServerProcess] = []
 
     def start(*args: str) -> ServerProcess:
-        server = SlowAppProcess(["--port", "0", *args])
+        server = ServerProcess(["--port", "0", *args], module="tests.integration.slow_app")
         servers.append(server)
         return server.start()
 

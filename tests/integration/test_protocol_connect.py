@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import httpx
@@ -12,26 +11,13 @@ import orjson
 import pytest
 import websockets
 
-from tests.harness import RECV_TIMEOUT, Client, ServerProcess, running_server
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """One memory-broker server for this module; every test uses rooms of its own."""
-    with running_server() as process:
-        yield process
+from tests.harness import RECV_TIMEOUT, Client, ServerProcess
 
 
 @pytest.fixture
-def room() -> str:
-    """A room id no other test uses."""
-    return f"r-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def room2() -> str:
-    """A second room id no other test uses."""
-    return f"q-{uuid.uuid4().hex[:10]}"
+def server(shared_server: ServerProcess) -> ServerProcess:
+    """The module's shared server (see conftest.py)."""
+    return shared_server
 
 
 WELCOME_KEYS = {"connectionId", "username", "roomID", "members", "epoch", "offset"}
@@ -83,20 +69,20 @@ async def test_welcome_lists_every_member_and_latest_offset(
 
 
 BAD_QUERIES = {
-    "missing username": {"roomID": room},
+    "missing username": {"roomID": "r1"},
     "missing roomID": {"username": "alice"},
-    "empty username": {"username": "", "roomID": room},
+    "empty username": {"username": "", "roomID": "r1"},
     "empty roomID": {"username": "alice", "roomID": ""},
-    "129-char username": {"username": "u" * 129, "roomID": room},
+    "129-char username": {"username": "u" * 129, "roomID": "r1"},
     "129-char roomID": {"username": "alice", "roomID": "r" * 129},
-    "username with space": {"username": "al ice", "roomID": room},
+    "username with space": {"username": "al ice", "roomID": "r1"},
     "roomID with tab": {"username": "alice", "roomID": "r\t1"},
-    "username with newline": {"username": "alice\n", "roomID": room},
-    "username with control char": {"username": "al\x01ice", "roomID": room},
+    "username with newline": {"username": "alice\n", "roomID": "r1"},
+    "username with control char": {"username": "al\x01ice", "roomID": "r1"},
     "roomID with control char": {"username": "alice", "roomID": "r\x7f1"},
     "roomID with no-break space": {"username": "alice", "roomID": "r\u00a01"},
-    "since not a number": {"username": "alice", "roomID": room, "since": "abc", "epoch": "e"},
-    "negative since": {"username": "alice", "roomID": room, "since": "-1", "epoch": "e"},
+    "since not a number": {"username": "alice", "roomID": "r1", "since": "abc", "epoch": "e"},
+    "negative since": {"username": "alice", "roomID": "r1", "since": "-1", "epoch": "e"},
 }
 
 

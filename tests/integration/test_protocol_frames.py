@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.harness import Client, ServerProcess, running_server
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """One memory-broker server for this module; every test uses rooms of its own."""
-    with running_server() as process:
-        yield process
+from tests.harness import Client, ServerProcess
 
 
 @pytest.fixture
-def room() -> str:
-    """A room id no other test uses."""
-    return f"r-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def room2() -> str:
-    """A second room id no other test uses."""
-    return f"q-{uuid.uuid4().hex[:10]}"
+def server(shared_server: ServerProcess) -> ServerProcess:
+    """The module's shared server (see conftest.py)."""
+    return shared_server
 
 
 async def joined(server: ServerProcess, room: str, *names: str) -> list[Client]:
