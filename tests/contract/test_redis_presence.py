@@ -112,3 +112,16 @@ async def test_a_member_on_any_node_holds_the_room(make: Make) -> None:
             await asyncio.sleep(0.05)
     assert await a.members("r1") == []
     assert page.offset == 0
+
+
+async def test_a_burst_of_calls_waits_for_a_connection(make: Make) -> None:
+    """500 joins and 500 leaves at once queue for the node's connections to Redis instead of
+    failing (a pool without that bound refuses past its size: "Too many connections")."""
+    a, _ = await make("a")
+    await asyncio.gather(*(a.add_member("burst", f"u{i}", f"c{i}") for i in range(500)))
+    assert len(await a.members("burst")) == 500
+    removed = await asyncio.gather(
+        *(a.remove_member("burst", f"u{i}", f"c{i}") for i in range(500))
+    )
+    assert all(removed)
+    assert await a.members("burst") == []

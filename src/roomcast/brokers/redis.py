@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -34,9 +34,9 @@ T = TypeVar("T")
 
 KEY_PREFIX = "rc:"
 POOL_SIZE = 64
-"""Redis connections a node uses for commands at most (pub/sub has its own)."""
-POOL_WAIT = 5.0
-"""Seconds a command waits for a free pooled connection before the broker counts as down."""
+"""Redis calls of one node under way at once; more wait their turn (pub/sub has its own)."""
+CLOSE_TIMEOUT = 2.0
+"""Seconds each step of `close` may take: leaving presence, then disconnecting."""
 SUBSCRIBE_TIMEOUT = 5.0
 PING_TIMEOUT = 1.0
 DELIVERY_WAIT = 2.0
@@ -85,12 +85,12 @@ class RedisBroker:
         self.tick = presence_ttl / 6
         self.presence = presence
         try:
-            # A bounded pool that makes callers wait for a free connection: a burst (10,000
-            # clients leaving at once) queues instead of failing with "Too many connections".
-            self._pool: ConnectionPool = BlockingConnectionPool.from_url(
+            # Calls wait for one of POOL_SIZE slots (`_call`), so a burst (10,000 clients
+            # leaving at once) queues instead of failing with "Too many connections"; the
+            # pool itself has room for the few paths that do not go through `_call`.
+            self._pool: ConnectionPool = ConnectionPool.from_url(
                 url,
-                max_connections=POOL_SIZE,
-                timeout=POOL_WAIT,
+                max_connections=POOL_SIZE * 4,
                 socket_connect_timeout=2,
                 socket_timeout=5,
                 # No retry: a publish resent after a lost reply would be published twice.
@@ -110,6 +110,7 @@ class RedisBroker:
         db = self._pool.connection_kwargs.get("db", 0)
         self._channel_prefix = f"{KEY_PREFIX}{db}:"
         self._redis = Redis(connection_pool=self._pool)
+        self._slots = asyncio.Semaphore(POOL_SIZE)
         self._publish = self._redis.register_script(redis_scripts.PUBLISH)
         self._history = self._redis.register_script(redis_scripts.HISTORY)
         self._add = self._redis.register_script(redis_scripts.ADD_MEMBER)
@@ -174,19 +175,23 @@ class RedisBroker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.presence and self.node_id and self._available:
-            with contextlib.suppress(*_FAULTS, RedisError):
-                await self._sweep(
-                    keys=self._node_keys(self.node_id),
-                    args=[self.node_id, KEY_PREFIX, "1", self.history_ttl_ms],
-                )
-                await self._redis.delete(self._key_lease(self.node_id))
-                await self._redis.srem(self._key_nodes(), self.node_id)
+            with contextlib.suppress(*_FAULTS, RedisError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._sweep(
+                        keys=self._node_keys(self.node_id),
+                        args=[self.node_id, KEY_PREFIX, "1", self.history_ttl_ms],
+                    )
+                    await self._redis.delete(self._key_lease(self.node_id))
+                    await self._redis.srem(self._key_nodes(), self.node_id)
         self._members.clear()
         self._drop_connection()
         self._release_waiters()
-        await self._redis.aclose()
-        await self._pool.disconnect()
-        await self._sub_pool.disconnect()
+        # Bounded: a socket whose peer never finishes the close must not hold up a shutdown.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._redis.aclose()
+                await self._pool.disconnect()
+                await self._sub_pool.disconnect()
 
     # keys and channels
 
@@ -232,7 +237,8 @@ class RedisBroker:
         if not self._available:
             raise BrokerUnavailable("the broker (redis) is unavailable")
         try:
-            return await what()
+            async with self._slots:
+                return await what()
         except _FAULTS as exc:
             raise BrokerUnavailable(f"the broker (redis) is unavailable: {exc}") from None
 
