@@ -239,8 +239,12 @@ class Node:
         if session is None:
             return
         if signal.kind == "kick":
-            session.close(CloseCode.KICKED, ErrorCode.KICKED, "kicked by the server")
-            self.spawn(session.leave("kicked"))
+            self.spawn(self._kick(session))
+
+    async def _kick(self, session: Session) -> None:
+        # Leave presence first: once the kicked client sees its close, no node lists it.
+        await session.leave("kicked")
+        session.close(CloseCode.KICKED, ErrorCode.KICKED, "kicked by the server")
 
     def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
         """Announce the members of a dead node as gone (this node was chosen to do it)."""
