@@ -166,6 +166,47 @@ def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Se
         server.stop()
 
 
+UVICORN_READY = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+
+
+@contextlib.contextmanager
+def uvicorn_app(app: str, app_dir: str) -> Iterator[tuple[str, LogReader]]:
+    """`uvicorn --app-dir APP_DIR APP` on a free port as a real process: (its URL, its log)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            app_dir,
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ws",
+            "websockets-sansio",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log = LogReader(proc.stderr)
+    try:
+        yield log.wait_for(UVICORN_READY).group(1), log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.join(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 class RedisProcess:
     """A throwaway redis-server on a free loopback port."""
 

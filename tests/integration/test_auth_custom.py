@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.harness import ROOT, Client, LogReader
-
-RUNNING = r"Uvicorn running on (http://127\.0\.0\.1:\d+)"
+from tests.harness import Client, uvicorn_app
 
 
 @pytest.fixture(scope="module")
 def example_url() -> Iterator[str]:
     """The FastAPI example served by uvicorn as a real process."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            os.path.join(ROOT, "examples"),
-            "fastapi_custom_auth:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--ws",
-            "websockets-sansio",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    log = LogReader(proc.stderr)
-    try:
-        yield log.wait_for(RUNNING).group(1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.join(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    with uvicorn_app("fastapi_custom_auth:app", "examples") as (url, _log):
+        yield url
 
 
 def session_cookie(url: str, username: str, password: str) -> str:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests.harness import ROOT, Client, LogReader
-
-READY = r"Uvicorn running on (http://127\.0\.0\.1:\d+)"
+from tests.harness import Client, LogReader, uvicorn_app
 
 
 @dataclass
@@ -30,36 +26,8 @@ class App:
 @pytest.fixture(scope="module")
 def example() -> Iterator[App]:
     """`uvicorn --app-dir examples fastapi_app:app` on a free port."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            "examples",
-            "fastapi_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    log = LogReader(proc.stderr)
-    try:
-        yield App(log.wait_for(READY).group(1), log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.join(5)
-        assert proc.stderr is not None
-        proc.stderr.close()
+    with uvicorn_app("fastapi_app:app", "examples") as (url, log):
+        yield App(url, log)
 
 
 async def member(app: App, room: str, name: str) -> Client:
