@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from .codes import CloseCode, ErrorCode
@@ -25,6 +25,9 @@ __all__ = [
     "ConnectRequest",
     "Identity",
     "IdentityResolver",
+    "RefreshingResolver",
+    "RoomAuthorizer",
+    "check_room_claim",
     "identity_from_claims",
     "matches_any",
     "origin_allowed",
@@ -42,7 +45,8 @@ class ConnectRequest:
 
     Attributes:
         username: the `username` query parameter, if any.
-        room: the validated room id.
+        room: the validated room id; None when the connection starts in no room (each
+            `room.join` is then authorized on its own, see :class:`RoomAuthorizer`).
         token: the `token` query parameter or the `Authorization: Bearer` value, if any.
         headers: request headers, names in lower case.
         client: the peer's IP address, when the transport knows it.
@@ -50,7 +54,7 @@ class ConnectRequest:
     """
 
     username: str | None
-    room: str
+    room: str | None
     token: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     client: str | None = None
@@ -80,6 +84,36 @@ class Identity:
 
 IdentityResolver = Callable[[ConnectRequest], Awaitable[Identity]]
 """An async callable that returns the identity of a request or raises `Refused`."""
+
+
+@runtime_checkable
+class RoomAuthorizer(Protocol):
+    """A resolver that can admit an identity to one more room by itself.
+
+    A connection asks it at every `room.join`. A resolver without this step is asked again
+    with a :class:`ConnectRequest` naming the new room (the connection's token, headers and
+    query as they were at connect).
+    """
+
+    async def authorize(self, identity: Identity, room: str) -> None:
+        """Return when `identity` may join `room`.
+
+        Raises:
+            Refused: `forbidden` when it may not.
+        """
+
+
+@runtime_checkable
+class RefreshingResolver(Protocol):
+    """A resolver that takes a fresh token in-band (`auth.refresh`)."""
+
+    async def refresh(self, identity: Identity, rooms: Collection[str], payload: Any) -> Identity:
+        """The identity a fresh token (in `payload`) gives a connection in `rooms`.
+
+        Raises:
+            Refused: 4401 for a refused token or another subject, 4403 for a room it no
+                longer grants.
+        """
 
 
 def matches_any(value: str, patterns: Iterable[str]) -> bool:
@@ -114,7 +148,7 @@ def _string_list(claims: Mapping[str, Any], name: str) -> tuple[str, ...] | None
 def identity_from_claims(
     claims: dict[str, Any],
     username: str | None,
-    room: str,
+    room: str | None,
     *,
     expires_at: float | None = None,
 ) -> Identity:
@@ -126,7 +160,7 @@ def identity_from_claims(
     Args:
         claims: the verified claims.
         username: the `username` query parameter, if the client sent one.
-        room: the room being joined.
+        room: the room being joined; None checks no room (a connection in no room yet).
         expires_at: when the connection must present a fresh token (UNIX time).
 
     Raises:
@@ -143,14 +177,26 @@ def identity_from_claims(
             ErrorCode.UNAUTHENTICATED,
             "the username parameter disagrees with the token's subject",
         )
-    rooms = _string_list(claims, ROOMS_CLAIM)
+    _string_list(claims, ROOMS_CLAIM)  # a malformed claim is refused even without a room
     publish = _string_list(claims, PUBLISH_CLAIM)
-    # No `rooms` claim grants every room, as no `publish` claim allows every topic.
+    if room is not None:
+        check_room_claim(claims, room)
+    return Identity(username=subject, claims=claims, expires_at=expires_at, publish=publish)
+
+
+def check_room_claim(claims: Mapping[str, Any], room: str) -> None:
+    """Refuse `room` unless the `rooms` claim grants it; no `rooms` claim grants every room,
+    as no `publish` claim allows every topic.
+
+    Raises:
+        Refused: 4403 `forbidden` when the claim does not grant `room`; 4401 when the claim
+            is not a list of strings.
+    """
+    rooms = _string_list(claims, ROOMS_CLAIM)
     if rooms is not None and not matches_any(room, rooms):
         raise Refused(
             CloseCode.FORBIDDEN, ErrorCode.FORBIDDEN, f"the token does not grant room {room!r}"
         )
-    return Identity(username=subject, claims=claims, expires_at=expires_at, publish=publish)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:

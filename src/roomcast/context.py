@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .commands import PublishToRoom, SendToMember
+from .commands import CommandBus, PublishToRoom, SendToMember
+from .events import EventBus
 from .protocol import FrameId, server_frame
 
 if TYPE_CHECKING:
-    from .node import Node
     from .rooms import Member
 
 __all__ = ["Context"]
@@ -24,8 +24,10 @@ class Context:
         payload: the frame's payload (any JSON value but null).
         id: the frame's `id`, or None.
         to: the frame's `to`, or None.
-        member: the sender (username, room, connection id, claims).
-        node: the node that received the frame; `node.commands` and `node.events` are the buses.
+        member: the sender's membership of the frame's room (username, room, connection id,
+            claims).
+        commands: the node's command bus (`PublishToRoom`, `SendToMember`, `KickMember`).
+        events: the node's event bus.
     """
 
     topic: str
@@ -33,7 +35,8 @@ class Context:
     id: FrameId | None
     to: str | None
     member: Member
-    node: Node
+    commands: CommandBus
+    events: EventBus
 
     @property
     def username(self) -> str:
@@ -49,11 +52,15 @@ class Context:
         """Send a frame to the sender's connection only (no offset, not retained)."""
         self.member.connection.send(server_frame(topic, payload))
 
-    async def broadcast(self, topic: str, payload: Any) -> int:
+    async def publish(self, topic: str, payload: Any) -> int:
         """Publish to the sender's room, `from` the sender; returns the offset."""
-        return await self.node.commands.send(
+        return await self.commands.send(
             PublishToRoom(self.member.room, topic, payload, sender=self.member.username)
         )
+
+    async def broadcast(self, topic: str, payload: Any) -> int:
+        """The former name of :meth:`publish`, kept for existing handlers."""
+        return await self.publish(topic, payload)
 
     async def send_to(self, username: str, topic: str, payload: Any) -> int:
         """Send to one member of the sender's room, `from` the sender; returns the offset.
@@ -61,6 +68,6 @@ class Context:
         Raises:
             MemberNotFound: when that member is connected nowhere.
         """
-        return await self.node.commands.send(
+        return await self.commands.send(
             SendToMember(self.member.room, username, topic, payload, sender=self.member.username)
         )

@@ -11,23 +11,27 @@ import asyncio
 import time
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import jwt as pyjwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .auth import ConnectRequest, Identity, identity_from_claims
+from .auth import (
+    AnonymousResolver,
+    ConnectRequest,
+    Identity,
+    IdentityResolver,
+    check_room_claim,
+    identity_from_claims,
+)
 from .codes import CloseCode, ErrorCode
 from .errors import ConfigError, Refused
 from .log import log_event
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -36,6 +40,7 @@ __all__ = [
     "KeySource",
     "StaticKey",
     "algorithms_for_key",
+    "resolver_from_settings",
 ]
 
 MAX_TOKEN_LENGTH = 8192
@@ -373,11 +378,19 @@ class JwtResolver:
             claims, request.username, request.room, expires_at=self._expires_at(claims)
         )
 
-    async def refresh(self, session: Session, payload: Any) -> Identity:
-        """`auth.refresh`: the identity a fresh token gives the connected `session`.
+    async def authorize(self, identity: Identity, room: str) -> None:
+        """`room.join`: the token's `rooms` claim must grant `room`.
+
+        Raises:
+            Refused: 4403 `forbidden` when it does not.
+        """
+        check_room_claim(identity.claims, room)
+
+    async def refresh(self, identity: Identity, rooms: Collection[str], payload: Any) -> Identity:
+        """`auth.refresh`: the identity a fresh token gives a connection of `identity` in `rooms`.
 
         The payload is `{"token": "<JWT>"}`. The token must carry the same subject and still
-        grant the session's room.
+        grant every room of the connection.
 
         Raises:
             Refused: 4401 for a refused token or another subject; 4403 for a room not granted.
@@ -386,14 +399,14 @@ class JwtResolver:
         if not isinstance(token, str):
             raise _unauthenticated('auth.refresh needs a payload {"token": "<JWT>"}')
         claims = await self.verify(token)
-        if claims.get("sub") != session.identity.username:
+        if claims.get("sub") != identity.username:
             raise _unauthenticated("the fresh token has another subject")
-        return identity_from_claims(
-            claims,
-            session.identity.username,
-            session.member.room,
-            expires_at=self._expires_at(claims),
+        fresh = identity_from_claims(
+            claims, identity.username, None, expires_at=self._expires_at(claims)
         )
+        for room in rooms:
+            check_room_claim(claims, room)
+        return fresh
 
 
 def _load_public_key(path: str, configured: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
@@ -410,3 +423,10 @@ def _load_public_key(path: str, configured: tuple[str, ...]) -> tuple[Any, tuple
     if not algorithms:
         raise ConfigError(f"--jwt-public-key: unsupported key type in {path!r}")
     return key, algorithms
+
+
+def resolver_from_settings(settings: Settings) -> IdentityResolver:
+    """The resolver `settings` ask for: JWT when a key is configured, else anonymous."""
+    if settings.auth_enabled:
+        return JwtResolver.from_settings(settings)
+    return AnonymousResolver()

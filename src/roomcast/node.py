@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .auth import AnonymousResolver, IdentityResolver
-from .brokers import Broker, HistoryPage, Publication, Signal, create_broker
+from .auth import IdentityResolver
+from .brokers import Broker, HistoryPage, Publication, Signal, from_url
 from .codes import CloseCode, ErrorCode
 from .commands import CommandBus, KickMember, PublishToRoom, SendToMember
 from .errors import MemberNotFound
@@ -22,11 +22,8 @@ from .log import log_event
 from .metrics import Metrics
 from .protocol import message_prefix, presence_frame
 from .registry import TopicRegistry
-from .rooms import LocalRooms
+from .rooms import LocalRooms, Member, MemberHandle
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["Node"]
 
@@ -67,14 +64,25 @@ class Node:
     ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
-        self.broker: Broker = broker if broker is not None else create_broker(settings)
+        self.broker: Broker = (
+            broker
+            if broker is not None
+            else from_url(
+                settings.broker,
+                history_size=settings.history_size,
+                history_ttl=settings.history_ttl,
+                presence_ttl=settings.presence_ttl,
+            )
+        )
         self.resolver: IdentityResolver = resolver or _default_resolver(settings)
         self.registry = registry if registry is not None else TopicRegistry(relay=settings.relay)
         self.commands = CommandBus()
         self.events = EventBus()
         self.metrics = Metrics()
         self.rooms = LocalRooms()
-        self.sessions: dict[str, Session] = {}
+        """Local members by room: written only by :meth:`attach` and :meth:`detach`."""
+        self.connections: dict[str, MemberHandle] = {}
+        """Open connections by connection id: written only by :meth:`open` and :meth:`closed`."""
         self.limits = ConnectionLimits.from_settings(settings)
         self.accepting = True
         self._subscriptions: dict[str, asyncio.Future[None]] = {}
@@ -121,7 +129,7 @@ class Node:
         def share(part: float) -> float:
             return max(0.0, min(deadline - loop.time(), budget * part))
 
-        sessions = list(self.sessions.values())
+        sessions = list(self.connections.values())
         if sessions:
             # Presence first, so that every node announces the leaves now, not after a lease.
             await _wait_all([s.leave("shutdown") for s in sessions], share(0.3))
@@ -146,7 +154,34 @@ class Node:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # rooms on this node
+    # connections and rooms on this node: the node alone writes its indexes and gauges
+
+    def open(self, connection_id: str, handle: MemberHandle) -> None:
+        """Count a connection that was admitted (it may be in no room yet)."""
+        self.connections[connection_id] = handle
+        self.metrics.connections.inc()
+
+    def closed(self, connection_id: str) -> None:
+        """Forget a connection that has left every room."""
+        if self.connections.pop(connection_id, None) is not None:
+            self.metrics.connections.dec()
+
+    async def attach(self, member: Member) -> None:
+        """Put `member` into its local room and make sure the node hears that room.
+
+        Raises:
+            BrokerUnavailable: the subscription failed (the member stays attached: the caller
+                detaches it as it leaves).
+        """
+        self.rooms.add(member)
+        self.metrics.rooms.set(len(self.rooms))
+        await self.ensure_subscribed(member.room)
+
+    async def detach(self, member: Member) -> None:
+        """Take `member` out of its local room; unsubscribe when nobody is left in it."""
+        self.rooms.remove(member)
+        self.metrics.rooms.set(len(self.rooms))
+        await self.release_room(member.room)
 
     async def ensure_subscribed(self, room: str) -> None:
         """Subscribe this node to `room` once; concurrent joiners wait for the same call."""
@@ -208,8 +243,7 @@ class Node:
         if publication.to is None:
             self.metrics.frames_out.inc(local.fan_out(publication.offset, publication.frame))
         else:
-            member = local.members.get(publication.to)
-            if member is not None:
+            for member in local.all_of(publication.to):
                 member.deliver(publication.offset, publication.frame)
                 self.metrics.frames_out.inc()
 
@@ -225,26 +259,15 @@ class Node:
         if signal.kind == "replace":
             # The newer connection already took the username's place in the local room, so the
             # replaced one is found by its connection id, not by its name.
-            replaced = self.sessions.get(signal.connection_id)
-            if replaced is not None and replaced.member.username == signal.username:
-                replaced.close(
-                    CloseCode.DUPLICATE, ErrorCode.DUPLICATE, "replaced by a newer connection"
-                )
-                self.spawn(replaced.leave("replaced"))
-            return
-        member = local.members.get(signal.username)
-        if member is None:
-            return
-        session = self.sessions.get(member.connection_id)
-        if session is None:
+            handle = self.connections.get(signal.connection_id)
+            replaced = None if handle is None else handle.membership(signal.room)
+            if replaced is not None and replaced.username == signal.username and handle:
+                self.spawn(handle.remove(replaced, "replaced"))
             return
         if signal.kind == "kick":
-            self.spawn(self._kick(session))
-
-    async def _kick(self, session: Session) -> None:
-        # Leave presence first: once the kicked client sees its close, no node lists it.
-        await session.leave("kicked")
-        session.close(CloseCode.KICKED, ErrorCode.KICKED, "kicked by the server")
+            for member in local.all_of(signal.username):
+                if member.handle is not None:
+                    self.spawn(member.handle.remove(member, "kicked"))
 
     def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
         """Announce the members of a dead node as gone (this node was chosen to do it)."""
@@ -316,15 +339,15 @@ class Node:
         log_event("room.history_lost", level=30, room=room, node_id=self.node_id, epoch=page.epoch)
         self._positions[room] = _Position(page.epoch, page.offset)
         local = self.rooms.get(room)
-        for member in list(local.members.values()) if local is not None else ():
-            session = self.sessions.get(member.connection_id)
-            if session is not None:
-                session.close(
+        for member in local.all() if local is not None else ():
+            handle = member.handle
+            if handle is not None:
+                handle.close(
                     CloseCode.BROKER_UNAVAILABLE,
                     ErrorCode.UNAVAILABLE,
                     "the room's history was lost: reconnect to resume",
                 )
-                self.spawn(session.leave("history_lost"))
+                self.spawn(handle.leave("history_lost"))
 
     # commands
 
@@ -390,11 +413,10 @@ async def _wait_all(awaitables: list[Any], timeout: float) -> None:
 
 
 def _default_resolver(settings: Settings) -> IdentityResolver:
-    if settings.auth_enabled:
-        from .jwt import JwtResolver
+    # PyJWT and cryptography are imported only by a node that was not given a resolver.
+    from .jwt import resolver_from_settings
 
-        return JwtResolver.from_settings(settings)
-    return AnonymousResolver()
+    return resolver_from_settings(settings)
 
 
 def _safe_url(settings: Settings) -> str:

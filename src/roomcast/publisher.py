@@ -18,7 +18,7 @@ import socket
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .brokers import Broker
+from .brokers import Broker, from_url, is_shared
 from .commands import Command, KickMember, PublishToRoom, SendToMember
 from .errors import ConfigError
 from .node import Node
@@ -41,7 +41,7 @@ class Publisher:
 
     def __init__(self, broker: str | Broker, *, settings: Settings | None = None) -> None:
         if isinstance(broker, str):
-            if not broker.startswith(("redis://", "rediss://")):
+            if not is_shared(broker):
                 raise ConfigError(
                     f"a Publisher needs a shared broker (redis://HOST:PORT/DB), got {broker!r}"
                 )
@@ -51,9 +51,7 @@ class Publisher:
                 )
             else:
                 settings = settings.replace(broker=broker)
-            from .brokers.redis import RedisBroker
-
-            instance: Broker = RedisBroker(
+            instance = from_url(
                 broker,
                 history_size=settings.history_size,
                 history_ttl=settings.history_ttl,

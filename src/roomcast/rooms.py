@@ -4,11 +4,44 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from .codes import CloseCode, ErrorCode
 from .connection import Connection
 
-__all__ = ["LocalRoom", "LocalRooms", "Member"]
+__all__ = ["LocalRoom", "LocalRooms", "Member", "MemberHandle"]
+
+
+class MemberHandle(Protocol):
+    """The connection a local member belongs to, as the node acts on it.
+
+    The session implements it; the node knows connections only through it, so the core
+    imports one way (node -> rooms, never node -> session).
+    """
+
+    @property
+    def dispatching(self) -> bool:
+        """Whether a frame is being handled or relayed frames still wait for the broker."""
+
+    def membership(self, room: str) -> Member | None:
+        """This connection's member of `room`, if it is in that room."""
+
+    async def remove(self, member: Member, reason: str) -> None:
+        """Take the connection out of `member`'s room (`kicked`, `replaced`)."""
+
+    async def leave(self, reason: str) -> None:
+        """Leave every room and presence (idempotent)."""
+
+    def close(
+        self, close_code: CloseCode, error_code: ErrorCode, message: str, *, frame: bool = True
+    ) -> None:
+        """Close after the queued frames, preceded by an error frame unless `frame` is False."""
+
+    async def wait_idle(self) -> None:
+        """Wait until frames being handled and relays in flight are answered."""
+
+    async def connection_closed(self, timeout: float) -> None:
+        """Wait (bounded) until the transport has written the close."""
 
 
 @dataclass(eq=False, slots=True)
@@ -21,6 +54,7 @@ class Member:
         connection_id: a random id naming this connection in logs and frames.
         connection: where frames for this member go.
         claims: what the identity resolver returned (token claims, application data).
+        handle: the session this membership belongs to (None for a bare member in tests).
         held: while joining, live frames are held here and sent after the welcome and the
             replay; offset 0 marks a frame without offset (presence).
     """
@@ -30,6 +64,7 @@ class Member:
     connection_id: str
     connection: Connection
     claims: dict[str, Any] = field(default_factory=dict)
+    handle: MemberHandle | None = None
     held: list[tuple[int, str]] | None = None
     last_offset: int = 0
 
@@ -60,28 +95,88 @@ class Member:
 
 
 class LocalRoom:
-    """The members of one room connected to this node."""
+    """The members of one room connected to this node.
 
-    __slots__ = ("members", "room")
+    `members` holds each username's first connection here; under the `share` policy a
+    user's further connections in the room wait in `shared`, so that the fan-out loop of a
+    room where nobody shares stays one plain loop.
+    """
+
+    __slots__ = ("members", "room", "shared")
 
     def __init__(self, room: str) -> None:
         self.room = room
         self.members: dict[str, Member] = {}
+        self.shared: dict[str, list[Member]] | None = None
 
     def fan_out(self, offset: int, frame: str) -> int:
         """Deliver one encoded room message to every local member; returns how many."""
         for member in self.members.values():
             member.deliver(offset, frame)
-        return len(self.members)
+        count = len(self.members)
+        if self.shared:
+            for more in self.shared.values():
+                for member in more:
+                    member.deliver(offset, frame)
+                count += len(more)
+        return count
 
     def broadcast(self, frame: str, *, exclude: str | None = None) -> int:
         """Send a frame without offset (presence) to every local member but `exclude`."""
         count = 0
-        for username, member in self.members.items():
-            if username != exclude:
+        for member in self.all():
+            if member.username != exclude:
                 member.notify(frame)
                 count += 1
         return count
+
+    def all_of(self, username: str) -> list[Member]:
+        """Every local connection of `username` in this room (several under `share`)."""
+        first = self.members.get(username)
+        if first is None:
+            return []
+        more = self.shared.get(username) if self.shared else None
+        return [first, *more] if more else [first]
+
+    def all(self) -> list[Member]:
+        """Every local member, a user's shared connections included."""
+        found = list(self.members.values())
+        if self.shared:
+            for more in self.shared.values():
+                found.extend(more)
+        return found
+
+    def add(self, member: Member, *, share: bool = False) -> None:
+        """Add a member; with `share`, beside a connection of the same user already here,
+        else in its place (the replaced one is closed by its own signal)."""
+        first = self.members.get(member.username)
+        if first is None or first is member or not share:
+            self.members[member.username] = member
+            return
+        if self.shared is None:
+            self.shared = {}
+        more = self.shared.setdefault(member.username, [])
+        if member not in more:
+            more.append(member)
+
+    def remove(self, member: Member) -> bool:
+        """Remove this exact member; returns True when it was here."""
+        username = member.username
+        more = self.shared.get(username) if self.shared else None
+        if self.members.get(username) is member:
+            if more:
+                self.members[username] = more.pop(0)
+            else:
+                del self.members[username]
+        elif more is not None and member in more:
+            more.remove(member)
+        else:
+            return False
+        if more is not None and not more and self.shared is not None:
+            del self.shared[username]
+            if not self.shared:
+                self.shared = None
+        return True
 
 
 class LocalRooms:
@@ -96,21 +191,20 @@ class LocalRooms:
         """The local room, or `None` when no member of it is on this node."""
         return self._rooms.get(room)
 
-    def add(self, member: Member) -> bool:
-        """Add a member; returns True when this made the room exist on this node."""
+    def add(self, member: Member, *, share: bool = False) -> bool:
+        """Add a member (see :meth:`LocalRoom.add`); True when this made the room exist here."""
         local = self._rooms.get(member.room)
         created = local is None
         if local is None:
             local = self._rooms[member.room] = LocalRoom(member.room)
-        local.members[member.username] = member
+        local.add(member, share=share)
         return created
 
     def remove(self, member: Member) -> bool:
         """Remove this exact member; returns True when the room is now gone from this node."""
         local = self._rooms.get(member.room)
-        if local is None or local.members.get(member.username) is not member:
+        if local is None or not local.remove(member):
             return False
-        del local.members[member.username]
         if not local.members:
             del self._rooms[member.room]
             return True
@@ -129,4 +223,4 @@ class LocalRooms:
 
     def member_count(self) -> int:
         """Members over every local room."""
-        return sum(len(r.members) for r in self._rooms.values())
+        return sum(len(r.all()) for r in self._rooms.values())

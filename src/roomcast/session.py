@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .auth import ConnectRequest, Identity, origin_allowed
+from .auth import ConnectRequest, Identity, RefreshingResolver, origin_allowed
 from .brokers import DuplicateMember, Signal
 from .codes import CloseCode, ErrorCode
 from .commands import PublishToRoom, SendToMember
@@ -189,6 +189,7 @@ class Session:
             connection_id=connection_id,
             connection=connection,
             claims=identity.claims,
+            handle=self,
         )
         self.joined = False
         self.closing = False
@@ -243,12 +244,9 @@ class Session:
             ) from None
         try:
             member.held = []
-            node.rooms.add(member)
-            node.sessions[member.connection_id] = self
+            node.open(member.connection_id, self)
             self.joined = True
-            node.metrics.connections.inc()
-            node.metrics.rooms.set(len(node.rooms))
-            await node.ensure_subscribed(member.room)
+            await node.attach(member)
             if replaced is not None:
                 await node.broker.signal(
                     Signal("replace", member.room, member.username, replaced, node.node_id)
@@ -300,6 +298,20 @@ class Session:
             node.events.publish(
                 MemberJoined(member.room, member.username, member.connection_id, node.node_id)
             )
+
+    def membership(self, room: str) -> Member | None:
+        """This connection's member of `room`, if it is in that room."""
+        return self.member if self.joined and self.member.room == room else None
+
+    async def remove(self, member: Member, reason: str) -> None:
+        """Taken out of the room by the server (`kicked`) or a newer connection (`replaced`)."""
+        if reason == "replaced":
+            self.close(CloseCode.DUPLICATE, ErrorCode.DUPLICATE, "replaced by a newer connection")
+            await self.leave("replaced")
+            return
+        # Leave presence first: once the kicked client sees its close, no node lists it.
+        await self.leave(reason)
+        self.close(CloseCode.KICKED, ErrorCode.KICKED, "kicked by the server")
 
     @property
     def dispatching(self) -> bool:
@@ -495,7 +507,10 @@ class Session:
             raise RoomcastError(f"no handler for topic {topic!r}", code=ErrorCode.UNKNOWN_TOPIC)
 
     async def _run_handlers(self, frame: ClientFrame, handlers: list[Any]) -> None:
-        ctx = Context(frame.topic, frame.payload, frame.id, frame.to, self.member, self.node)
+        node = self.node
+        ctx = Context(
+            frame.topic, frame.payload, frame.id, frame.to, self.member, node.commands, node.events
+        )
         if len(handlers) == 1:
             results: list[Any] = [await _capture(handlers[0], ctx)]
         else:
@@ -525,11 +540,11 @@ class Session:
 
     async def refresh(self, frame: ClientFrame) -> None:
         """`auth.refresh`: take a fresh token in-band (see docs/security.md)."""
-        refresh = getattr(self.node.resolver, "refresh", None)
-        if refresh is None:
+        resolver = self.node.resolver
+        if not isinstance(resolver, RefreshingResolver):
             raise RoomcastError("authentication is not enabled", code=ErrorCode.INVALID_FRAME)
         try:
-            identity = await refresh(self, frame.payload)
+            identity = await resolver.refresh(self.identity, [self.member.room], frame.payload)
         except Refused as exc:
             self.send_error(exc.code, exc.message, frame.id)
             self.close(exc.close_code, exc.code, exc.message, frame=False)
@@ -648,11 +663,8 @@ class Session:
         if not self.joined:
             return
         node, member = self.node, self.member
-        node.sessions.pop(member.connection_id, None)
-        node.rooms.remove(member)
-        node.metrics.connections.dec()
-        node.metrics.rooms.set(len(node.rooms))
-        await node.release_room(member.room)
+        node.closed(member.connection_id)
+        await node.detach(member)
         removed = False
         try:
             removed = await node.broker.remove_member(

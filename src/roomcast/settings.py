@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .brokers import check_url, is_shared
 from .errors import ConfigError
 
 __all__ = ["OPTIONS", "Option", "Settings"]
@@ -101,13 +102,10 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
-        if not self.broker.startswith(("memory://", "redis://", "rediss://")):
-            raise ConfigError(
-                f"broker must be memory:// or redis://HOST:PORT/DB, got {self.broker!r}"
-            )
+        check_url(self.broker)
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
-        if self.workers > 1 and self.broker.startswith("memory://"):
+        if self.workers > 1 and not is_shared(self.broker):
             raise ConfigError(
                 "--workers > 1 needs a shared broker: use --broker redis://HOST:PORT/DB "
                 "(memory:// keeps everything in one process)"

@@ -1,9 +1,12 @@
-"""Brokers, chosen by URL: `memory://` or `redis://HOST:PORT/DB`."""
+"""Brokers, chosen by URL: `memory://` or `redis://HOST:PORT/DB`.
+
+:func:`from_url` is the one place a broker URL scheme is interpreted: the server, the
+:class:`~roomcast.Publisher` and the settings validation all ask it (or :func:`check_url`).
+"""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..settings import Settings
 from .base import Broker, BrokerListener, DuplicateMember, HistoryPage, Publication, Signal
 from .memory import MemoryBroker
 
@@ -15,26 +18,59 @@ __all__ = [
     "MemoryBroker",
     "Publication",
     "Signal",
-    "create_broker",
+    "check_url",
+    "from_url",
+    "is_shared",
 ]
 
+_MEMORY = ("memory://",)
+_REDIS = ("redis://", "rediss://")
 
-def create_broker(settings: Settings) -> Broker:
-    """The broker `settings.broker` names; the Redis client is imported only when used.
+
+def check_url(url: str) -> None:
+    """Check that `url` names a broker roomcast knows.
+
+    Raises:
+        ConfigError: for any other scheme, naming the ones allowed.
+    """
+    if not url.startswith(_MEMORY + _REDIS):
+        raise ConfigError(f"broker must be memory:// or redis://HOST:PORT/DB, got {url!r}")
+
+
+def is_shared(url: str) -> bool:
+    """Whether `url` names a broker that several processes share (`redis://`)."""
+    return url.startswith(_REDIS)
+
+
+def from_url(
+    url: str,
+    *,
+    history_size: int = 100,
+    history_ttl: float = 300.0,
+    presence_ttl: float = 15.0,
+    presence: bool = True,
+) -> Broker:
+    """The broker `url` names; the Redis client is imported only when used.
+
+    Args:
+        url: `memory://` or `redis://HOST:PORT/DB` (`rediss://` for TLS).
+        history_size: messages retained per room.
+        history_ttl: seconds retained messages live.
+        presence_ttl: bound on how long a dead node's members stay listed (shared brokers).
+        presence: False for a process that only publishes (holds no members, no lease).
 
     Raises:
         ConfigError: for a URL scheme roomcast does not know.
     """
-    url = settings.broker
-    if url.startswith("memory://"):
-        return MemoryBroker(history_size=settings.history_size, history_ttl=settings.history_ttl)
-    if url.startswith(("redis://", "rediss://")):
-        from .redis import RedisBroker
+    check_url(url)
+    if url.startswith(_MEMORY):
+        return MemoryBroker(history_size=history_size, history_ttl=history_ttl)
+    from .redis import RedisBroker
 
-        return RedisBroker(
-            url,
-            history_size=settings.history_size,
-            history_ttl=settings.history_ttl,
-            presence_ttl=settings.presence_ttl,
-        )
-    raise ConfigError(f"unknown broker URL {url!r}: use memory:// or redis://HOST:PORT/DB")
+    return RedisBroker(
+        url,
+        history_size=history_size,
+        history_ttl=history_ttl,
+        presence_ttl=presence_ttl,
+        presence=presence,
+    )
