@@ -125,3 +125,31 @@ async def test_a_burst_of_calls_waits_for_a_connection(make: Make) -> None:
     )
     assert all(removed)
     assert await a.members("burst") == []
+
+
+async def test_a_foreign_message_on_a_room_channel_is_skipped(
+    make: Make, redis_server: RedisProcess
+) -> None:
+    """Something else publishing on a room's channel does not break the subscription."""
+    a, seen = await make("a")
+    await a.subscribe("r1")
+    admin = Redis.from_url(redis_server.url)
+    await admin.publish("rc:0:{r1}", b"not a roomcast message")
+    await admin.aclose()
+    publication = await a.publish("r1", message_prefix("t", 1, "r1", "x"))
+    assert seen.publications == [publication]
+    assert a.available
+
+
+async def test_sweep_of_a_node_with_many_members(make: Make) -> None:
+    """A dead node's members are swept in several calls, each returned once, and the node
+    leaves the set of nodes once its member set is empty."""
+    a, lost = await make("a", presence_ttl=1.5)
+    c, _ = await make("c", presence_ttl=1.5)
+    await asyncio.gather(*(c.add_member(f"room{i % 3}", f"u{i}", f"c{i}") for i in range(600)))
+    for task in c._tasks:  # c stops renewing, as a killed process would
+        task.cancel()
+    await until(lambda: sum(len(names) for _, names, _ in lost.lost) == 600)
+    assert await a.rooms() == {}
+    swept = sorted(name for _, names, _ in lost.lost for name in names)
+    assert swept == sorted(f"u{i}" for i in range(600))

@@ -1,14 +1,19 @@
 """The Lua scripts of the Redis broker: each one atomic step (see docs/architecture.md).
 
-Every key of one room shares the hash tag `{room}`, so that in a Redis Cluster the room's
-offset, epoch, stream and presence live on one shard with its channel.
+A script touches only the keys it is handed in `KEYS` (named in wire.py), never one it builds
+itself, so that Redis Cluster can route it: every key of one room shares the hash tag
+`{room}`, and the room's offset, epoch, stream and presence live on one shard with its
+channel. The publication a script announces is encoded with wire.py's `LUA_PUBLICATION`.
 """
 
 from __future__ import annotations
 
+from .wire import LUA_FRAME, LUA_PUBLICATION
+
 __all__ = ["ADD_MEMBER", "HISTORY", "LEASE", "PUBLISH", "REMOVE_MEMBER", "SWEEP_NODE"]
 
-PUBLISH = """
+PUBLISH = (
+    """
 -- KEYS: offset, epoch, stream, presence
 -- ARGV: prefix, to, history size, history ttl (ms), channel, epoch if none exists
 local epoch = redis.call('GET', KEYS[2])
@@ -25,7 +30,9 @@ if offset == 1 then
   redis.call('DEL', KEYS[3])
 end
 local id = string.format('%d', offset)
-local frame = ARGV[1] .. id .. '}'
+local frame = """
+    + LUA_FRAME
+    + """
 local size = tonumber(ARGV[3])
 if size > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', size, id .. '-0', 'f', frame, 't', ARGV[2])
@@ -37,9 +44,12 @@ if redis.call('EXISTS', KEYS[4]) == 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-redis.call('PUBLISH', ARGV[5], 'p' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[2] .. '\\n' .. frame)
+redis.call('PUBLISH', ARGV[5], """
+    + LUA_PUBLICATION
+    + """)
 return {offset, epoch}
 """
+)
 
 HISTORY = """
 -- KEYS: offset, epoch, stream, presence
@@ -111,33 +121,33 @@ return 1
 """
 
 SWEEP_NODE = """
--- KEYS: node lease, node member set, nodes set, rooms set
--- ARGV: node id, key prefix, force ('1': sweep even with a live lease, for its own restart),
---       history ttl (ms)
--- Removes a dead node's presence entries and returns them {room, username, ...} to the one
--- caller that removed them; a second caller finds nothing.
-if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+-- KEYS: node lease, node member set, nodes set, rooms set, then for each entry of ARGV:
+--       presence hash, offset, epoch of its room
+-- ARGV: node id, force ('1': sweep even with a live lease, for its own restart),
+--       history ttl (ms), then for each entry: entry, room, username, presence value
+-- Removes entries of a dead node (read from its member set by the caller) and returns those
+-- it removed, {room, username, ...}, to the one caller that removed them: an entry is taken
+-- out of the member set first, so a second caller finds nothing left to remove.
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return {}
 end
 local removed = {}
-for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local room, username, connection = string.match(entry, '^(.-)\\n(.-)\\n(.*)$')
-  if room then
-    local hash = ARGV[2] .. '{' .. room .. '}:p'
-    if redis.call('HGET', hash, username) == ARGV[1] .. ':' .. connection then
-      redis.call('HDEL', hash, username)
-      if redis.call('HLEN', hash) == 0 then
-        redis.call('SREM', KEYS[4], room)
-        redis.call('PEXPIRE', ARGV[2] .. '{' .. room .. '}:o', ARGV[4])
-        redis.call('PEXPIRE', ARGV[2] .. '{' .. room .. '}:e', ARGV[4])
-      end
-      removed[#removed + 1] = room
-      removed[#removed + 1] = username
+for i = 0, (#ARGV - 3) / 4 - 1 do
+  local room, username = ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  local hash = KEYS[5 + 3 * i]
+  if redis.call('SREM', KEYS[2], ARGV[4 + 4 * i]) == 1
+      and redis.call('HGET', hash, username) == ARGV[7 + 4 * i] then
+    redis.call('HDEL', hash, username)
+    if redis.call('HLEN', hash) == 0 then
+      redis.call('SREM', KEYS[4], room)
+      redis.call('PEXPIRE', KEYS[6 + 3 * i], ARGV[3])
+      redis.call('PEXPIRE', KEYS[7 + 3 * i], ARGV[3])
     end
+    removed[#removed + 1] = room
+    removed[#removed + 1] = username
   end
 end
-redis.call('DEL', KEYS[2])
-if ARGV[3] ~= '1' then
+if ARGV[2] ~= '1' and redis.call('SCARD', KEYS[2]) == 0 then
   redis.call('SREM', KEYS[3], ARGV[1])
 end
 return removed

@@ -1,0 +1,257 @@
+"""The Redis broker: cross-node delivery, cluster-wide presence and history in one Redis.
+
+`RedisBroker` is a facade over the parts, one module each:
+
+- wire.py: key and channel names, the messages between nodes (where one is parsed);
+- scripts.py: the Lua scripts, each one atomic step;
+- calls.py: the command connections (a bounded pool) and the registered scripts;
+- publishing.py: batched, pipelined publishes and the wait for a node's own delivery;
+- subscriber.py: the subscription connection, its reader loop and heartbeat;
+- presence.py: presence entries, the node's lease, the sweeper, orphans.
+
+See docs/architecture.md ("Cluster") for the keys, channels, message format and faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+
+from redis.exceptions import RedisError
+
+from ...errors import BrokerUnavailable
+from ...log import log_event
+from ..base import BrokerListener, HistoryPage, Publication, Signal
+from . import wire
+from .calls import Calls, unavailable
+from .presence import Presence
+from .publishing import Deliveries, Publishing
+from .subscriber import Subscriber
+
+__all__ = ["RedisBroker"]
+
+CLOSE_TIMEOUT = 2.0
+"""Seconds each step of `close` may take: stopping its tasks, leaving presence, disconnecting."""
+PING_TIMEOUT = 1.0
+"""Seconds `ping` (`/readyz`) waits for Redis to answer."""
+START_TIMEOUT = 5.0
+"""Seconds `start` waits for the first connection."""
+
+
+class RedisBroker:
+    """Delivery, presence and history shared by every node through one Redis.
+
+    Args:
+        url: `redis://[:PASSWORD@]HOST:PORT/DB` (or `rediss://` for TLS).
+        history_size: messages retained per room (a stream trimmed to exactly this many).
+        history_ttl: seconds a room's retained messages live after its last publish; a room
+            nobody is in loses its offset and epoch (its history) once nothing was published
+            and nobody was present for as long.
+        presence_ttl: bound, in seconds, on how long a dead node's members stay in presence.
+        presence: hold a node lease, keep presence and sweep dead nodes; False for a
+            publisher that holds no connections (it then needs no subscription either).
+    """
+
+    batches_publishes = True
+    """Publishes asked for while a round trip is under way share the next one, in call order:
+    a session may have several of one connection's publishes in flight (see session.py)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 100,
+        history_ttl: float = 300.0,
+        presence_ttl: float = 15.0,
+        presence: bool = True,
+    ) -> None:
+        self.url = url
+        self.history_size = history_size
+        self.history_ttl_ms = max(1, math.ceil(history_ttl * 1000))
+        self.presence_ttl = presence_ttl
+        self.presence = presence
+        self.node_id = ""
+        self._calls = Calls(url, available=not presence)
+        channel_prefix = wire.channel_prefix(self._calls.db)
+        deliveries = Deliveries()
+        self._presence = Presence(
+            self._calls,
+            channel_prefix=channel_prefix,
+            presence_ttl=presence_ttl,
+            history_ttl_ms=self.history_ttl_ms,
+        )
+        self._subscriber = Subscriber(
+            url,
+            channel_prefix=channel_prefix,
+            presence_ttl=presence_ttl,
+            deliveries=deliveries,
+            on_connected=self._connected,
+            on_lost=self._lost,
+        )
+        self._publishing = Publishing(
+            self._calls,
+            channel_prefix=channel_prefix,
+            history_size=history_size,
+            history_ttl_ms=self.history_ttl_ms,
+            deliveries=deliveries,
+            serves=self._subscriber.serves,
+        )
+        self._listener: BrokerListener | None = None
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        """The reader loop and the lease loop."""
+
+    # lifecycle
+
+    @property
+    def available(self) -> bool:
+        """Whether Redis is reachable and this node's subscriptions are live."""
+        return self._calls.available
+
+    async def start(self, node_id: str, listener: BrokerListener) -> None:
+        """Connect; with presence, wait (a few seconds at most) for the first connection."""
+        self.node_id = node_id
+        self._listener = listener
+        self._presence.node_id = self._subscriber.node_id = node_id
+        self._presence.listener = self._subscriber.listener = listener
+        if not self.presence:
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(
+                self._subscriber.run(lambda: self._closing), name="roomcast-redis-reader"
+            ),
+            loop.create_task(self._presence.lease_loop(), name="roomcast-redis-lease"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(START_TIMEOUT):
+                await self._ready.wait()
+
+    async def close(self) -> None:
+        """Remove this node's presence entries and lease, then disconnect (each step bounded)."""
+        self._closing = True
+        tasks, self._tasks = list(self._tasks), []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        if self.presence and self.node_id and self._calls.available:
+            with contextlib.suppress(BrokerUnavailable, RedisError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._presence.leave_all()
+        self._calls.available = False
+        # Bounded: a socket whose peer never finishes the close must not hold up a shutdown.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._subscriber.close()
+                await self._calls.close()
+
+    async def _connected(self, rooms: int) -> None:
+        await self._presence.on_connected()
+        self._calls.available = True
+        self._ready.set()
+        log_event("broker.connected", node_id=self.node_id, rooms=rooms)
+        if self._listener is not None:
+            self._listener.on_broker_state(True)
+
+    def _lost(self, exc: BaseException) -> None:
+        was = self._calls.available
+        self._calls.available = False
+        if was:
+            log_event("broker.lost", level=40, node_id=self.node_id, error=repr(exc))
+            if self._listener is not None:
+                self._listener.on_broker_state(False)
+        else:
+            log_event("broker.connect_failed", level=30, node_id=self.node_id, error=repr(exc))
+
+    # commands
+
+    async def ping(self) -> None:
+        """Check that Redis answers (within a second) and this node's subscriptions are live."""
+        redis = self._calls.redis
+
+        async def ping() -> None:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await redis.ping()
+
+        await self._calls.call(ping)
+
+    async def publish(self, room: str, prefix: str, to: str | None = None) -> Publication:
+        """Assign the next offset, retain and announce, in one script; see `Broker.publish`.
+
+        When this node serves the room, it returns once the message reached the local
+        members (so a sender's `ack` follows its own message), or after a bounded wait.
+        """
+        return await self._publishing.publish(room, prefix, to)
+
+    async def signal(self, signal: Signal) -> None:
+        """Announce a signal on the room's channel."""
+        redis = self._calls.redis
+        channel = wire.channel(wire.channel_prefix(self._calls.db), signal.room)
+        payload = wire.encode_signal(signal)
+        await self._calls.call(lambda: redis.publish(channel, payload))
+
+    async def history(
+        self, room: str, since: int | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """Retained messages after `since`, read from the room's stream."""
+        start = "-" if since is None else wire.stream_id(since + 1)
+        script = self._calls.script_history
+        args: list[str | int] = [
+            secrets.token_hex(6),
+            self.history_ttl_ms,
+            start,
+            -1 if limit is None else limit,
+        ]
+        result = await self._calls.call(lambda: script(keys=wire.room_keys(room), args=args))
+        epoch, offset, first_id, entries = (
+            result[0].decode(),
+            int(result[1]),
+            result[2],
+            result[3],
+        )
+        first = wire.stream_offset(first_id) if first_id else offset + 1
+        after = since if since is not None else first - 1
+        publications = [
+            wire.stream_publication(room, entry_id, fields, epoch) for entry_id, fields in entries
+        ]
+        return HistoryPage(epoch, offset, publications, after >= first - 1)
+
+    # presence
+
+    async def add_member(
+        self, room: str, username: str, connection_id: str, *, replace: bool = False
+    ) -> str | None:
+        """Add to the room's presence (atomically unique); see `Broker.add_member`."""
+        return await self._presence.add_member(room, username, connection_id, replace=replace)
+
+    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
+        """Compare-and-delete this connection's presence entry."""
+        return await self._presence.remove_member(room, username, connection_id)
+
+    async def has_member(self, room: str, username: str) -> bool:
+        """Whether the room's presence holds `username` (any node)."""
+        return await self._presence.has_member(room, username)
+
+    async def members(self, room: str) -> list[str]:
+        """Sorted usernames of the room, cluster-wide."""
+        return await self._presence.members(room)
+
+    async def rooms(self) -> dict[str, list[str]]:
+        """Every room with members, cluster-wide."""
+        return await self._presence.rooms()
+
+    # subscriptions
+
+    async def subscribe(self, room: str) -> None:
+        """Subscribe to the room's channel and wait for Redis to confirm it."""
+        if not self._calls.available:
+            raise unavailable()
+        await self._subscriber.subscribe(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        """Stop receiving the room's channel."""
+        await self._subscriber.unsubscribe(room)

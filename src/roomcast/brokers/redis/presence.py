@@ -1,0 +1,296 @@
+"""The Redis broker's presence: members, the node's lease, the sweeper, orphans, re-adding.
+
+- A room's presence is a hash username -> `node_id:connection_id`; joins and leaves are
+  scripts (ADD_MEMBER, REMOVE_MEMBER), so uniqueness is cluster-wide.
+- Each node holds a lease key, renewed every `presence_ttl / 6`; every node sweeps the ids
+  whose lease is gone (SWEEP_NODE), and exactly one survivor gets each dead node's members
+  back to announce.
+- A member that leaves while Redis is unreachable is an orphan, removed once Redis is back.
+- A live node whose lease lapsed (a stall, an outage) adds its members back.
+
+docs/architecture.md ("Presence, leases and the sweeper") has the whole story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from functools import partial
+from typing import Any
+
+from ...errors import BrokerUnavailable
+from ...log import log_event
+from ..base import BrokerListener, DuplicateMember, Signal
+from . import wire
+from .calls import Calls
+
+__all__ = ["Presence"]
+
+SWEEP_BATCH = 256
+"""Entries of a dead node removed per SWEEP_NODE call (each call is one atomic step)."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Presence:
+    """Presence entries, lease and sweeper of one node.
+
+    Args:
+        calls: the node's command connections.
+        channel_prefix: the start of the room channels, for the signals it announces.
+        presence_ttl: bound, in seconds, on how long a dead node's members stay in presence.
+        history_ttl_ms: what a room's offset and epoch get when its last member leaves.
+    """
+
+    def __init__(
+        self, calls: Calls, *, channel_prefix: str, presence_ttl: float, history_ttl_ms: int
+    ) -> None:
+        self._calls = calls
+        self._channel_prefix = channel_prefix
+        self._history_ttl_ms = history_ttl_ms
+        # A lease of 2/3 of the bound, renewed and swept every 1/6: a dead node's members
+        # are removed at most ~5/6 of `presence_ttl` after its last renewal.
+        self.lease_ms = max(500, int(presence_ttl * 1000 * 2 / 3))
+        self.tick = presence_ttl / 6
+        self.node_id = ""
+        self.listener: BrokerListener | None = None
+        self.connected_at = 0.0
+        """When the subscription last connected (the sweeper waits a lease after it)."""
+        self._lease_token = secrets.token_hex(8)
+        self._members: dict[tuple[str, str], str] = {}
+        """This node's presence entries: (room, username) -> connection id."""
+        self._orphans: set[tuple[str, str, str]] = set()
+        """Entries of members gone while Redis was unreachable, to remove when it is back."""
+        self._own_entries_removed = False
+        """Whether entries left under this node id by an earlier process were removed."""
+
+    # what the node's clients call
+
+    def _keys(self, room: str) -> list[str]:
+        return wire.presence_keys(room, self.node_id)
+
+    def _entry_args(self, room: str, username: str, connection_id: str) -> list[str]:
+        return [
+            username,
+            wire.presence_value(self.node_id, connection_id),
+            wire.member_entry(room, username, connection_id),
+        ]
+
+    async def add_member(
+        self, room: str, username: str, connection_id: str, *, replace: bool
+    ) -> str | None:
+        """Add to the room's presence (atomically unique); see `Broker.add_member`."""
+        args = [*self._entry_args(room, username, connection_id), "1" if replace else "0", room]
+        status, previous = await self._calls.call(
+            lambda: self._calls.script_add(keys=self._keys(room), args=args)
+        )
+        if int(status) == 0:
+            raise DuplicateMember(username)
+        self._members[(room, username)] = connection_id
+        if int(status) == 2 or not previous:
+            return None
+        return wire.connection_of(previous)
+
+    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
+        """Compare-and-delete this connection's presence entry."""
+        if self._members.get((room, username)) == connection_id:
+            del self._members[(room, username)]
+        try:
+            removed = await self._calls.call(lambda: self._remove(room, username, connection_id))
+        except BrokerUnavailable:
+            # The entry must not outlive the connection: removed once Redis is back.
+            self._orphans.add((room, username, connection_id))
+            raise
+        return bool(removed)
+
+    async def _remove(self, room: str, username: str, connection_id: str) -> Any:
+        return await self._calls.script_remove(
+            keys=self._keys(room),
+            args=[*self._entry_args(room, username, connection_id), room, self._history_ttl_ms],
+        )
+
+    async def has_member(self, room: str, username: str) -> bool:
+        """Whether the room's presence holds `username` (any node)."""
+        redis = self._calls.redis
+        return bool(
+            await self._calls.call(lambda: redis.hexists(wire.presence_key(room), username))
+        )
+
+    async def members(self, room: str) -> list[str]:
+        """Sorted usernames of the room, cluster-wide."""
+        redis = self._calls.redis
+        names = await self._calls.call(lambda: redis.hkeys(wire.presence_key(room)))
+        return sorted(_text(n) for n in names)
+
+    async def rooms(self) -> dict[str, list[str]]:
+        """Every room with members, cluster-wide."""
+        redis = self._calls.redis
+
+        async def read() -> dict[str, list[str]]:
+            rooms = sorted(_text(r) for r in await redis.smembers(wire.ROOMS_KEY))
+            async with redis.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.hkeys(wire.presence_key(room))
+                listing = await pipe.execute()
+            return {
+                room: sorted(_text(n) for n in names)
+                for room, names in zip(rooms, listing, strict=True)
+                if names
+            }
+
+        return await self._calls.call(read)
+
+    # upkeep: on each (re)connection, and every tick
+
+    async def on_connected(self) -> None:
+        """The subscription (re)connected: first remove what an earlier process left under
+        this node id, renew the lease (re-adding members if it lapsed), remove orphans."""
+        if not self._own_entries_removed:
+            await self._sweep_node(self.node_id, force=True)
+            self._own_entries_removed = True
+        await self._renew()
+        await self._remove_orphans()
+        self.connected_at = time.monotonic()
+
+    async def leave_all(self) -> None:
+        """Remove this node's entries and its lease (a clean stop; nothing is announced)."""
+        redis = self._calls.redis
+        await self._sweep(self.node_id, force=True)
+        await self._calls.run(lambda: redis.delete(wire.lease_key(self.node_id)))
+        await self._calls.run(lambda: redis.srem(wire.NODES_KEY, self.node_id))
+        self._members.clear()
+
+    async def lease_loop(self) -> None:
+        """Renew the lease and sweep dead nodes every `presence_ttl / 6` seconds."""
+        while True:
+            await asyncio.sleep(self.tick * random.uniform(0.8, 1.0))
+            if not self._calls.available:
+                continue
+            try:
+                await self._renew()
+                # Just reconnected: give the other nodes one lease to renew theirs first.
+                if time.monotonic() - self.connected_at >= self.lease_ms / 1000:
+                    await self._sweep_dead_nodes()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log_event("presence.renew_failed", level=30, node_id=self.node_id, error=repr(exc))
+
+    async def _renew(self) -> None:
+        """Renew this node's lease; when it had lapsed, put this node's members back."""
+        lease = self._calls.script_lease
+        held = await self._calls.run(
+            lambda: lease(
+                keys=[wire.lease_key(self.node_id), wire.NODES_KEY],
+                args=[self.node_id, self._lease_token, self.lease_ms],
+            )
+        )
+        if int(held) == 0 and self._members and self._own_entries_removed:
+            await self._readd_members()
+
+    async def _readd_members(self) -> None:
+        log_event(
+            "presence.lease_lapsed", level=30, node_id=self.node_id, members=len(self._members)
+        )
+        add = self._calls.script_add
+        for (room, username), connection_id in list(self._members.items()):
+            args = [*self._entry_args(room, username, connection_id), "0", room]
+            status, _ = await self._calls.run(partial(add, keys=self._keys(room), args=args))
+            if int(status) == 0:
+                # Someone took the name while this node was away: the newer one keeps it.
+                self._members.pop((room, username), None)
+                if self.listener is not None:
+                    self.listener.on_signal(
+                        Signal("replace", room, username, connection_id, self.node_id)
+                    )
+            elif int(status) == 1:
+                await self._announce(Signal("join", room, username, connection_id, self.node_id))
+
+    async def _remove_orphans(self) -> None:
+        """Remove (and announce) the entries of members that left while Redis was away."""
+        for room, username, connection_id in list(self._orphans):
+            removed = await self._calls.run(partial(self._remove, room, username, connection_id))
+            self._orphans.discard((room, username, connection_id))
+            if removed:
+                if self.listener is not None:
+                    self.listener.on_members_lost(room, [username], self.node_id)
+                await self._announce(
+                    Signal("leave", room, username, connection_id, self.node_id, "node_lost")
+                )
+
+    async def _sweep_dead_nodes(self) -> None:
+        redis = self._calls.redis
+        nodes = sorted(
+            _text(n) for n in await self._calls.run(lambda: redis.smembers(wire.NODES_KEY))
+        )
+        others = [n for n in nodes if n != self.node_id]
+        if not others:
+            return
+
+        async def leases() -> list[Any]:
+            async with redis.pipeline(transaction=False) as pipe:
+                for node_id in others:
+                    pipe.exists(wire.lease_key(node_id))
+                return list(await pipe.execute())
+
+        alive = await self._calls.run(leases)
+        for node_id, live in zip(others, alive, strict=True):
+            if not live:
+                await self._sweep_node(node_id)
+
+    async def _sweep_node(self, node_id: str, *, force: bool = False) -> None:
+        """Remove a dead node's entries (or, `force`d, this node's own from an earlier
+        process) and announce each member this call removed."""
+        removed = await self._sweep(node_id, force=force)
+        if not removed:
+            return
+        log_event("presence.swept", node_id=self.node_id, lost_node=node_id, members=len(removed))
+        by_room: dict[str, list[str]] = {}
+        for room, username in removed:
+            by_room.setdefault(room, []).append(username)
+        for room, usernames in by_room.items():
+            if self.listener is not None:
+                self.listener.on_members_lost(room, usernames, node_id)
+            for username in usernames:
+                await self._announce(Signal("leave", room, username, "", self.node_id, "node_lost"))
+
+    async def _sweep(self, node_id: str, *, force: bool) -> list[tuple[str, str]]:
+        """Run SWEEP_NODE over the node's member set, `SWEEP_BATCH` entries per call; the
+        (room, username) pairs this caller removed."""
+        redis = self._calls.redis
+        sweep = self._calls.script_sweep
+        members = wire.member_set_key(node_id)
+        entries = await self._calls.run(lambda: redis.smembers(members))
+        parsed = []
+        for entry in entries:
+            fields = wire.parse_member_entry(entry)
+            if fields is None:
+                await self._calls.run(partial(redis.srem, members, entry))
+            else:
+                parsed.append((entry, *fields))
+        removed: list[tuple[str, str]] = []
+        # An empty call too: it is the one that takes a dead node off the nodes set.
+        for start in range(0, max(len(parsed), 1), SWEEP_BATCH):
+            keys = wire.node_keys(node_id)
+            args: list[Any] = [node_id, "1" if force else "0", self._history_ttl_ms]
+            for entry, room, username, connection_id in parsed[start : start + SWEEP_BATCH]:
+                offset, epoch = wire.room_keys(room)[:2]
+                keys += [wire.presence_key(room), offset, epoch]
+                args += [entry, room, username, wire.presence_value(node_id, connection_id)]
+            result = await self._calls.run(partial(sweep, keys=keys, args=args))
+            removed += zip(
+                (room.decode() for room in result[::2]),
+                (username.decode() for username in result[1::2]),
+                strict=True,
+            )
+        return removed
+
+    async def _announce(self, signal: Signal) -> None:
+        redis = self._calls.redis
+        payload = wire.encode_signal(signal)
+        channel = wire.channel(self._channel_prefix, signal.room)
+        await self._calls.run(lambda: redis.publish(channel, payload))

@@ -1,0 +1,210 @@
+"""The Redis broker's publishing: batched, pipelined PUBLISH script calls.
+
+A publish is one `EVALSHA` of the PUBLISH script (scripts.py), which assigns the room's next
+offset, retains the message and announces it on the room's channel in one atomic step.
+Publishes asked for while a round trip is under way share the next one, as one pipeline.
+
+The pipeline sends `EVALSHA` itself, without redis-py's `Pipeline.load_scripts`, which adds a
+`SCRIPT EXISTS` round trip to every batch; when Redis answers `NOSCRIPT` (it restarted without
+its script cache), the script is loaded and the refused calls, which did not run, are sent
+once more.
+
+A node that serves the room also waits (bounded) until its own subscription delivered the
+message, so that a sender's `ack` follows its own copy (:class:`Deliveries`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from ...protocol import message_frame
+from ..base import Publication
+from . import scripts, wire
+from .calls import FAULTS, Calls, unavailable
+
+__all__ = ["DELIVERY_WAIT", "Deliveries", "Publishing"]
+
+DELIVERY_WAIT = 2.0
+"""Seconds `publish` waits for its own message to reach this node's members (then returns)."""
+
+_Batch = list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
+
+
+class Deliveries:
+    """Waiters for a room's offset to arrive on this node's subscription."""
+
+    def __init__(self) -> None:
+        self._delivered: dict[str, int] = {}
+        """Per room, the highest offset this node's subscription delivered."""
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+
+    async def wait(self, room: str, offset: int, timeout: float) -> None:
+        """Return once `offset` of `room` was delivered here, or after `timeout` seconds."""
+        if self._delivered.get(room, 0) >= offset:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(room, []).append((offset, waiter))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await waiter
+
+    def delivered(self, room: str, offset: int) -> None:
+        """The subscription delivered `offset` of `room`: wake whoever waits for it."""
+        if offset > self._delivered.get(room, 0):
+            self._delivered[room] = offset
+        waiters = self._waiters.get(room)
+        if waiters:
+            keep = []
+            for wanted, waiter in waiters:
+                if wanted <= offset:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    keep.append((wanted, waiter))
+            self._waiters[room] = keep
+
+    def forget(self, room: str) -> None:
+        """The node no longer receives `room`: nobody waits for it."""
+        self._delivered.pop(room, None)
+        for _, waiter in self._waiters.pop(room, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def reset(self) -> None:
+        """The subscription was lost: release every waiter and forget every position."""
+        self._delivered.clear()
+        for waiters in self._waiters.values():
+            for _, waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._waiters.clear()
+
+
+class Publishing:
+    """Batched publishes of one node.
+
+    Args:
+        calls: the node's command connections.
+        channel_prefix: the start of the room channels (wire.channel_prefix).
+        history_size: messages retained per room.
+        history_ttl_ms: how long retained messages live.
+        deliveries: where the subscription reports what it delivered.
+        serves: whether this node receives a room (then `publish` waits for its own copy).
+    """
+
+    def __init__(
+        self,
+        calls: Calls,
+        *,
+        channel_prefix: str,
+        history_size: int,
+        history_ttl_ms: int,
+        deliveries: Deliveries,
+        serves: Callable[[str], bool],
+    ) -> None:
+        self._calls = calls
+        self._channel_prefix = channel_prefix
+        self._history_size = history_size
+        self._history_ttl_ms = history_ttl_ms
+        self._serves = serves
+        self._deliveries = deliveries
+        self._batch: _Batch = []
+        """Publishes asked for since the last batch went out, in call order."""
+        self._flushing = False
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def publish(self, room: str, prefix: str, to: str | None) -> Publication:
+        """Publish one message (see `Broker.publish`); waits for its own delivery when this
+        node serves the room, at most `DELIVERY_WAIT` seconds."""
+        if not self._calls.available:
+            raise unavailable()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        args = (
+            *wire.room_keys(room),
+            prefix,
+            to or "",
+            self._history_size,
+            self._history_ttl_ms,
+            wire.channel(self._channel_prefix, room),
+            secrets.token_hex(6),
+        )
+        self._batch.append((args, waiter))
+        if not self._flushing:
+            self._flushing = True
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        result = await waiter
+        offset, epoch = int(result[0]), result[1].decode()
+        if self._serves(room):
+            await self._deliveries.wait(room, offset, DELIVERY_WAIT)
+        return Publication(room, offset, message_frame(prefix, offset), to, epoch)
+
+    async def _flush(self) -> None:
+        """Send the publishes queued meanwhile in one pipeline: one round trip, not one each.
+
+        One flush at a time: what is asked for while a batch is on its way goes in the next
+        batch, sent once this one is answered, so batches reach Redis in order. Scripts run
+        one by one in Redis; the order of the batches and within each is the order in which
+        the publishes were asked for (so one sender's offsets follow its calls).
+        """
+        try:
+            await asyncio.sleep(0)  # let the publishes of this loop iteration join the batch
+            while self._batch:
+                batch, self._batch = self._batch, []
+                await self._send(batch)
+        except BaseException as exc:
+            batch, self._batch = self._batch, []
+            _fail(batch, unavailable(repr(exc)))
+            raise
+        finally:
+            self._flushing = False
+
+    async def _send(self, batch: _Batch) -> None:
+        try:
+            results = await self._run([args for args, _ in batch])
+        except FAULTS as exc:
+            _fail(batch, unavailable(exc))
+            return
+        except BaseException as exc:
+            _fail(batch, exc)
+            raise
+        for (_, waiter), result in zip(batch, results, strict=True):
+            if waiter.done():
+                continue
+            if isinstance(result, BaseException):
+                waiter.set_exception(result)
+            else:
+                waiter.set_result(result)
+
+    async def _run(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        script = self._calls.script_publish
+        results = await self._pipeline(script.sha, calls)
+        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if refused:
+            # Redis restarted without its script cache. A script that was refused did not
+            # run, so those calls are sent again, once, after loading it.
+            script.sha = await self._calls.redis.script_load(scripts.PUBLISH)
+            again = await self._pipeline(script.sha, [calls[i] for i in refused])
+            for i, result in zip(refused, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipeline(self, sha: str, calls: list[tuple[Any, ...]]) -> list[Any]:
+        async with self._calls.redis.pipeline(transaction=False) as pipe:
+            for args in calls:
+                pipe.evalsha(sha, 4, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+
+def _fail(batch: _Batch, error: BaseException) -> None:
+    for _, waiter in batch:
+        if not waiter.done():
+            waiter.set_exception(error)

@@ -1,0 +1,211 @@
+"""The Redis broker's wire format: key names, channel names and the messages between nodes.
+
+This is where a broker message is parsed (:func:`decode`). Everything one node writes for
+another to read is named or encoded here, and nowhere else:
+
+- keys: every key of one room carries the hash tag `{room}` (`rc:{room}:o`, ...), so that in a
+  Redis Cluster a room's offset, epoch, stream and presence share one slot with its channel;
+  Lua scripts only touch keys handed to them in `KEYS`, built by the functions below;
+- channels: one per room, `rc:<db>:{room}` (pub/sub ignores the database number, so it is
+  part of the name);
+- presence values (`node_id:connection_id`) and a node's member entries
+  (`room\\nusername\\nconnection_id`);
+- the two messages a room channel carries, told apart by their first byte: a publication
+  `p<epoch>\\n<offset>\\n<to>\\n<frame>` (encoded inside the PUBLISH script, the only place
+  that knows the offset, by the Lua expression :data:`LUA_PUBLICATION`), and a signal `s` +
+  a JSON array `[kind, username, connection_id, node_id, reason]` (:func:`encode_signal`).
+
+The table of keys and their lifetimes is in docs/architecture.md ("Cluster").
+"""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+import orjson
+
+from ..base import Publication, Signal, SignalKind
+
+__all__ = [
+    "KEY_PREFIX",
+    "LUA_FRAME",
+    "LUA_PUBLICATION",
+    "NODES_KEY",
+    "ROOMS_KEY",
+    "WireError",
+    "channel",
+    "channel_prefix",
+    "connection_of",
+    "decode",
+    "encode_signal",
+    "lease_key",
+    "member_entry",
+    "member_set_key",
+    "node_keys",
+    "parse_member_entry",
+    "presence_key",
+    "presence_keys",
+    "presence_value",
+    "room_keys",
+    "stream_id",
+    "stream_offset",
+    "stream_publication",
+]
+
+KEY_PREFIX = "rc:"
+NODES_KEY = f"{KEY_PREFIX}nodes"
+"""Every node id that holds (or held) a lease: what the sweeper looks at."""
+ROOMS_KEY = f"{KEY_PREFIX}rooms"
+"""Rooms with at least one member (for the rooms listing)."""
+
+_PUBLICATION = b"p"
+_SIGNAL = b"s"
+_SIGNAL_KINDS = frozenset(get_args(SignalKind))
+
+LUA_FRAME = "ARGV[1] .. id .. '}'"
+"""The PUBLISH script's completion of a frame with its offset (as `protocol.message_frame`)."""
+LUA_PUBLICATION = "'p' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[2] .. '\\n' .. frame"
+"""The PUBLISH script's encoding of a publication (`epoch`, `id` and `frame` are locals of
+the script, `ARGV[2]` the `to` member); :func:`decode` reads it."""
+
+
+class WireError(ValueError):
+    """A message on a room channel that is not in roomcast's format."""
+
+
+# keys
+
+
+def _room_key(room: str, kind: str) -> str:
+    return f"{KEY_PREFIX}{{{room}}}:{kind}"
+
+
+def presence_key(room: str) -> str:
+    """The room's presence hash: username -> `node_id:connection_id`."""
+    return _room_key(room, "p")
+
+
+def room_keys(room: str) -> list[str]:
+    """The KEYS of the PUBLISH and HISTORY scripts: offset, epoch, stream, presence."""
+    return [_room_key(room, "o"), _room_key(room, "e"), _room_key(room, "s"), presence_key(room)]
+
+
+def member_set_key(node_id: str) -> str:
+    """The set of a node's presence entries (:func:`member_entry`)."""
+    return f"{KEY_PREFIX}node-members:{node_id}"
+
+
+def presence_keys(room: str, node_id: str) -> list[str]:
+    """The KEYS of ADD_MEMBER and REMOVE_MEMBER: presence hash, the node's member set, the
+    rooms set, the room's offset and epoch."""
+    return [
+        presence_key(room),
+        member_set_key(node_id),
+        ROOMS_KEY,
+        _room_key(room, "o"),
+        _room_key(room, "e"),
+    ]
+
+
+def lease_key(node_id: str) -> str:
+    """The node's lease: a random token with a TTL, renewed while the node lives."""
+    return f"{KEY_PREFIX}node:{node_id}"
+
+
+def node_keys(node_id: str) -> list[str]:
+    """The first KEYS of SWEEP_NODE: lease, member set, nodes set, rooms set."""
+    return [lease_key(node_id), member_set_key(node_id), NODES_KEY, ROOMS_KEY]
+
+
+# channels
+
+
+def channel_prefix(db: int | str) -> str:
+    """The start of every room channel of database `db`."""
+    return f"{KEY_PREFIX}{db}:"
+
+
+def channel(prefix: str, room: str) -> bytes:
+    """The room's channel, under :func:`channel_prefix`."""
+    return f"{prefix}{{{room}}}".encode()
+
+
+# presence entries
+
+
+def presence_value(node_id: str, connection_id: str) -> str:
+    """What the presence hash holds for a member: who holds it, on which node."""
+    return f"{node_id}:{connection_id}"
+
+
+def connection_of(value: bytes) -> str:
+    """The connection id of a presence value."""
+    return value.decode().rpartition(":")[2]
+
+
+def member_entry(room: str, username: str, connection_id: str) -> str:
+    """An entry of a node's member set; names hold no whitespace, so newlines separate."""
+    return f"{room}\n{username}\n{connection_id}"
+
+
+def parse_member_entry(entry: bytes | str) -> tuple[str, str, str] | None:
+    """(room, username, connection id) of a member set entry; None when malformed."""
+    parts = (entry.decode() if isinstance(entry, bytes) else entry).split("\n")
+    if len(parts) != 3:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+# history
+
+
+def stream_id(offset: int) -> str:
+    """The id of the stream entry of the message with `offset`."""
+    return f"{offset}-0"
+
+
+def stream_offset(entry_id: bytes) -> int:
+    """The offset of a stream entry id."""
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def stream_publication(room: str, entry_id: bytes, fields: list[bytes], epoch: str) -> Publication:
+    """A retained message from its stream entry (fields `f`: the frame, `t`: the member)."""
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    to = values.get(b"t", b"").decode() or None
+    return Publication(room, stream_offset(entry_id), values[b"f"].decode(), to, epoch)
+
+
+# messages between nodes
+
+
+def encode_signal(signal: Signal) -> bytes:
+    """A signal as it travels on its room's channel (the room is the channel)."""
+    return _SIGNAL + orjson.dumps(
+        [signal.kind, signal.username, signal.connection_id, signal.node_id, signal.reason]
+    )
+
+
+def decode(room: str, data: bytes) -> Publication | Signal:
+    """Parse a message of the room's channel.
+
+    Raises:
+        WireError: `data` is not a publication or a signal in roomcast's format.
+    """
+    kind = data[:1]
+    try:
+        if kind == _PUBLICATION:
+            epoch, offset, to, frame = data[1:].decode().split("\n", 3)
+            return Publication(room, int(offset), frame, to or None, epoch)
+        if kind == _SIGNAL:
+            fields: Any = orjson.loads(data[1:])
+            if (
+                isinstance(fields, list)
+                and len(fields) == 5
+                and fields[0] in _SIGNAL_KINDS
+                and all(isinstance(f, str) for f in fields)
+            ):
+                return Signal(fields[0], room, *fields[1:])
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise WireError(f"not a roomcast message on the channel of room {room!r}: {data[:40]!r}")
