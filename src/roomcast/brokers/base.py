@@ -1,6 +1,6 @@
 """The Broker interface: how a node reaches the other nodes, presence and history.
 
-`memory://` (brokers/memory.py) is the reference implementation; `redis://` (brokers/redis.py)
+`memory://` (brokers/memory.py) is the reference implementation; `redis://` (brokers/redis/)
 holds to the same contract, proven by one test suite run against both (tests/contract/).
 """
 
