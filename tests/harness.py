@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -37,6 +38,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def quiet_port() -> int:
+    """A free port below the kernel's ephemeral range, for a server that starts later.
+
+    A port from the ephemeral range may meanwhile become the source port of some outgoing
+    connection on the machine (even of a node connecting to that very port, which then
+    connects to itself), and the server cannot bind it; ports below the range are only ever
+    taken by a bind.
+    """
+    low = 32768
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError),
+        open("/proc/sys/net/ipv4/ip_local_port_range") as f,
+    ):
+        low = int(f.read().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 16000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 class LogReader:
@@ -211,7 +237,7 @@ class RedisProcess:
     """A throwaway redis-server on a free loopback port."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or quiet_port()
         self.dir = tempfile.mkdtemp(prefix="roomcast-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
