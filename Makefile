@@ -1,18 +1,22 @@
 # The README's two commands: `make serve` and `make test`. Each sets up what it needs first.
-.PHONY: setup serve test lint fmt unit bench
+.PHONY: setup dev serve test lint fmt unit bench compat
 
+# Runtime dependencies only: serving the demo needs nothing more.
 setup:
 	scripts/setup.sh
+
+dev:
+	scripts/setup.sh --dev
 
 serve: setup
 	.venv/bin/roomcast serve --host 127.0.0.1 --port 8000 --broker memory://
 
-lint: setup
+lint: dev
 	.venv/bin/ruff format --check .
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 
-fmt: setup
+fmt: dev
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
@@ -23,6 +27,11 @@ test:
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 	.venv/bin/python -m pytest -p no:cacheprovider -q
+	.venv/bin/python scripts/compat.py
 
-bench: setup
+# The embedding tests in fresh virtualenvs beside the oldest and the newest FastAPI supported.
+compat: dev
+	.venv/bin/python scripts/compat.py
+
+bench: dev
 	bench/run.sh

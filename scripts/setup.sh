@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything roomcast needs on a fresh machine (Python 3.11, Node 20, apt):
-#   scripts/setup.sh          the virtualenv with roomcast and its dev tools
-#   scripts/setup.sh --test   also redis-server and Chromium (Debian packages) and the
-#                             TypeScript client's npm packages, for the test suite
+#   scripts/setup.sh          the virtualenv with roomcast and its runtime dependencies only
+#                             (what `make serve` needs)
+#   scripts/setup.sh --dev    also the dev tools (pytest, mypy, ruff, playwright, ...)
+#   scripts/setup.sh --test   the dev tools, redis-server and Chromium (Debian packages) and
+#                             the TypeScript client's npm packages, for the test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,10 +12,14 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.roomcast-installed
+# One stamp per level, so that serving after testing reuses the dev install as it is.
+target=. stamp=.venv/.roomcast-runtime
+case "${1:-}" in
+  --dev | --test) target='.[dev]' stamp=.venv/.roomcast-dev ;;
+esac
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  .venv/bin/python -m pip install --quiet -e "$target"
   touch "$stamp"
 fi
 
