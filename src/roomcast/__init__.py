@@ -2,27 +2,67 @@
 
 One process with everything in memory, or many processes sharing Redis; mount it into any ASGI
 app or run `roomcast serve`.
+
+The public names below are imported on first use, so that ``import roomcast.client`` (the Python
+client) and ``roomcast connect`` load no server stack: no Starlette, uvicorn, Redis or
+Prometheus client.
 """
 
-from .app import Roomcast
-from .auth import AnonymousResolver, ConnectRequest, Identity, IdentityResolver
-from .codes import CloseCode, ErrorCode
-from .commands import Command, KickMember, PublishToRoom, SendToMember, SendWsMessage
-from .context import Context
-from .errors import (
-    BrokerUnavailable,
-    ConfigError,
-    FrameError,
-    HandlerError,
-    MemberNotFound,
-    Refused,
-    RoomcastError,
-)
-from .events import Event, MemberJoined, MemberLeft, MessagePublished
-from .publisher import Publisher
-from .settings import Settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import Roomcast
+    from .auth import AnonymousResolver, ConnectRequest, Identity, IdentityResolver
+    from .codes import CloseCode, ErrorCode
+    from .commands import Command, KickMember, PublishToRoom, SendToMember, SendWsMessage
+    from .context import Context
+    from .errors import (
+        BrokerUnavailable,
+        ConfigError,
+        FrameError,
+        HandlerError,
+        MemberNotFound,
+        Refused,
+        RoomcastError,
+    )
+    from .events import Event, MemberJoined, MemberLeft, MessagePublished
+    from .publisher import Publisher
+    from .settings import Settings
 
 __version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "AnonymousResolver": "auth",
+    "BrokerUnavailable": "errors",
+    "CloseCode": "codes",
+    "Command": "commands",
+    "ConfigError": "errors",
+    "ConnectRequest": "auth",
+    "Context": "context",
+    "ErrorCode": "codes",
+    "Event": "events",
+    "FrameError": "errors",
+    "HandlerError": "errors",
+    "Identity": "auth",
+    "IdentityResolver": "auth",
+    "KickMember": "commands",
+    "MemberJoined": "events",
+    "MemberLeft": "events",
+    "MemberNotFound": "errors",
+    "MessagePublished": "events",
+    "PublishToRoom": "commands",
+    "Publisher": "publisher",
+    "Refused": "errors",
+    "Roomcast": "app",
+    "RoomcastError": "errors",
+    "SendToMember": "commands",
+    "SendWsMessage": "commands",
+    "Settings": "settings",
+}
+"""Each public name and the submodule defining it."""
 
 __all__ = [
     "AnonymousResolver",
@@ -53,3 +93,17 @@ __all__ = [
     "Settings",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -140,3 +140,74 @@ def test_env_api_key_is_honoured(start_server: Callable[..., ServerProcess]) -> 
     with server.http() as http:
         assert http.get("/api/v1/rooms").status_code == 401
         assert http.get("/api/v1/rooms", headers={"authorization": "Bearer k1"}).status_code == 200
+
+
+def test_version() -> None:
+    """`roomcast --version` prints the package's version and exits 0."""
+    from roomcast import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"roomcast {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "hint"),
+    [
+        (["serve", "--prot", "8001"], "usage: roomcast serve", "--prot: did you mean --port?"),
+        (["serve", "--brokr=memory://"], "usage: roomcast serve", "did you mean --broker?"),
+        (["rooms", "--jsn"], "usage: roomcast rooms", "--jsn: did you mean --json?"),
+    ],
+)
+def test_misspelt_flag_is_answered_by_the_subcommand(
+    args: list[str], usage: str, hint: str
+) -> None:
+    """A misspelt flag gets the subcommand's usage, its error and the closest flag; status 2."""
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(usage)
+    prog = " ".join(usage.split()[1:3])
+    assert f"{prog}: error: unrecognized arguments: {' '.join(args[1:])}" in result.stderr
+    assert hint in result.stderr
+
+
+def test_unrelated_argument_gets_no_hint() -> None:
+    """An argument like no flag is refused without a suggestion."""
+    result = run_cli("serve", "stray")
+    assert result.returncode == 2
+    assert "roomcast serve: error: unrecognized arguments: stray\n" in result.stderr
+    assert "did you mean" not in result.stderr
+
+
+def test_connect_loads_no_server_stack(shared_server: ServerProcess) -> None:
+    """`roomcast connect` imports no Starlette, uvicorn, Redis or Prometheus client."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "roomcast",
+            "connect",
+            shared_server.ws_url.split("/api/")[0],
+            "--room",
+            "imports",
+            "--username",
+            "alice",
+        ],
+        input="hello\n",
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[imports] alice: hello" in result.stdout
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "websockets" in imported
+    assert imported.isdisjoint({"starlette", "uvicorn", "redis", "prometheus_client"})
