@@ -33,6 +33,8 @@ TESTS = (
     # roomcast mounted in FastAPI apps under uvicorn: the ASGI mount, handlers, commands, auth
     "tests/integration/test_example.py",
     "tests/integration/test_auth_custom.py",
+    # ... and in a Django ASGI application, authenticated from Django's session
+    "tests/integration/test_django_example.py",
     # `roomcast serve`: the fast path (uvicorn's protocol with direct writes) and the codec
     "tests/integration/test_smoke.py",
     "tests/integration/test_protocol_frames.py",
