@@ -1,5 +1,5 @@
 # The README's two commands: `make serve` and `make test`. Each sets up what it needs first.
-.PHONY: setup dev serve test lint fmt unit bench compat
+.PHONY: setup dev serve test lint fmt unit bench compat docs
 
 # Runtime dependencies only: serving the demo needs nothing more.
 setup:
@@ -26,8 +26,13 @@ test:
 	.venv/bin/ruff format --check .
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+	.venv/bin/mkdocs build --strict --quiet
 	.venv/bin/python -m pytest -p no:cacheprovider -q
 	.venv/bin/python scripts/compat.py
+
+# The documentation site with the API reference from the docstrings, in site/.
+docs: dev
+	.venv/bin/mkdocs build --strict
 
 # The embedding tests in fresh virtualenvs beside the oldest and the newest FastAPI supported.
 compat: dev
