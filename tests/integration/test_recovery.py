@@ -129,9 +129,9 @@ async def test_resume_at_the_retention_edge(start_server: StartServer, broker: s
     async with httpx.AsyncClient(base_url=server.url) as http:
         for n in range(10):
             await publish(http, "r", n)
-        first = await Client.connect(server.ws_url, "bob", "r")
-        epoch = (await first.join())["payload"]["epoch"]
-        await first.close()
+        # The epoch from the HTTP API: a member joining and leaving here would race its
+        # presence.leave with the next client's join.
+        epoch = (await http.get("/api/v1/rooms/r/history")).json()["epoch"]
 
         edge = await Client.connect(server.ws_url, "alice", "r", since=5, epoch=epoch)
         welcome = (await edge.join())["payload"]
@@ -193,9 +193,9 @@ async def test_resume_after_history_ttl_is_not_recovered(
     async with httpx.AsyncClient(base_url=server.url) as http:
         for n in range(3):
             await publish(http, "r", n)
-        first = await Client.connect(server.ws_url, "bob", "r")
-        epoch = (await first.join())["payload"]["epoch"]
-        await first.close()
+        # The epoch from the HTTP API: a member joining and leaving here would race its
+        # presence.leave with the next client's join.
+        epoch = (await http.get("/api/v1/rooms/r/history")).json()["epoch"]
     # Poll the history until retention has dropped the messages (no event to wait on).
     with server.http() as sync_http:
         await poll_until(
@@ -291,9 +291,9 @@ async def test_resume_from_beyond_the_latest_offset_is_not_recovered(
     server = start_server("--broker", broker)
     async with httpx.AsyncClient(base_url=server.url) as http:
         await publish(http, "r", 1)
-        first = await Client.connect(server.ws_url, "bob", "r")
-        epoch = (await first.join())["payload"]["epoch"]
-        await first.close()
+        # The epoch from the HTTP API: a member joining and leaving here would race its
+        # presence.leave with the next client's join.
+        epoch = (await http.get("/api/v1/rooms/r/history")).json()["epoch"]
         client = await Client.connect(server.ws_url, "alice", "r", since=99, epoch=epoch)
         welcome = (await client.join())["payload"]
         assert welcome["recovered"] is False
