@@ -1,21 +1,22 @@
 """Helpers for an application's own tests: its roomcast in-process, clients without a network,
 tokens.
 
-::
+```python
+from roomcast.testing import TestServer
 
-    from roomcast.testing import TestServer
+async def test_shout() -> None:
+    async with TestServer(app.rc) as server:
+        alice = await server.connect("alice", "lobby")
+        await alice.send("shout", {"text": "hi"})
+        assert (await alice.receive_topic("shout"))["payload"] == {"text": "HI"}
+```
 
-    async def test_shout() -> None:
-        async with TestServer(app.rc) as server:
-            alice = await server.connect("alice", "lobby")
-            await alice.send("shout", {"text": "hi"})
-            assert (await alice.receive_topic("shout"))["payload"] == {"text": "HI"}
-
-A :class:`TestServer` starts the application's :class:`~roomcast.Roomcast` and talks to it
-through its ASGI interface, exactly as an ASGI server would, but over in-memory queues: the
-handlers, commands, events, identity resolvers and the memory broker all run as in production,
-on the test's own event loop. :func:`make_token` signs the JWTs a server configured with
-``jwt_secret`` accepts. See docs/testing.md.
+A [`TestServer`][roomcast.testing.TestServer] starts the application's
+[`Roomcast`][roomcast.Roomcast] and talks to it through its ASGI interface, exactly as an ASGI
+server would, but over in-memory queues: the handlers, commands, events, identity resolvers and
+the memory broker all run as in production, on the test's own event loop.
+[`make_token`][roomcast.testing.make_token] signs the JWTs a server configured with
+`jwt_secret` accepts. See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ class ClientClosed(AssertionError):
 
 
 class TestClient:
-    """One in-memory WebSocket connection to a :class:`TestServer`, as a browser would hold.
+    """One in-memory WebSocket connection to a test server, as a browser would hold.
 
-    Made by :meth:`TestServer.connect`; frames are dicts in the wire format
-    (``{"topic", "payload", ...}``, docs/protocol.md).
+    Made by [`TestServer.connect`][roomcast.testing.TestServer.connect]; frames are dicts in the
+    wire format (`{"topic", "payload", ...}`, docs/protocol.md).
 
     Attributes:
-        welcome: the server's first frame: ``welcome`` (joined) or ``error`` (refused).
+        welcome: the server's first frame: `welcome` (joined) or `error` (refused).
     """
 
     __test__ = False  # not a pytest test class
@@ -163,9 +164,9 @@ class TestClient:
 
 
 class TestServer:
-    """An application's :class:`~roomcast.Roomcast`, started in-process, with test clients.
+    """An application's [`Roomcast`][roomcast.Roomcast], started in-process, with test clients.
 
-    ``async with TestServer(rc) as server`` starts the node (its broker, usually memory://) and
+    `async with TestServer(rc) as server` starts the node (its broker, usually memory://) and
     shuts it down at the end, after closing every client still connected.
 
     Args:
@@ -216,7 +217,7 @@ class TestServer:
             headers: request headers (`cookie`, `origin`, `authorization`, ...).
             query: further query parameters (`since`, `epoch`, ...).
             joined: require a `welcome`; with False, a refusal is returned too (its `error`
-                frame in :attr:`TestClient.welcome`, its close code in `closed`).
+                frame in `TestClient.welcome`, its close code in `closed`).
             timeout: seconds to wait for the first frame.
 
         Raises:
@@ -279,12 +280,12 @@ def make_token(
     algorithm: str = "HS256",
     **claims: Any,
 ) -> str:
-    """A JWT that a server with ``jwt_secret=secret`` accepts (docs/security.md).
+    """A JWT that a server with `jwt_secret=secret` accepts (docs/security.md).
 
     Args:
         secret: the server's HMAC secret (`Settings.jwt_secret`).
         subject: the `sub` claim: the member's username.
-        rooms: the `rooms` claim (room ids or patterns such as ``team-*``); None grants all.
+        rooms: the `rooms` claim (room ids or patterns such as `team-*`); None grants all.
         publish: the `publish` claim (topics the member may send); None allows all.
         expires_in: seconds until `exp`; negative for a token already expired.
         audience: the `aud` claim, when the server checks one.
