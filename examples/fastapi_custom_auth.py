@@ -76,7 +76,9 @@ async def resolve_identity(request: ConnectRequest) -> Identity:
             "the username parameter disagrees with the session",
         )
     user = USERS[username]
-    if not matches_any(request.room, user.rooms):
+    # `room` is None for a connection that starts in no room; roomcast asks again, with the
+    # room set, for every room.join on the connection.
+    if request.room is not None and not matches_any(request.room, user.rooms):
         raise Refused(
             CloseCode.FORBIDDEN,
             ErrorCode.FORBIDDEN,

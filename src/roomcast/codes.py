@@ -60,3 +60,5 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     KICKED = "kicked"
     INTERNAL = "internal"
+    NOT_JOINED = "not_joined"
+    TOO_MANY_ROOMS = "too_many_rooms"

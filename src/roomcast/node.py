@@ -166,14 +166,15 @@ class Node:
         if self.connections.pop(connection_id, None) is not None:
             self.metrics.connections.dec()
 
-    async def attach(self, member: Member) -> None:
-        """Put `member` into its local room and make sure the node hears that room.
+    async def attach(self, member: Member, *, share: bool = False) -> None:
+        """Put `member` into its local room (beside the user's other connections there with
+        `share`) and make sure the node hears that room.
 
         Raises:
             BrokerUnavailable: the subscription failed (the member stays attached: the caller
                 detaches it as it leaves).
         """
-        self.rooms.add(member)
+        self.rooms.add(member, share=share)
         self.metrics.rooms.set(len(self.rooms))
         await self.ensure_subscribed(member.room)
 

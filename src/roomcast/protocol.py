@@ -17,19 +17,26 @@ __all__ = [
     "BUILTIN_TOPICS",
     "MAX_NAME_LENGTH",
     "MAX_TOPIC_LENGTH",
+    "ROOM_TOPIC_PREFIX",
     "SERVER_SENDER",
     "ClientFrame",
     "FrameId",
+    "JoinRequest",
     "RoomID",
     "Topic",
     "Username",
     "ack_frame",
     "dumps",
     "error_frame",
+    "is_builtin",
+    "joined_frame",
+    "left_frame",
     "message_frame",
     "message_prefix",
     "parse_client_frame",
+    "parse_join",
     "parse_offset",
+    "parse_room_payload",
     "presence_frame",
     "server_frame",
     "validate_name",
@@ -47,8 +54,16 @@ MAX_TOPIC_LENGTH = 128
 SERVER_SENDER = "$server"
 """The `from` of messages sent through the HTTP API or a command."""
 
-BUILTIN_TOPICS = frozenset({"ping", "presence", "auth.refresh"})
-"""Client topics the server answers itself; never relayed."""
+BUILTIN_TOPICS = frozenset({"ping", "presence", "auth.refresh", "room.join", "room.leave"})
+"""Client topics the server answers itself; never relayed (see :func:`is_builtin`)."""
+ROOM_TOPIC_PREFIX = "room."
+"""Every topic starting with it is built-in (v1.1): `room.join`, `room.leave`, and those to
+come; the server answers `unknown_topic` to the ones it does not know, and never relays them."""
+
+
+def is_builtin(topic: str) -> bool:
+    """Whether the server answers `topic` itself (never relayed, never given to handlers)."""
+    return topic in BUILTIN_TOPICS or topic.startswith(ROOM_TOPIC_PREFIX)
 
 
 def dumps(value: Any) -> str:
@@ -112,6 +127,8 @@ class ClientFrame:
     payload: Any
     id: FrameId | None = None
     to: Username | None = None
+    room: RoomID | None = None
+    """The room the frame is for; None for the connection's first room."""
 
 
 def parse_client_frame(text: str | bytes) -> ClientFrame:
@@ -139,10 +156,73 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         to = data.get("to")
         if to is not None:
             to = Username(validate_name(to, "to"))
+        room = data.get("room")
+        if room is not None:
+            room = RoomID(validate_name(room, "room"))
     except FrameError as exc:
         exc.frame_id = frame_id
         raise
-    return ClientFrame(topic=topic, payload=payload, id=frame_id, to=to)
+    return ClientFrame(topic=topic, payload=payload, id=frame_id, to=to, room=room)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """A validated `room.join` payload (docs/protocol.md, section 7)."""
+
+    room: RoomID
+    since: int | None = None
+    epoch: str | None = None
+    backlog: int | None = None
+
+
+def _bad_request(message: str) -> FrameError:
+    return FrameError(ErrorCode.BAD_REQUEST, message)
+
+
+def _count(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise _bad_request(f"{what} must be a non-negative integer")
+    return value
+
+
+def parse_join(payload: object) -> JoinRequest:
+    """Validate a `room.join` payload `{"roomID", "since"?, "epoch"?, "backlog"?}`.
+
+    Raises:
+        FrameError: `bad_request` for a missing or invalid roomID, since, epoch or backlog,
+            `since` without `epoch`, or `since` together with `backlog`.
+    """
+    if not isinstance(payload, dict):
+        raise _bad_request('room.join needs a payload {"roomID": "..."}')
+    room = parse_room_payload(payload)
+    if room is None:
+        raise _bad_request("roomID is required")
+    since = _count(payload.get("since"), "since")
+    backlog = _count(payload.get("backlog"), "backlog")
+    epoch = payload.get("epoch")
+    if epoch is not None and (not isinstance(epoch, str) or not 1 <= len(epoch) <= 128):
+        raise _bad_request("epoch must be a string of 1-128 characters")
+    if since is not None and epoch is None:
+        raise _bad_request("since needs epoch")
+    if since is not None and backlog is not None:
+        raise _bad_request("since and backlog cannot be used together")
+    return JoinRequest(room, since, epoch if since is not None else None, backlog)
+
+
+def parse_room_payload(payload: object) -> RoomID | None:
+    """The `roomID` of a `room.leave` or `presence` payload; None when it names none.
+
+    Raises:
+        FrameError: `bad_request` when `roomID` is present but not a valid room id.
+    """
+    if not isinstance(payload, dict) or payload.get("roomID") is None:
+        return None
+    try:
+        return RoomID(validate_name(payload["roomID"], "roomID"))
+    except FrameError as exc:
+        raise _bad_request(exc.message) from None
 
 
 def server_frame(topic: str, payload: Any, **fields: Any) -> str:
@@ -192,21 +272,37 @@ def welcome_frame(
     *,
     connection_id: str,
     username: str,
-    room: str,
-    members: list[str],
-    epoch: str,
-    offset: int,
-    recovered: bool | None,
+    room: str | None,
+    members: list[str] | None = None,
+    epoch: str = "",
+    offset: int = 0,
+    recovered: bool | None = None,
 ) -> str:
-    """The first frame of every accepted connection."""
-    payload: dict[str, Any] = {
-        "connectionId": connection_id,
-        "username": username,
-        "roomID": room,
-        "members": members,
-        "epoch": epoch,
-        "offset": offset,
-    }
+    """The first frame of every accepted connection; without `room`, a connection in no room
+    (`{"connectionId", "username", "rooms": []}`)."""
+    payload: dict[str, Any] = {"connectionId": connection_id, "username": username}
+    if room is None:
+        payload["rooms"] = []
+        return server_frame("welcome", payload)
+    payload.update(roomID=room, members=members or [], epoch=epoch, offset=offset)
     if recovered is not None:
         payload["recovered"] = recovered
+    payload["rooms"] = [room]
     return server_frame("welcome", payload)
+
+
+def joined_frame(
+    *, room: str, members: list[str], epoch: str, offset: int, recovered: bool | None
+) -> str:
+    """The answer to a `room.join`: where the room stands, before its replay."""
+    payload: dict[str, Any] = {"roomID": room, "members": members, "epoch": epoch}
+    payload["offset"] = offset
+    if recovered is not None:
+        payload["recovered"] = recovered
+    return server_frame("joined", payload, room=room)
+
+
+def left_frame(room: str, reason: str) -> str:
+    """The connection was taken out of `room` by the server (`kicked`, `replaced`) and stays
+    open in its other rooms."""
+    return server_frame("left", {"roomID": room, "reason": reason}, room=room)

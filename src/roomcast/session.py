@@ -1,197 +1,84 @@
-"""One client connection's life: join a room, dispatch its frames, leave.
+"""One client connection: its frames in (size, rate, parse), their dispatch, acks and errors,
+its limits and its close, over the rooms it is in.
 
-Transports call :func:`open_session` after the WebSocket upgrade, then :meth:`Session.receive`
-for every text frame, then :meth:`Session.leave` when the socket is gone.
+Transports get a session from :func:`roomcast.admission.open_session` after the WebSocket
+upgrade, call :meth:`Session.receive` for every text frame, then :meth:`Session.leave` when
+the socket is gone. Each room of the connection is a membership (membership.py): the session
+keeps them and routes every frame to the room it names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import secrets
 import time
-from collections.abc import Mapping
 from typing import Any
 
-from .auth import ConnectRequest, Identity, RefreshingResolver, origin_allowed
-from .brokers import DuplicateMember, Signal
+from . import membership
+from .auth import ConnectRequest, Identity, RefreshingResolver, RoomAuthorizer
 from .codes import CloseCode, ErrorCode
 from .commands import PublishToRoom, SendToMember
 from .connection import Connection
 from .context import Context
 from .errors import BrokerUnavailable, FrameError, MemberNotFound, Refused, RoomcastError
-from .events import MemberJoined, MemberLeft
 from .limits import Admission, Lease, TokenBucket
 from .log import log_event
 from .node import Node
 from .protocol import (
-    BUILTIN_TOPICS,
     ClientFrame,
+    JoinRequest,
     ack_frame,
     error_frame,
+    is_builtin,
+    joined_frame,
+    left_frame,
     parse_client_frame,
-    parse_offset,
+    parse_join,
+    parse_room_payload,
     server_frame,
-    validate_name,
     welcome_frame,
 )
 from .rooms import Member
 
-__all__ = ["MAX_RELAYS_IN_FLIGHT", "Session", "open_session"]
+__all__ = ["MAX_RELAYS_IN_FLIGHT", "Session"]
 
 MAX_RELAYS_IN_FLIGHT = 32
 """Relayed frames of one connection that may wait for the broker at once; past that, the
 connection's next frame waits (backpressure)."""
 
 
-async def open_session(
-    node: Node,
-    connection: Connection,
-    query: Mapping[str, str],
-    headers: Mapping[str, str],
-    client: str | None = None,
-) -> Session | None:
-    """Join the room the request names, or refuse it.
-
-    On success the welcome frame (and, when resuming, the missed messages) are queued and the
-    session is returned. On refusal one error frame and the close code are queued and None is
-    returned.
-    """
-    connection_id = secrets.token_hex(8)
-    try:
-        if not origin_allowed(
-            headers.get("origin"), headers.get("host"), node.settings.allowed_origins
-        ):
-            raise Refused(
-                CloseCode.POLICY_VIOLATION,
-                ErrorCode.FORBIDDEN,
-                "origin not allowed (see --allowed-origins)",
-            )
-        if not node.accepting:
-            raise Refused(CloseCode.SERVICE_RESTART, ErrorCode.UNAVAILABLE, "server shutting down")
-        if not node.started:
-            await node.start()
-        room, since, epoch = _parse_query(query)
-        request = ConnectRequest(
-            username=query.get("username"),
-            room=room,
-            token=query.get("token") or _bearer(headers),
-            headers=headers,
-            client=client,
-            query=query,
-        )
-        identity = await node.resolver(request)
-        lease = node.limits.acquire(client, identity.username)
-        session = Session(node, connection, identity, room, connection_id)
-        session.lease = lease
-        try:
-            await session.join(since, epoch)
-        except BaseException:
-            lease.release()
-            raise
-        session.watch_expiry()
-        return session
-    except Refused as exc:
-        _refuse(node, connection, exc.close_code, exc.code, exc.message, connection_id, query)
-    except BrokerUnavailable as exc:
-        _refuse(
-            node,
-            connection,
-            CloseCode.BROKER_UNAVAILABLE,
-            ErrorCode.UNAVAILABLE,
-            exc.message,
-            connection_id,
-            query,
-        )
-    except Exception:
-        log_event(
-            "connection.error", level=logging.ERROR, connection_id=connection_id, exc_info=True
-        )
-        _refuse(
-            node,
-            connection,
-            CloseCode.INTERNAL_ERROR,
-            ErrorCode.INTERNAL,
-            "internal error",
-            connection_id,
-            query,
-        )
-    return None
-
-
-def _parse_query(query: Mapping[str, str]) -> tuple[str, int | None, str | None]:
-    try:
-        room = validate_name(query.get("roomID"), "roomID")
-        since = parse_offset(query.get("since"), "since")
-    except FrameError as exc:
-        raise Refused(CloseCode.BAD_REQUEST, ErrorCode.BAD_REQUEST, exc.message) from None
-    epoch = query.get("epoch") or None
-    if since is not None and epoch is None:
-        raise Refused(CloseCode.BAD_REQUEST, ErrorCode.BAD_REQUEST, "since needs epoch")
-    return room, since, epoch
-
-
-def _bearer(headers: Mapping[str, str]) -> str | None:
-    value = headers.get("authorization", "")
-    scheme, _, token = value.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _refuse(
-    node: Node,
-    connection: Connection,
-    close_code: CloseCode,
-    code: ErrorCode,
-    message: str,
-    connection_id: str,
-    query: Mapping[str, str],
-) -> None:
-    node.metrics.errors.labels(code.value).inc()
-    node.metrics.disconnects.labels(str(int(close_code))).inc()
-    log_event(
-        "connection.refused",
-        level=logging.WARNING,
-        connection_id=connection_id,
-        room=_printable(query.get("roomID")),
-        username=_printable(query.get("username")),
-        close_code=int(close_code),
-        code=code.value,
-        reason=message,
-    )
-    connection.send(error_frame(code, message))
-    connection.close(close_code, message[:120])
-
-
-def _printable(value: str | None) -> str | None:
-    """A request value safe to log: cut short, control characters escaped."""
-    if value is None:
-        return None
-    return value[:64].encode("unicode_escape").decode("ascii")
-
-
 class Session:
-    """A member's connection to one room on this node."""
+    """One client connection on this node, in any number of rooms (one membership each).
+
+    Args:
+        node: the node it belongs to.
+        connection: the transport's connection.
+        identity: who it is (the resolver's answer).
+        connection_id: this connection's random id.
+        lease: its place among the node's connection limits, released when it leaves.
+        request: the connect request, kept only when the resolver must be asked again for
+            every `room.join` (it has no `authorize` step).
+    """
 
     def __init__(
         self,
         node: Node,
         connection: Connection,
         identity: Identity,
-        room: str,
         connection_id: str,
+        *,
+        lease: Lease | None = None,
+        request: ConnectRequest | None = None,
     ) -> None:
         self.node = node
         self.connection = connection
         self.identity = identity
-        self.member = Member(
-            username=identity.username,
-            room=room,
-            connection_id=connection_id,
-            connection=connection,
-            claims=identity.claims,
-            handle=self,
-        )
-        self.joined = False
+        self.connection_id = connection_id
+        # The first room (the earliest joined that the connection is still in) and the
+        # others in join order: a connection in one room holds no dict.
+        self.member: Member | None = None
+        self._more: dict[str, Member] | None = None
         self.closing = False
         self._busy = False
         self._idle: asyncio.Future[None] | None = None
@@ -203,108 +90,258 @@ class Session:
         self._left: asyncio.Future[None] | None = None
         self._opened = time.monotonic()
         self.bucket = TokenBucket.from_settings(node.settings)
-        self.lease: Lease | None = None
+        self.lease = lease
+        self._request = request
         self._expiry: asyncio.TimerHandle | None = None
+        node.open(connection_id, self)
 
-    @property
-    def connection_id(self) -> str:
-        """This connection's random id."""
-        return self.member.connection_id
-
-    def _log(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    def log(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+        """Log `event` with this connection's first room, username and id."""
+        member = self.member
         log_event(
             event,
             level=level,
-            room=self.member.room,
-            username=self.member.username,
-            connection_id=self.member.connection_id,
+            room=None if member is None else member.room,
+            username=self.identity.username,
+            connection_id=self.connection_id,
             **fields,
         )
 
-    async def join(self, since: int | None, epoch: str | None) -> None:
-        """Enter presence and the local room, send the welcome and any missed messages.
+    _log = log
+
+    # memberships
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms this connection is in, the first room first."""
+        if self.member is None:
+            return []
+        return [self.member.room, *(self._more or ())]
+
+    def membership(self, room: str) -> Member | None:
+        """This connection's member of `room`, if it is in that room."""
+        member = self.member
+        if member is not None and member.room == room:
+            return member
+        return None if self._more is None else self._more.get(room)
+
+    def _count(self) -> int:
+        return 0 if self.member is None else 1 + len(self._more or ())
+
+    def _add(self, member: Member) -> None:
+        if self.member is None:
+            self.member = member
+        else:
+            if self._more is None:
+                self._more = {}
+            self._more[member.room] = member
+
+    def _drop(self, member: Member) -> bool:
+        """Forget a membership; False when it was not (or no longer) this connection's."""
+        more = self._more
+        if self.member is member:
+            if more:
+                self.member = more.pop(next(iter(more)))
+            else:
+                self.member = None
+        elif more is not None and more.get(member.room) is member:
+            del more[member.room]
+        else:
+            return False
+        if more is not None and not more:
+            self._more = None
+        return True
+
+    def _frame_member(self, frame: ClientFrame) -> Member:
+        """The membership a frame is for: its `room`, or the first room.
+
+        Raises:
+            RoomcastError: `not_joined` when the connection is not in that room (or in none).
+        """
+        if frame.room is None:
+            if self.member is None:
+                raise RoomcastError(
+                    "this connection is in no room: send room.join first",
+                    code=ErrorCode.NOT_JOINED,
+                )
+            return self.member
+        member = self.membership(frame.room)
+        if member is None:
+            raise RoomcastError(f"not in room {frame.room!r}", code=ErrorCode.NOT_JOINED)
+        return member
+
+    async def join_first(
+        self, room: str, since: int | None, epoch: str | None, backlog: int | None
+    ) -> None:
+        """Join the connect URL's room: the welcome frame, then any replay.
 
         Raises:
             Refused: 4409 when the username is taken and the policy is to reject.
             BrokerUnavailable: when presence or history cannot be reached.
         """
-        node, member = self.node, self.member
-        # A resuming client (since+epoch) takes over its own name: the connection it left is
-        # most likely dead (a crashed node, a dropped network) and not yet noticed as such.
-        replace = node.settings.on_duplicate == "replace" or since is not None
-        try:
-            replaced = await node.broker.add_member(
-                member.room, member.username, member.connection_id, replace=replace
+        identity, connection_id = self.identity, self.connection_id
+
+        def welcome(point: membership.JoinPoint) -> str:
+            return welcome_frame(
+                connection_id=connection_id,
+                username=identity.username,
+                room=point.room,
+                members=point.members,
+                epoch=point.epoch,
+                offset=point.offset,
+                recovered=point.recovered,
             )
-        except DuplicateMember:
-            raise Refused(
-                CloseCode.DUPLICATE,
-                ErrorCode.DUPLICATE,
-                f"username {member.username!r} is already connected in room {member.room!r}",
-            ) from None
-        try:
-            member.held = []
-            node.open(member.connection_id, self)
-            self.joined = True
-            await node.attach(member)
-            if replaced is not None:
-                await node.broker.signal(
-                    Signal("replace", member.room, member.username, replaced, node.node_id)
-                )
-            recovering = since is not None
-            page = await node.broker.history(
-                member.room, since if recovering else None, None if recovering else 0
-            )
-            members = await node.broker.members(member.room)
-        except BaseException:
-            await self.leave("join_failed")
-            raise
-        recovered = (
-            recovering and page.complete and page.epoch == epoch and (since or 0) <= page.offset
+
+        await self._join(room, since, epoch, backlog, welcome)
+
+    async def _join(
+        self,
+        room: str,
+        since: int | None,
+        epoch: str | None,
+        backlog: int | None,
+        first_frame: Any,
+    ) -> Member:
+        node = self.node
+        if backlog is not None:
+            backlog = min(backlog, node.settings.history_size)
+        member = await membership.join(
+            node,
+            self,
+            self.connection,
+            self.identity,
+            self.connection_id,
+            room,
+            since=since,
+            epoch=epoch,
+            backlog=backlog,
+            first_frame=first_frame,
         )
+        self._add(member)
+        if self.closing or self._left is not None:
+            # Closed while joining: the leave of the whole connection may have run already.
+            await self._leave_room(member, "closed")
+        return member
+
+    async def _leave_room(self, member: Member, reason: str) -> bool:
+        """Leave one room; True when it was still this connection's."""
+        if not self._drop(member):
+            return False
+        await membership.leave(self.node, member, reason)
+        self.log("room.left", left_room=member.room, reason=reason)
+        return True
+
+    async def room_join(self, frame: ClientFrame) -> None:
+        """`room.join`: join one more room, or answer where a room already joined stands.
+
+        Refusals are error frames (the connection stays open): `bad_request`, `forbidden`,
+        `duplicate`, `too_many_rooms`, `unavailable`.
+        """
+        try:
+            wanted = parse_join(frame.payload)
+        except FrameError as exc:
+            self.send_error(exc.code, exc.message, frame.id)
+            return
+        room = wanted.room
+        current = self.membership(room)
+        if current is not None:
+            await self._rejoined(current, wanted)
+            self._ack(frame)
+            return
+        limit = self.node.settings.max_rooms_per_connection
+        if limit is not None and self._count() >= limit:
+            self.send_error(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"a connection may be in at most {limit} rooms (--max-rooms-per-connection)",
+                frame.id,
+            )
+            return
+        try:
+            await self._authorize(room)
+
+            def joined(point: membership.JoinPoint) -> str:
+                return joined_frame(
+                    room=point.room,
+                    members=point.members,
+                    epoch=point.epoch,
+                    offset=point.offset,
+                    recovered=point.recovered,
+                )
+
+            await self._join(room, wanted.since, wanted.epoch, wanted.backlog, joined)
+        except Refused as exc:
+            self.send_error(exc.code, exc.message, frame.id)
+            return
+        self._ack(frame)
+
+    async def _rejoined(self, member: Member, wanted: JoinRequest) -> None:
+        """A `room.join` of a room the connection is in: a fresh `joined`, nothing else."""
+        broker = self.node.broker
+        page = await broker.history(member.room, None, 0)
+        members = await broker.members(member.room)
+        recovered = None if wanted.since is None else page.epoch == wanted.epoch
         self.connection.send(
-            welcome_frame(
-                connection_id=member.connection_id,
-                username=member.username,
+            joined_frame(
                 room=member.room,
                 members=members,
                 epoch=page.epoch,
                 offset=page.offset,
-                recovered=recovered if recovering else None,
+                recovered=recovered,
             )
         )
-        member.last_offset = page.offset
-        if recovered:
-            member.last_offset = since or 0
-            allow = getattr(self.connection, "allow", None)
-            if allow is not None:
-                # The replay is bounded by the history: it must not look like a slow consumer.
-                allow(sum(len(p.frame) for p in page.publications))
-            for publication in page.publications:
-                if publication.to is None or publication.to == member.username:
-                    member.connection.send(publication.frame)
-                member.last_offset = publication.offset
-        member.release()
-        self._log(
-            "connection.joined",
-            node_id=node.node_id,
-            recovered=recovered if recovering else None,
-            replaced=replaced is not None,
-        )
-        if replaced is None:
-            await node.broker.signal(
-                Signal("join", member.room, member.username, member.connection_id, node.node_id)
-            )
-            node.events.publish(
-                MemberJoined(member.room, member.username, member.connection_id, node.node_id)
+
+    async def _authorize(self, room: str) -> None:
+        """Ask the resolver whether this connection's identity may join `room`.
+
+        Raises:
+            Refused: `forbidden` (or the resolver's own code) when it may not.
+        """
+        resolver = self.node.resolver
+        if isinstance(resolver, RoomAuthorizer):
+            await resolver.authorize(self.identity, room)
+            return
+        if self._request is None:
+            return
+        identity = await resolver(dataclasses.replace(self._request, room=room))
+        if identity.username != self.identity.username:
+            raise Refused(
+                CloseCode.FORBIDDEN,
+                ErrorCode.FORBIDDEN,
+                f"room {room!r} gives this connection another identity",
             )
 
-    def membership(self, room: str) -> Member | None:
-        """This connection's member of `room`, if it is in that room."""
-        return self.member if self.joined and self.member.room == room else None
+    async def room_leave(self, frame: ClientFrame) -> None:
+        """`room.leave`: leave one room; the connection stays open (in no room, maybe)."""
+        try:
+            room = parse_room_payload(frame.payload)
+        except FrameError as exc:
+            self.send_error(exc.code, exc.message, frame.id)
+            return
+        if room is None:
+            self.send_error(
+                ErrorCode.BAD_REQUEST, 'room.leave needs a payload {"roomID": "..."}', frame.id
+            )
+            return
+        member = self.membership(room)
+        if member is None:
+            self.send_error(ErrorCode.NOT_JOINED, f"not in room {room!r}", frame.id)
+            return
+        await self._leave_room(member, "left")
+        self._ack(frame)
 
     async def remove(self, member: Member, reason: str) -> None:
-        """Taken out of the room by the server (`kicked`) or a newer connection (`replaced`)."""
+        """Taken out of one room by the server (`kicked`) or a newer connection (`replaced`).
+
+        In its last room the connection closes (4499, or 4409 when replaced) as in v1;
+        otherwise it gets `left` with the reason and stays open in its other rooms.
+        """
+        if self.membership(member.room) is not member:
+            return
+        if self._count() > 1:
+            # Presence first: once the client reads `left`, no node lists it in the room.
+            if await self._leave_room(member, reason):
+                self.connection.send(left_frame(member.room, reason))
+            return
         if reason == "replaced":
             self.close(CloseCode.DUPLICATE, ErrorCode.DUPLICATE, "replaced by a newer connection")
             await self.leave("replaced")
@@ -364,9 +401,11 @@ class Session:
             if not self._relays or await self._settle():
                 self._rate_limited(frame.id)
             return
-        if self._pipelined and self._relayable(frame):
-            await self._start_relay(frame)
-            return
+        if self._pipelined:
+            member = self._relayable(frame)
+            if member is not None:
+                await self._start_relay(frame, member)
+                return
         if self._relays and not await self._settle():
             return
         self._busy = True
@@ -383,18 +422,22 @@ class Session:
             if idle is not None and not idle.done():
                 idle.set_result(None)
 
-    def _relayable(self, frame: ClientFrame) -> bool:
-        """Whether `frame` takes the default relay to the whole room (see `dispatch`)."""
+    def _relayable(self, frame: ClientFrame) -> Member | None:
+        """The membership `frame` is relayed to, when it takes the default relay to a whole
+        room (see `dispatch`); None when it is handled otherwise."""
         topic, registry = frame.topic, self.node.registry
-        return (
+        if (
             frame.to is None
-            and topic not in BUILTIN_TOPICS
+            and not is_builtin(topic)
             and self.identity.may_publish(topic)
             and not registry.handlers(topic)
             and registry.relays(topic)
-        )
+        ):
+            room = frame.room
+            return self.member if room is None else self.membership(room)
+        return None
 
-    async def _start_relay(self, frame: ClientFrame) -> None:
+    async def _start_relay(self, frame: ClientFrame, member: Member) -> None:
         """Start relaying `frame` as a task, after a free place among the relays in flight."""
         relays = self._relays
         if len(relays) >= MAX_RELAYS_IN_FLIGHT:
@@ -405,13 +448,14 @@ class Session:
         previous = relays[-1] if relays else None
         # The task's first step runs up to the broker's queue without suspending: tasks
         # start in creation order, so the publishes are asked for in frame order.
-        task = asyncio.get_running_loop().create_task(self._relay(frame, previous))
+        task = asyncio.get_running_loop().create_task(self._relay(frame, member, previous))
         relays.append(task)
         task.add_done_callback(self._relay_done)
 
-    async def _relay(self, frame: ClientFrame, previous: asyncio.Task[None] | None) -> None:
+    async def _relay(
+        self, frame: ClientFrame, member: Member, previous: asyncio.Task[None] | None
+    ) -> None:
         """Publish `frame` to the room; answer it once the frame before it was answered."""
-        member = self.member
         offset: int | None = None
         error: RoomcastError | None = None
         try:
@@ -470,26 +514,22 @@ class Session:
 
     async def dispatch(self, frame: ClientFrame) -> None:
         """Run a valid frame: built-in topics, then handlers, then the relay."""
-        topic, member = frame.topic, self.member
+        topic = frame.topic
         if topic == "ping":
             self.connection.send(server_frame("pong", frame.payload))
             self._ack(frame)
             return
-        if topic == "presence":
-            members = await self.node.broker.members(member.room)
-            self.connection.send(server_frame("presence", {"members": members}))
-            self._ack(frame)
+        if is_builtin(topic):
+            await self._builtin(frame)
             return
-        if topic == "auth.refresh":
-            await self.refresh(frame)
-            return
+        member = self._frame_member(frame)
         if not self.identity.may_publish(topic):
             raise RoomcastError(
                 f"not allowed to publish to topic {topic!r}", code=ErrorCode.FORBIDDEN
             )
         handlers = self.node.registry.handlers(topic)
         if handlers:
-            await self._run_handlers(frame, handlers)
+            await self._run_handlers(frame, member, handlers)
             self._ack(frame)
         elif self.node.registry.relays(topic):
             if frame.to is None:
@@ -506,10 +546,40 @@ class Session:
         else:
             raise RoomcastError(f"no handler for topic {topic!r}", code=ErrorCode.UNKNOWN_TOPIC)
 
-    async def _run_handlers(self, frame: ClientFrame, handlers: list[Any]) -> None:
+    async def _builtin(self, frame: ClientFrame) -> None:
+        """The topics the server answers itself (other than `ping`)."""
+        topic = frame.topic
+        if topic == "room.join":
+            await self.room_join(frame)
+        elif topic == "room.leave":
+            await self.room_leave(frame)
+        elif topic == "presence":
+            await self.presence(frame)
+        elif topic == "auth.refresh":
+            await self.refresh(frame)
+        else:
+            # Reserved for the server (`room.*`): never relayed, never given to handlers.
+            raise RoomcastError(f"no such built-in topic {topic!r}", code=ErrorCode.UNKNOWN_TOPIC)
+
+    async def presence(self, frame: ClientFrame) -> None:
+        """`presence`: the cluster-wide member list of the payload's `roomID` (or of the
+        frame's room, or of the first room)."""
+        try:
+            room = parse_room_payload(frame.payload)
+        except FrameError as exc:
+            self.send_error(exc.code, exc.message, frame.id)
+            return
+        member = self._frame_member(
+            frame if room is None else dataclasses.replace(frame, room=room)
+        )
+        members = await self.node.broker.members(member.room)
+        self.connection.send(server_frame("presence", {"members": members}, room=member.room))
+        self._ack(frame)
+
+    async def _run_handlers(self, frame: ClientFrame, member: Member, handlers: list[Any]) -> None:
         node = self.node
         ctx = Context(
-            frame.topic, frame.payload, frame.id, frame.to, self.member, node.commands, node.events
+            frame.topic, frame.payload, frame.id, frame.to, member, node.commands, node.events
         )
         if len(handlers) == 1:
             results: list[Any] = [await _capture(handlers[0], ctx)]
@@ -544,14 +614,15 @@ class Session:
         if not isinstance(resolver, RefreshingResolver):
             raise RoomcastError("authentication is not enabled", code=ErrorCode.INVALID_FRAME)
         try:
-            identity = await resolver.refresh(self.identity, [self.member.room], frame.payload)
+            identity = await resolver.refresh(self.identity, self.rooms, frame.payload)
         except Refused as exc:
             self.send_error(exc.code, exc.message, frame.id)
             self.close(exc.close_code, exc.code, exc.message, frame=False)
             self.node.spawn(self.leave("unauthenticated"))
             return
         self.identity = identity
-        self.member.claims = identity.claims
+        for member in self._members():
+            member.claims = identity.claims
         self.watch_expiry()
         self._ack(frame)
 
@@ -641,7 +712,7 @@ class Session:
             await wait(timeout)
 
     async def leave(self, reason: str = "closed") -> None:
-        """Leave the room and presence; idempotent, safe to call from several places."""
+        """Leave every room and presence; idempotent, safe to call from several places."""
         if self._left is not None:
             await asyncio.shield(self._left)
             return
@@ -660,31 +731,24 @@ class Session:
             self._expiry = None
         if self.lease is not None:
             self.lease.release()
-        if not self.joined:
-            return
-        node, member = self.node, self.member
-        node.closed(member.connection_id)
-        await node.detach(member)
-        removed = False
-        try:
-            removed = await node.broker.remove_member(
-                member.room, member.username, member.connection_id
-            )
-            if removed:
-                await node.broker.signal(
-                    Signal(
-                        "leave", member.room, member.username, member.connection_id, node.node_id
-                    )
-                )
-        except Exception:
-            self._log("presence.leave_failed", level=logging.WARNING, exc_info=True)
+        members = self._members()
+        self.member = self._more = None
+        if len(members) == 1:
+            await membership.leave(self.node, members[0], reason)
+        elif members:
+            await asyncio.gather(*(membership.leave(self.node, m, reason) for m in members))
+        self.node.closed(self.connection_id)
         self._log(
-            "connection.left", reason=reason, duration=round(time.monotonic() - self._opened, 3)
+            "connection.left",
+            reason=reason,
+            rooms=len(members),
+            duration=round(time.monotonic() - self._opened, 3),
         )
-        if removed:
-            node.events.publish(
-                MemberLeft(member.room, member.username, member.connection_id, node.node_id, reason)
-            )
+
+    def _members(self) -> list[Member]:
+        if self.member is None:
+            return []
+        return [self.member, *(self._more or {}).values()]
 
 
 async def _capture(handler: Any, ctx: Context) -> Any:

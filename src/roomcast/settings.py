@@ -16,9 +16,10 @@ from typing import Any, Literal
 from .brokers import check_url, is_shared
 from .errors import ConfigError
 
-__all__ = ["OPTIONS", "Option", "Settings"]
+__all__ = ["DUPLICATE_POLICIES", "OPTIONS", "DuplicatePolicy", "Option", "Settings"]
 
-DuplicatePolicy = Literal["reject", "replace"]
+DuplicatePolicy = Literal["reject", "replace", "share"]
+DUPLICATE_POLICIES: tuple[DuplicatePolicy, ...] = ("reject", "replace", "share")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +67,12 @@ class Settings:
     """Seconds a room's retained messages live after its last publish."""
     max_message_size: int = 65536
     """Largest client frame in bytes; larger frames close the connection with 1009."""
-    on_duplicate: DuplicatePolicy = "reject"
-    """What a second connection with the same username in a room does."""
+    on_duplicate: DuplicatePolicy | None = None
+    """What a second connection with the same username in a room does: `reject` it, `replace`
+    the first, or `share` the room (several tabs of one user); None picks `share` with
+    authentication on and `reject` without (see :attr:`duplicate_policy`)."""
+    max_rooms_per_connection: int | None = 100
+    """Rooms one connection may be in at once (`room.join` past it answers `too_many_rooms`)."""
     relay: bool = True
     """Relay frames of topics without a handler to the room."""
     outbound_buffer: int = 1048576
@@ -116,8 +121,14 @@ class Settings:
             raise ConfigError(f"history-ttl must be > 0, got {self.history_ttl}")
         if self.max_message_size < 64:
             raise ConfigError(f"max-message-size must be >= 64, got {self.max_message_size}")
-        if self.on_duplicate not in ("reject", "replace"):
-            raise ConfigError(f"on-duplicate must be reject or replace, got {self.on_duplicate!r}")
+        if self.on_duplicate is not None and self.on_duplicate not in DUPLICATE_POLICIES:
+            raise ConfigError(
+                f"on-duplicate must be reject, replace or share, got {self.on_duplicate!r}"
+            )
+        if self.max_rooms_per_connection is not None and self.max_rooms_per_connection < 1:
+            raise ConfigError(
+                f"max-rooms-per-connection must be >= 1, got {self.max_rooms_per_connection}"
+            )
         if self.outbound_buffer < 1024:
             raise ConfigError(f"outbound-buffer must be >= 1024, got {self.outbound_buffer}")
         if self.presence_ttl < 1:
@@ -145,6 +156,15 @@ class Settings:
     def auth_enabled(self) -> bool:
         """Whether connections must present a token."""
         return any(x is not None for x in (self.jwt_secret, self.jwt_public_key, self.jwks_url))
+
+    @property
+    def duplicate_policy(self) -> DuplicatePolicy:
+        """The policy in force: `on_duplicate` when set, else `share` when authentication is
+        on (identities are verified, so several connections are one user's) and `reject`
+        when it is off."""
+        if self.on_duplicate is not None:
+            return self.on_duplicate
+        return "share" if self.auth_enabled else "reject"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied (and validated)."""
@@ -263,7 +283,17 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_message_size", _int, "largest client frame in bytes (default 65536)", "BYTES"),
     Option(
-        "on_duplicate", str, "reject (default) or replace a duplicate username", "reject|replace"
+        "on_duplicate",
+        str,
+        "reject, replace or share a username already in the room "
+        "(default share with authentication on, reject without)",
+        "reject|replace|share",
+    ),
+    Option(
+        "max_rooms_per_connection",
+        _optional(_int),
+        "rooms one connection may be in at once (default 100)",
+        "N",
     ),
     Option("relay", _bool, "relay topics without a handler to the room (default true)", "BOOL"),
     Option(

@@ -62,6 +62,29 @@ async def test_custom_resolver_refusals(example_url: str) -> None:
     await member.close()
 
 
+async def test_custom_resolver_decides_every_room_join(example_url: str) -> None:
+    """The application's resolver is asked again at room.join: a room it does not grant
+    answers a `forbidden` error and the connection stays; one it grants joins."""
+    ws_url = example_url.replace("http://", "ws://") + "/rt/api/v1/ws"
+    bob = session_cookie(example_url, "bob", "builder")
+    member = await Client.connect(ws_url, room="lobby", headers={"Cookie": bob})
+    await member.join()
+    await member.send({"topic": "room.join", "payload": {"roomID": "team-red"}, "id": 1})
+    error = await member.recv()
+    assert error["topic"] == "error"
+    assert error["payload"]["code"] == "forbidden"
+    assert error["payload"]["id"] == 1
+    await member.barrier()
+    await member.close()
+    alice = session_cookie(example_url, "alice", "wonderland")
+    roaming = await Client.connect(ws_url, headers={"Cookie": alice})
+    assert (await roaming.join())["payload"]["rooms"] == []
+    await roaming.send({"topic": "room.join", "payload": {"roomID": "team-red"}, "id": 2})
+    assert (await roaming.recv())["topic"] == "joined"
+    assert (await roaming.recv())["payload"] == {"id": 2}
+    await roaming.close()
+
+
 def test_wrong_password_is_refused(example_url: str) -> None:
     """The example's login refuses a wrong password."""
     with httpx.Client(base_url=example_url, timeout=5) as http:

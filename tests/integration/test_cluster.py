@@ -67,7 +67,11 @@ async def test_messages_and_presence_across_two_nodes(
     await bob.send({"topic": "chat", "payload": "yo"})
     assert (await alice.recv())["offset"] == 2
     await alice.send({"topic": "presence", "payload": {}})
-    assert await alice.recv() == {"topic": "presence", "payload": {"members": ["alice", "bob"]}}
+    assert await alice.recv() == {
+        "topic": "presence",
+        "payload": {"members": ["alice", "bob"]},
+        "room": "r1",
+    }
     async with httpx.AsyncClient(base_url=b.url) as http:
         rooms = (await http.get("/api/v1/rooms")).json()
         assert rooms == {"rooms": [{"roomID": "r1", "members": ["alice", "bob"]}]}

@@ -36,7 +36,18 @@ json_values = (
 )
 topics = (
     st.sampled_from(
-        ["chat", "ping", "presence", "auth.refresh", "$sys", "", "t" * 128, "t" * 129, "a.b"]
+        [
+            "chat",
+            "ping",
+            "presence",
+            "auth.refresh",
+            "$sys",
+            "",
+            "t" * 128,
+            "t" * 129,
+            "a.b",
+            "room.nope",
+        ]
     )
     | text_no_surrogates
 )
@@ -70,7 +81,9 @@ def expected(text: str, offset: int) -> tuple[list[Any], list[Any], int]:
     if frame.topic == "ping":
         mine: list[Any] = [{"topic": "pong", "payload": frame.payload}]
     elif frame.topic == "presence":
-        mine = [{"topic": "presence", "payload": {"members": [SENDER, OBSERVER]}}]
+        mine = [{"topic": "presence", "payload": {"members": [SENDER, OBSERVER]}, "room": None}]
+    elif frame.topic.startswith("room.") and frame.topic not in ("room.join", "room.leave"):
+        return [("error", "unknown_topic", frame.id)], [], offset
     elif frame.topic == "auth.refresh":
         return [("error", "invalid_frame", frame.id)], [], offset
     elif frame.to is not None and frame.to not in (SENDER, OBSERVER):

@@ -157,7 +157,11 @@ async def test_presence_lists_members(server: ServerProcess, room: str, room2: s
     alice, bob = await joined(server, room, "alice", "bob")
     (other,) = await joined(server, room2, "zed")
     await bob.send({"topic": "presence", "payload": {}})
-    assert await bob.recv() == {"topic": "presence", "payload": {"members": ["alice", "bob"]}}
+    assert await bob.recv() == {
+        "topic": "presence",
+        "payload": {"members": ["alice", "bob"]},
+        "room": room,
+    }
     await bob.send({"topic": "presence", "payload": {}, "id": "p"})
     assert (await bob.recv())["topic"] == "presence"
     assert await bob.recv() == {"topic": "ack", "payload": {"id": "p"}}
@@ -175,7 +179,11 @@ async def test_presence_join_and_leave(server: ServerProcess, room: str) -> None
         "room": room,
     }
     await alice.send({"topic": "presence", "payload": {}})
-    assert await alice.recv() == {"topic": "presence", "payload": {"members": ["alice"]}}
+    assert await alice.recv() == {
+        "topic": "presence",
+        "payload": {"members": ["alice"]},
+        "room": room,
+    }
     await alice.close()
 
 

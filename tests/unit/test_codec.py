@@ -186,7 +186,8 @@ def test_server_frames() -> None:
 
 
 def test_welcome_frame_recovered_only_when_resuming() -> None:
-    """The welcome has `recovered` only when told (a resume), never otherwise."""
+    """The welcome has `recovered` only when told (a resume), never otherwise; `rooms` lists
+    the URL room (v1.1)."""
     common: dict[str, Any] = dict(
         connection_id="c", username="u", room="r", members=["u"], epoch="e", offset=3
     )
@@ -200,6 +201,7 @@ def test_welcome_frame_recovered_only_when_resuming() -> None:
             "members": ["u"],
             "epoch": "e",
             "offset": 3,
+            "rooms": ["r"],
         },
     }
     assert orjson.loads(welcome_frame(**common, recovered=False))["payload"]["recovered"] is False

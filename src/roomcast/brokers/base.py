@@ -133,18 +133,30 @@ class Broker(Protocol):
         """Deliver a signal to every node subscribed to its room."""
 
     async def add_member(
-        self, room: str, username: str, connection_id: str, *, replace: bool = False
+        self,
+        room: str,
+        username: str,
+        connection_id: str,
+        *,
+        replace: bool = False,
+        share: bool = False,
     ) -> str | None:
-        """Add `username` to the room's presence for this node.
+        """Add connection `connection_id` of `username` to the room's presence for this node.
+
+        With `share`, a username may hold several connections (on any nodes): presence lists
+        it once, from its first connection to the removal of its last.
 
         Returns:
-            The connection id it replaced (when `replace` and the name was taken), else None.
+            None when the username was not present (the room gets `presence.join`); else
+            what held it before: the connection id it replaced (`replace`), or a non-empty
+            value naming the connections it now shares the name with (`share`).
         Raises:
-            DuplicateMember: the name is taken in the room and `replace` is False.
+            DuplicateMember: the name is taken in the room and neither `replace` nor `share`.
         """
 
     async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
-        """Remove `username` if its entry still belongs to `connection_id`; True if removed."""
+        """Remove connection `connection_id` from `username`'s entry if it is there; True when
+        the username is no longer present (the room gets `presence.leave`)."""
 
     async def has_member(self, room: str, username: str) -> bool:
         """Whether `username` is present in the room on any node."""

@@ -135,21 +135,42 @@ class MemoryBroker:
             self._listener.on_signal(signal)
 
     async def add_member(
-        self, room: str, username: str, connection_id: str, *, replace: bool = False
+        self,
+        room: str,
+        username: str,
+        connection_id: str,
+        *,
+        replace: bool = False,
+        share: bool = False,
     ) -> str | None:
         """Add to presence; see `Broker.add_member`."""
         self._current(room, time.monotonic())  # a lost history is not taken over
         members = self._presence.setdefault(room, {})
+        # One connection id, or (under `share`) several separated by spaces: a plain string
+        # keeps the entry as small as it was for the common one-connection case.
         previous = members.get(username)
+        if previous is not None and share:
+            if connection_id not in previous.split(" "):
+                members[username] = f"{previous} {connection_id}"
+            return previous
         if previous is not None and not replace:
             raise DuplicateMember(username)
         members[username] = connection_id
         return previous
 
     async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
-        """Compare-and-delete the presence entry."""
+        """Compare-and-delete this connection from the presence entry; True when the
+        username's entry is gone (its last connection left)."""
         members = self._presence.get(room)
-        if members is None or members.get(username) != connection_id:
+        entry = None if members is None else members.get(username)
+        if members is None or entry is None:
+            return False
+        if entry != connection_id:
+            ids = entry.split(" ")
+            if connection_id not in ids:
+                return False
+            ids.remove(connection_id)
+            members[username] = " ".join(ids)
             return False
         del members[username]
         if not members:

@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ..admission import open_session
 from ..codes import CloseCode
 from ..connection import Outbox
 from ..node import Node
-from ..session import Session, open_session
+from ..session import Session
 from .uvicorn_ws import CLOSE_TIMEOUT, DIRECT_EXTENSION, KEEPALIVE_REASON, WebSocketProtocol
 
 __all__ = ["AsgiConnection", "WebSocketEndpoint"]

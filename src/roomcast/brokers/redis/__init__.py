@@ -223,10 +223,18 @@ class RedisBroker:
     # presence
 
     async def add_member(
-        self, room: str, username: str, connection_id: str, *, replace: bool = False
+        self,
+        room: str,
+        username: str,
+        connection_id: str,
+        *,
+        replace: bool = False,
+        share: bool = False,
     ) -> str | None:
         """Add to the room's presence (atomically unique); see `Broker.add_member`."""
-        return await self._presence.add_member(room, username, connection_id, replace=replace)
+        return await self._presence.add_member(
+            room, username, connection_id, replace=replace, share=share
+        )
 
     async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
         """Compare-and-delete this connection's presence entry."""

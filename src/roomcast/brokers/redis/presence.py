@@ -81,7 +81,7 @@ class Presence:
         ]
 
     async def add_member(
-        self, room: str, username: str, connection_id: str, *, replace: bool
+        self, room: str, username: str, connection_id: str, *, replace: bool, share: bool = False
     ) -> str | None:
         """Add to the room's presence (atomically unique); see `Broker.add_member`."""
         args = [*self._entry_args(room, username, connection_id), "1" if replace else "0", room]
