@@ -738,8 +738,13 @@ class Session:
         elif members:
             await asyncio.gather(*(membership.leave(self.node, m, reason) for m in members))
         self.node.closed(self.connection_id)
-        self._log(
+        if reason == "join_failed" and not members:
+            return  # refused at connect: logged as connection.refused
+        log_event(
             "connection.left",
+            room=members[0].room if members else None,
+            username=self.identity.username,
+            connection_id=self.connection_id,
             reason=reason,
             rooms=len(members),
             duration=round(time.monotonic() - self._opened, 3),
