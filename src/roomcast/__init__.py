@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .commands import Command, KickMember, PublishToRoom, SendToMember, SendWsMessage
     from .context import Context
     from .errors import (
+        BrokerTimeout,
         BrokerUnavailable,
         ConfigError,
         FrameError,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "AnonymousResolver": "auth",
+    "BrokerTimeout": "errors",
     "BrokerUnavailable": "errors",
     "CloseCode": "codes",
     "Command": "commands",
@@ -66,6 +68,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "AnonymousResolver",
+    "BrokerTimeout",
     "BrokerUnavailable",
     "CloseCode",
     "Command",

@@ -35,6 +35,7 @@ _STATUS = {
     ErrorCode.MESSAGE_TOO_BIG: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.TIMEOUT: 504,
 }
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -146,7 +146,8 @@ class Roomcast:
 
         Raises:
             MemberNotFound: the addressed member is connected nowhere.
-            BrokerUnavailable: the broker cannot be reached.
+            BrokerUnavailable: the broker cannot be reached (the command was not carried out).
+            BrokerTimeout: the broker stopped answering after a publish was sent to it.
         """
         if not self.node.started:
             await self.node.start()

@@ -53,6 +53,10 @@ class ErrorCode(StrEnum):
     MEMBER_NOT_FOUND = "member_not_found"
     HANDLER_ERROR = "handler_error"
     UNAVAILABLE = "unavailable"
+    """The frame was not handled (the broker cannot be reached); resending it is safe."""
+    TIMEOUT = "timeout"
+    """The broker stopped answering after the publish was sent to it: the message may or may
+    not have been published."""
     BAD_REQUEST = "bad_request"
     UNAUTHENTICATED = "unauthenticated"
     DUPLICATE = "duplicate"

@@ -7,7 +7,8 @@ All of them derive from :class:`RoomcastError`::
     ├── FrameError             a client frame or API body that breaks the contract
     ├── Refused                a connection refused at join (carries a close code)
     ├── MemberNotFound         a command addressed a member connected nowhere
-    ├── BrokerUnavailable      the broker cannot be reached
+    ├── BrokerUnavailable      the broker cannot be reached (the operation was not done)
+    ├── BrokerTimeout          the broker stopped answering (the outcome is unknown)
     └── HandlerError           a topic handler raised (wraps the original)
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from .codes import CloseCode, ErrorCode
 
 __all__ = [
+    "BrokerTimeout",
     "BrokerUnavailable",
     "ConfigError",
     "FrameError",
@@ -76,6 +78,13 @@ class BrokerUnavailable(RoomcastError):
     """The broker cannot be reached; the operation was not carried out."""
 
     code = ErrorCode.UNAVAILABLE
+
+
+class BrokerTimeout(RoomcastError):
+    """The broker stopped answering after the operation was sent to it: it may or may not
+    have been carried out (a publish resent with the same key happens at most once)."""
+
+    code = ErrorCode.TIMEOUT
 
 
 class HandlerError(RoomcastError):

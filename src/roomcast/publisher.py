@@ -87,7 +87,9 @@ class Publisher:
 
         Raises:
             MemberNotFound: the addressed member is connected nowhere in the cluster.
-            BrokerUnavailable: the broker cannot be reached.
+            BrokerUnavailable: the broker cannot be reached (the command was not carried out).
+            BrokerTimeout: the broker stopped answering after a publish was sent to it (it
+                may or may not have been published).
         """
         if not self.node.started:
             await self.node.start()

@@ -175,3 +175,52 @@ async def test_silent_redis_is_noticed(start_server: Start, redis_server: RedisP
         offset = await publisher.publish("r1", "n", "after")
     assert (await alice.recv_topic("n"))["offset"] == offset
     await alice.close()
+
+
+async def wait_ready(server: ServerProcess, status: int) -> None:
+    """Poll /readyz until it answers `status` (there is no event to wait on)."""
+    async with httpx.AsyncClient(base_url=server.url) as http, asyncio.timeout(20):
+        while (await http.get("/readyz")).status_code != status:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_publish_to_a_frozen_redis_is_answered_timeout(
+    start_server: Start, redis_server: RedisProcess
+) -> None:
+    """A publish that reached Redis before it froze (SIGSTOP) is answered `timeout` (HTTP
+    504), not `unavailable`: once Redis resumes, the message turns out published. A frame sent
+    once the node knows Redis is unreachable is `unavailable`: it was not handled."""
+    a = node(start_server, redis_server, "a", "--presence-ttl", "3")
+    alice = await Client.connect(a.ws_url, "alice", "r1")
+    await alice.join()
+    await alice.send({"topic": "chat", "payload": "first", "id": 0})  # Redis has the script
+    await alice.recv_topic("ack")
+    proc = redis_server.proc
+    assert proc is not None
+    async with httpx.AsyncClient(base_url=a.url, timeout=20) as http:
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            answer = await http.post(
+                "/api/v1/rooms/r1/messages", json={"topic": "t", "payload": "by http"}
+            )
+            assert answer.status_code == 504
+            assert answer.json()["error"]["code"] == "timeout"
+            await wait_ready(a, 503)
+            await alice.send({"topic": "chat", "payload": "refused", "id": 1})
+            refused = await alice.recv_topic("error")
+            assert (refused["payload"]["code"], refused["payload"]["id"]) == ("unavailable", 1)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert (await alice.recv_topic("t", timeout=20))["payload"] == "by http"
+        await wait_ready(a, 200)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            await alice.send({"topic": "chat", "payload": "in flight", "id": 2})
+            unknown = await alice.recv_topic("error", timeout=20)
+            assert (unknown["payload"]["code"], unknown["payload"]["id"]) == ("timeout", 2)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        published = await alice.recv_topic("chat", timeout=20)
+        assert published["payload"] == "in flight"
+        assert published["offset"] == 3
+    await alice.close()

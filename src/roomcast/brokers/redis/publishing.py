@@ -9,6 +9,12 @@ The pipeline sends `EVALSHA` itself, without redis-py's `Pipeline.load_scripts`,
 its script cache), the script is loaded and the refused calls, which did not run, are sent
 once more.
 
+A publish either certainly did not happen (`BrokerUnavailable`: the node knew Redis was
+unreachable, or no connection could be had, so nothing was written) or may have happened
+(`BrokerTimeout`: the pipeline was written, and its answers did not all come), which is why
+the pipeline is written and read here on one connection taken from the pool, rather than by
+redis-py's `Pipeline`, whose errors do not say which of the two it was.
+
 A node that serves the room also waits (bounded) until its own subscription delivered the
 message, so that a sender's `ack` follows its own copy (:class:`Deliveries`).
 """
@@ -21,8 +27,9 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
+from ...errors import BrokerTimeout, RoomcastError
 from ...protocol import message_frame
 from ..base import Publication
 from . import scripts, wire
@@ -169,8 +176,8 @@ class Publishing:
     async def _send(self, batch: _Batch) -> None:
         try:
             results = await self._run([args for args, _ in batch])
-        except FAULTS as exc:
-            _fail(batch, unavailable(exc))
+        except RoomcastError as exc:
+            _fail(batch, exc)
             return
         except BaseException as exc:
             _fail(batch, exc)
@@ -190,17 +197,56 @@ class Publishing:
         if refused:
             # Redis restarted without its script cache. A script that was refused did not
             # run, so those calls are sent again, once, after loading it.
-            script.sha = await self._calls.redis.script_load(scripts.PUBLISH)
-            again = await self._pipeline(script.sha, [calls[i] for i in refused])
+            again: list[Any]
+            try:
+                script.sha = await self._calls.redis.script_load(scripts.PUBLISH)
+            except FAULTS as exc:
+                again = [unavailable(exc)] * len(refused)
+            else:
+                try:
+                    again = await self._pipeline(script.sha, [calls[i] for i in refused])
+                except RoomcastError as exc:
+                    again = [exc] * len(refused)
             for i, result in zip(refused, again, strict=True):
                 results[i] = result
         return results
 
     async def _pipeline(self, sha: str, calls: list[tuple[Any, ...]]) -> list[Any]:
-        async with self._calls.redis.pipeline(transaction=False) as pipe:
-            for args in calls:
-                pipe.evalsha(sha, 4, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+        """Send `EVALSHA` for each call on one connection, then read every answer: a result,
+        or the `ResponseError` Redis answered for that call.
+
+        Raises:
+            BrokerUnavailable: no connection could be had: nothing was sent.
+            BrokerTimeout: the calls were sent (in part or whole) and Redis did not answer
+                them all (the connection failed, or no answer within the reply timeout):
+                some may have run.
+        """
+        pool = self._calls.pool
+        try:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except FAULTS as exc:
+            raise unavailable(exc) from None
+        try:
+            packed = conn.pack_commands([("EVALSHA", sha, 4, *args) for args in calls])
+            results: list[Any] = []
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                for _ in calls:
+                    try:
+                        results.append(await conn.read_response())
+                    except ResponseError as exc:
+                        results.append(exc)
+            except FAULTS as exc:
+                raise BrokerTimeout(
+                    f"the broker (redis) stopped answering: the message may or may not have "
+                    f"been published ({exc})"
+                ) from None
+            except BaseException:
+                # Answers still due on this connection must not be read as another call's.
+                await conn.disconnect(nowait=True)
+                raise
+        finally:
+            await pool.release(conn)
         return results
 
 
