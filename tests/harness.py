@@ -29,7 +29,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-READY = re.compile(r"roomcast\.ready url=(http://[^\s]+)")
+READY = re.compile(r"roomcast\.(?:ready|listening) url=(http://[^\s]+)")
+"""The line a started server logs: ready, or listening but not ready (its broker is down)."""
 START_TIMEOUT = 20.0
 RECV_TIMEOUT = 5.0
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["configure_logging", "log_event", "logger"]
+__all__ = ["configure_logging", "log_event", "logger", "redact_url"]
 
 logger = logging.getLogger("roomcast")
 
@@ -21,6 +21,19 @@ def log_event(event: str, /, level: int = logging.INFO, **fields: Any) -> None:
     """
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={"fields": fields}, exc_info=fields.pop("exc_info", None))
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for a log line: the user and password of each comma-separated URL replaced
+    by `***` (`redis://:secret@host:6379/0` -> `redis://***@host:6379/0`)."""
+    parts = []
+    for part in url.split(","):
+        scheme, sep, rest = part.partition("://")
+        authority, slash, path = rest.partition("/")
+        if sep and "@" in authority:
+            part = f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+        parts.append(part)
+    return ",".join(parts)
 
 
 def _quote(value: Any) -> str:

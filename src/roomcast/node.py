@@ -18,7 +18,7 @@ from .commands import CommandBus, KickMember, PublishToRoom, SendToMember
 from .errors import MemberNotFound
 from .events import EventBus, MemberLeft, MessagePublished
 from .limits import ConnectionLimits
-from .log import log_event
+from .log import log_event, redact_url
 from .metrics import Metrics
 from .protocol import message_prefix, presence_frame
 from .registry import TopicRegistry
@@ -89,6 +89,8 @@ class Node:
         self._positions: dict[str, _Position] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._broker_up = asyncio.Event()
+        """Set while the broker says it is available (`on_broker_state`)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publishing = 0
         self._published: asyncio.Future[None] | None = None
@@ -109,7 +111,9 @@ class Node:
             if not self._started:
                 await self.broker.start(self.node_id, self)
                 self._started = True
-                log_event("node.started", node_id=self.node_id, broker=_safe_url(self.settings))
+                log_event(
+                    "node.started", node_id=self.node_id, broker=redact_url(self.settings.broker)
+                )
 
     async def shutdown(
         self, code: CloseCode = CloseCode.SERVICE_RESTART, timeout: float | None = None
@@ -279,9 +283,18 @@ class Node:
             self.events.publish(MemberLeft(room, username, "", node_id, "node_lost"))
             log_event("presence.lost", room=room, username=username, node_id=node_id)
 
+    async def broker_available(self) -> None:
+        """Return once the broker is available (at once when it is)."""
+        if not self.broker.available:
+            await self._broker_up.wait()
+
     def on_broker_state(self, available: bool) -> None:
         """Log broker availability changes; once back, repair every room from history (what
         was published while this node could not hear it)."""
+        if available:
+            self._broker_up.set()
+        else:
+            self._broker_up.clear()
         log_event(
             "broker.available" if available else "broker.unavailable",
             level=20 if available else 40,
@@ -418,12 +431,3 @@ def _default_resolver(settings: Settings) -> IdentityResolver:
     from .jwt import resolver_from_settings
 
     return resolver_from_settings(settings)
-
-
-def _safe_url(settings: Settings) -> str:
-    """The broker URL without a password."""
-    url = settings.broker
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

@@ -17,7 +17,7 @@ from .api import log_api_policy
 from .app import Roomcast
 from .auth import AnonymousResolver
 from .limits import handshake_protocol
-from .log import configure_logging, log_event
+from .log import configure_logging, log_event, redact_url
 from .settings import OPTIONS, Option, Settings
 from .transports.uvicorn_ws import WebSocketProtocol
 
@@ -30,6 +30,7 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, roomcast: Roomcast) -> None:
         super().__init__(config)
         self.roomcast = roomcast
+        self._ready_later: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # SIGTERM/SIGINT ask for a graceful stop: once it is done the process exits with
@@ -48,16 +49,32 @@ class _Server(uvicorn.Server):
                 port = sock.getsockname()[1]
         settings = self.roomcast.settings
         _log_security(self.roomcast)
+        url = f"http://{settings.host}:{port}"
+        node = self.roomcast.node
+        if node.broker.available:
+            _log_ready(self.roomcast, url)
+            return
+        # Listening, but not ready: say why, and say `ready` once the broker is there.
         log_event(
-            "roomcast.ready",
-            url=f"http://{settings.host}:{port}",
+            "roomcast.listening",
+            level=30,
+            url=url,
             node_id=settings.node_id,
-            broker=_redacted(settings.broker),
-            pid=os.getpid(),
-            auth="jwt" if settings.auth_enabled else "anonymous",
+            broker=redact_url(settings.broker),
+            ready=False,
+            reason="the broker is unreachable: /readyz answers 503 and joins are refused with "
+            "4503 until it is; the ready line follows once it is connected",
         )
 
+        async def ready_later() -> None:
+            await node.broker_available()
+            _log_ready(self.roomcast, url)
+
+        self._ready_later = asyncio.get_running_loop().create_task(ready_later())
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._ready_later is not None:
+            self._ready_later.cancel()
         # Tell clients first (1012) and leave presence, then let uvicorn close what is left.
         # The whole sequence fits in --shutdown-timeout: the node's part first, then uvicorn's
         # wait for the last sockets with what is left of the budget.
@@ -73,6 +90,19 @@ class _Server(uvicorn.Server):
             log_event("roomcast.shutdown_timeout", level=30)
         self.config.timeout_graceful_shutdown = max(0, int(deadline - loop.time()))
         await super().shutdown(sockets)
+
+
+def _log_ready(roomcast: Roomcast, url: str) -> None:
+    """The ready line: listening, and the broker is reachable (/readyz answers 200)."""
+    settings = roomcast.settings
+    log_event(
+        "roomcast.ready",
+        url=url,
+        node_id=settings.node_id,
+        broker=redact_url(settings.broker),
+        pid=os.getpid(),
+        auth="jwt" if settings.auth_enabled else "anonymous",
+    )
 
 
 def _log_security(roomcast: Roomcast) -> None:
@@ -94,13 +124,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _redacted(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def _config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -153,3 +154,20 @@ async def test_sweep_of_a_node_with_many_members(make: Make) -> None:
     assert await a.rooms() == {}
     swept = sorted(name for _, names, _ in lost.lost for name in names)
     assert swept == sorted(f"u{i}" for i in range(600))
+
+
+async def test_close_is_bounded_while_redis_is_frozen(
+    make: Make, redis_server: RedisProcess
+) -> None:
+    """A node closing while Redis has stopped answering (SIGSTOP) does not wait for it."""
+    a, _ = await make("a")
+    await a.add_member("r1", "alice", "c1")
+    await a.subscribe("r1")
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(10):  # three steps of at most 2 s each
+            await a.close()
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert not a.available

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import Callable
 
@@ -114,9 +115,13 @@ async def test_lost_history_makes_members_reconnect(
 
 
 async def test_node_started_before_redis_becomes_ready(start_server: Start) -> None:
-    """A node whose Redis is not up yet starts not-ready and serves once Redis is there."""
+    """A node whose Redis is not up yet starts not-ready and serves once Redis is there; it
+    logs `roomcast.ready` then, and only then."""
     redis = RedisProcess()
     a = start_server("--broker", redis.url, "--node-id", "a")
+    assert a.log is not None
+    assert "roomcast.listening" in a.log.text()
+    assert "roomcast.ready url=" not in a.log.text()
     async with httpx.AsyncClient(base_url=a.url) as http:
         assert (await http.get("/readyz")).status_code == 503
         refused = await Client.connect(a.ws_url, "alice", "r1")
@@ -128,6 +133,8 @@ async def test_node_started_before_redis_becomes_ready(start_server: Start) -> N
             async with asyncio.timeout(15):  # the node retries with backoff: poll
                 while (await http.get("/readyz")).status_code != 200:  # noqa: ASYNC110
                     await asyncio.sleep(0.1)
+            assert a.log is not None
+            a.log.wait_for(r"roomcast\.ready url=", timeout=15)  # ready now, not before
             alice = await Client.connect(a.ws_url, "alice", "r1")
             assert (await alice.join())["payload"]["members"] == ["alice"]
             await alice.close()
@@ -224,3 +231,34 @@ async def test_publish_to_a_frozen_redis_is_answered_timeout(
         assert published["payload"] == "in flight"
         assert published["offset"] == 3
     await alice.close()
+
+
+async def test_unreachable_redis_at_start_is_said_and_retried_quietly(
+    start_server: Start,
+) -> None:
+    """With Redis unreachable the server listens after one attempt, logs why it is not ready
+    (never `roomcast.ready`), and names the address it tries, password redacted, on fewer
+    lines the longer it lasts (attempts 1, 2, 4, 8, ...)."""
+    port = RedisProcess().port  # nothing listens there
+    a = start_server("--broker", f"redis://:hunter2@127.0.0.1:{port}/0", "--node-id", "a")
+    log = a.log
+    assert log is not None
+    log.wait_for(r"broker\.connect_failed .*attempt=8 ", timeout=30)
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/readyz")).status_code == 503
+    lines = list(log.lines)
+    assert not any("roomcast.ready url=" in line for line in lines)
+    assert all("hunter2" not in line for line in lines)
+    listening = next(i for i, line in enumerate(lines) if "roomcast.listening" in line)
+    assert "ready=False" in lines[listening]
+    failed = [line for line in lines if "broker.connect_failed" in line]
+    assert [re.search(r"attempt=(\d+)", line).group(1) for line in failed] == [  # type: ignore[union-attr]
+        "1",
+        "2",
+        "4",
+        "8",
+    ]
+    assert all(f"address=redis://***@127.0.0.1:{port}/0 " in line for line in failed)
+    # Listening came after the first attempt, not after a wait: before the fourth.
+    assert listening < lines.index(failed[2])

@@ -18,11 +18,14 @@ import asyncio
 import contextlib
 import math
 import secrets
+import time
+from collections.abc import Coroutine
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from ...errors import BrokerUnavailable
-from ...log import log_event
+from ...log import log_event, redact_url
 from ..base import BrokerListener, HistoryPage, Publication, Signal
 from . import wire
 from .calls import Calls, unavailable
@@ -37,7 +40,10 @@ CLOSE_TIMEOUT = 2.0
 PING_TIMEOUT = 1.0
 """Seconds `ping` (`/readyz`) waits for Redis to answer."""
 START_TIMEOUT = 5.0
-"""Seconds `start` waits for the first connection."""
+"""Bound, in seconds, on how long `start` waits for the first attempt to connect."""
+QUIET_LOG = 300.0
+"""Seconds after which a failure to reconnect is logged even when its attempt's number is not
+a power of two (attempts 1, 2, 4, 8, ... are logged)."""
 
 
 class RedisBroker:
@@ -99,7 +105,12 @@ class RedisBroker:
             serves=self._subscriber.serves,
         )
         self._listener: BrokerListener | None = None
-        self._ready = asyncio.Event()
+        self._address = redact_url(url)
+        self._tried = asyncio.Event()
+        """Set once the first attempt to connect succeeded or failed."""
+        self._failures = 0
+        """Failed attempts since the last connection (the loss counts as the first)."""
+        self._logged_at = 0.0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         """The reader loop and the lease loop."""
@@ -112,7 +123,9 @@ class RedisBroker:
         return self._calls.available
 
     async def start(self, node_id: str, listener: BrokerListener) -> None:
-        """Connect; with presence, wait (a few seconds at most) for the first connection."""
+        """Connect; with presence, wait for the first attempt to connect (it fails at once
+        when nothing listens, within the 2 s connect timeout when no answer comes), so a
+        server listens without delay whether Redis is there or not."""
         self.node_id = node_id
         self._listener = listener
         self._presence.node_id = self._subscriber.node_id = node_id
@@ -128,10 +141,16 @@ class RedisBroker:
         ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(START_TIMEOUT):
-                await self._ready.wait()
+                await self._tried.wait()
 
     async def close(self) -> None:
-        """Remove this node's presence entries and lease, then disconnect (each step bounded)."""
+        """Remove this node's presence entries and lease, then disconnect.
+
+        Bounded in every state, at `CLOSE_TIMEOUT` per step: stopping the background tasks,
+        leaving presence (when Redis is reachable), disconnecting. A step that has not
+        finished in time is abandoned (cancelled, not awaited), so neither a silent Redis nor
+        a call that does not give way to cancellation can hold up a shutdown.
+        """
         self._closing = True
         tasks, self._tasks = list(self._tasks), []
         for task in tasks:
@@ -139,33 +158,41 @@ class RedisBroker:
         if tasks:
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
         if self.presence and self.node_id and self._calls.available:
-            with contextlib.suppress(BrokerUnavailable, RedisError, TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self._presence.leave_all()
+            await _bounded(self._presence.leave_all(), "leave presence")
         self._calls.available = False
-        # Bounded: a socket whose peer never finishes the close must not hold up a shutdown.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self._subscriber.close()
-                await self._calls.close()
+        await _bounded(self._subscriber.close(), "disconnect the subscription")
+        await _bounded(self._calls.close(), "disconnect")
 
     async def _connected(self, rooms: int) -> None:
         await self._presence.on_connected()
         self._calls.available = True
-        self._ready.set()
-        log_event("broker.connected", node_id=self.node_id, rooms=rooms)
+        self._tried.set()
+        self._failures = 0
+        log_event("broker.connected", node_id=self.node_id, address=self._address, rooms=rooms)
         if self._listener is not None:
             self._listener.on_broker_state(True)
 
     def _lost(self, exc: BaseException) -> None:
+        """The subscription failed to connect, or was lost: log it, with fewer lines the
+        longer it lasts (attempts 1, 2, 4, 8, ..., and at least every `QUIET_LOG`)."""
         was = self._calls.available
         self._calls.available = False
-        if was:
-            log_event("broker.lost", level=40, node_id=self.node_id, error=repr(exc))
-            if self._listener is not None:
-                self._listener.on_broker_state(False)
-        else:
-            log_event("broker.connect_failed", level=30, node_id=self.node_id, error=repr(exc))
+        self._tried.set()
+        self._failures += 1
+        now = time.monotonic()
+        power_of_two = self._failures & (self._failures - 1) == 0
+        if was or power_of_two or now - self._logged_at >= QUIET_LOG:
+            self._logged_at = now
+            log_event(
+                "broker.lost" if was else "broker.connect_failed",
+                level=40 if was else 30,
+                node_id=self.node_id,
+                address=self._address,
+                attempt=self._failures,
+                error=repr(exc),
+            )
+        if was and self._listener is not None:
+            self._listener.on_broker_state(False)
 
     # commands
 
@@ -263,3 +290,18 @@ class RedisBroker:
     async def unsubscribe(self, room: str) -> None:
         """Stop receiving the room's channel."""
         await self._subscriber.unsubscribe(room)
+
+
+async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
+    """Run one step of `close` for at most `CLOSE_TIMEOUT` seconds; its failure is logged."""
+    task = asyncio.get_running_loop().create_task(step)
+    done, _ = await asyncio.wait((task,), timeout=CLOSE_TIMEOUT)
+    if not done:
+        task.cancel()
+        log_event("broker.close_timeout", level=30, step=what, seconds=CLOSE_TIMEOUT)
+    elif (
+        not task.cancelled()
+        and (exc := task.exception()) is not None
+        and not isinstance(exc, BrokerUnavailable | RedisError | OSError)
+    ):
+        log_event("broker.close_failed", level=30, step=what, error=repr(exc))
