@@ -10,8 +10,8 @@ redis-py's `PubSub`, for three reasons:
 - reconnecting is part of the node's fault handling: resubscribe every room, then the
   presence upkeep (presence.py), and only then turn available and repair rooms from history.
 
-A heartbeat PINGs the connection when it is quiet and drops it when Redis stays silent (a
-frozen or cut-off Redis does not close the socket), so the reader loop reconnects.
+A heartbeat PINGs the connection when it is quiet and drops it when a PING stays unanswered
+(a frozen or cut-off Redis does not close the socket), so the reader loop reconnects.
 """
 
 from __future__ import annotations
@@ -180,16 +180,27 @@ class Subscriber:
             self._handle(response)
 
     async def _beat(self, conn: AbstractConnection) -> None:
-        """PING the subscription connection when it is quiet; drop it when Redis is silent."""
+        """PING the subscription connection when it is quiet; drop it when a PING stays
+        unanswered for two intervals.
+
+        Silence is counted from a PING sent, not from the last message: a node that was
+        itself stalled (no CPU for a while) sends a PING first, and does not take its own
+        stall for Redis being silent.
+        """
         interval = self._heartbeat_interval
+        ping_sent = 0.0  # when the PING not yet answered (by a pong or any message) went out
         while self._conn is conn:
             await asyncio.sleep(interval)
-            quiet = time.monotonic() - self._last_read
-            if quiet > 3 * interval:
+            now = time.monotonic()
+            if ping_sent and self._last_read >= ping_sent:
+                ping_sent = 0.0
+            if ping_sent and now - ping_sent > 2 * interval:
+                quiet = now - self._last_read
                 log_event("broker.silent", level=30, node_id=self.node_id, seconds=round(quiet))
                 await conn.disconnect(nowait=True)
                 return
-            if quiet > interval:
+            if not ping_sent and now - self._last_read > interval:
+                ping_sent = now
                 with contextlib.suppress(*FAULTS, RedisError, BrokerUnavailable):
                     await self._send("PING")
 
