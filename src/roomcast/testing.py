@@ -22,6 +22,7 @@ the memory broker all run as in production, on the test's own event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,7 @@ class TestClient:
         self._name = task_name
         self._inbound: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._held: collections.deque[dict[str, Any]] = collections.deque()
         self._accepted = asyncio.Event()
         self._close: tuple[int, str] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -129,6 +131,8 @@ class TestClient:
             ClientClosed: the server closed the connection (its code and reason).
             TimeoutError: no frame within `timeout` seconds.
         """
+        if self._held:
+            return self._held.popleft()
         async with asyncio.timeout(timeout):
             frame = await self._frames.get()
         if frame is None:
@@ -153,6 +157,53 @@ class TestClient:
                     await self.receive(timeout)
                 except ClientClosed as closed:
                     return closed.code, closed.reason
+
+    async def join(
+        self, room: str, *, id: int | str = "join", timeout: float = TIMEOUT, **fields: Any
+    ) -> dict[str, Any]:
+        """Join another room on this connection (protocol v1.1 `room.join`, with any of
+        `since`, `epoch`, `backlog`); returns the `joined` frame once the `ack` has come.
+        Other frames that arrive meanwhile (a replay, other rooms' messages) are kept for
+        `receive`, in order.
+
+        Raises:
+            AssertionError: the server refused the join (its `error` frame).
+        """
+        await self.send("room.join", {"roomID": room, **fields}, id=id)
+        joined: dict[str, Any] | None = None
+        for frame in await self._answer("room.join", room, id, timeout):
+            if frame.get("topic") == "joined" and frame.get("room") == room and joined is None:
+                joined = frame
+            else:
+                self._held.append(frame)
+        if joined is None:
+            raise AssertionError(f"room.join {room!r}: an ack without a joined frame")
+        return joined
+
+    async def leave(self, room: str, *, id: int | str = "leave", timeout: float = TIMEOUT) -> None:
+        """Leave one room (protocol v1.1 `room.leave`) and wait for its `ack`.
+
+        Raises:
+            AssertionError: the server refused (e.g. `not_joined`).
+        """
+        await self.send("room.leave", {"roomID": room}, id=id)
+        self._held.extend(await self._answer("room.leave", room, id, timeout))
+
+    async def _answer(
+        self, what: str, room: str, id: int | str, timeout: float
+    ) -> list[dict[str, Any]]:
+        """The frames up to the `ack` of frame `id` (not included); raise on its `error`."""
+        frames: list[dict[str, Any]] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.receive(timeout)
+                topic, payload = frame.get("topic"), frame.get("payload")
+                if topic == "error" and isinstance(payload, dict) and payload.get("id") == id:
+                    self._held.extend(frames)
+                    raise AssertionError(f"{what} {room!r} refused: {payload}")
+                if topic == "ack" and payload == {"id": id}:
+                    return frames
+                frames.append(frame)
 
     async def close(self, code: int = 1000, timeout: float = TIMEOUT) -> None:
         """Close from the client's side and wait (bounded) until the server has let go."""
@@ -200,7 +251,7 @@ class TestServer:
     async def connect(
         self,
         username: str | None,
-        room: str,
+        room: str | None,
         *,
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
@@ -212,7 +263,8 @@ class TestServer:
 
         Args:
             username: the `username` query parameter (None to leave it out, e.g. with a token).
-            room: the `roomID` query parameter.
+            room: the `roomID` query parameter; None opens a connection in no room (protocol
+                v1.1), which joins rooms with [`TestClient.join`][roomcast.testing.TestClient.join].
             token: a JWT, sent as the `token` query parameter.
             headers: request headers (`cookie`, `origin`, `authorization`, ...).
             query: further query parameters (`since`, `epoch`, ...).
@@ -223,7 +275,9 @@ class TestServer:
         Raises:
             ClientClosed: `joined` is true and the server refused the connection.
         """
-        params = {"roomID": room, **(query or {})}
+        params = dict(query or {})
+        if room is not None:
+            params["roomID"] = room
         if username is not None:
             params["username"] = username
         if token is not None:

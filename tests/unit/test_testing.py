@@ -154,3 +154,23 @@ async def test_http_api_in_process_beside_test_clients() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             members = (await http.get("/api/v1/rooms/r/members")).json()
         assert members == {"members": ["alice"]}
+
+
+async def test_connection_in_no_room_joins_and_leaves_rooms() -> None:
+    """With room None the connection starts in no room (v1.1); join and leave change rooms."""
+    async with TestServer(Roomcast()) as server:
+        alice = await server.connect("alice", None)
+        assert alice.welcome["payload"]["rooms"] == []
+        bob = await server.connect("bob", "r2")
+        joined = await alice.join("r2")
+        assert sorted(joined["payload"]["members"]) == ["alice", "bob"]
+        await bob.send("chat", "hi")
+        assert (await alice.receive_topic("chat"))["room"] == "r2"
+        await bob.send("chat", "kept")
+        await bob.receive_topic("chat")  # delivered to the room: alice has it queued too
+        await alice.join("r3")
+        assert (await alice.receive())["payload"] == "kept"  # kept across the join
+        await alice.leave("r2")
+        assert (await bob.receive_topic("presence.leave"))["payload"]["username"] == "alice"
+        with pytest.raises(AssertionError, match="not_joined"):
+            await alice.leave("r2")
