@@ -90,6 +90,6 @@ async def test_reconnect_repairs_every_room(node: Node) -> None:
     await node.broker.unsubscribe("r1")
     await node.broker.publish("r1", message_prefix("t", 0, "r1", "x"))
     await node.broker.subscribe("r1")
-    node.on_broker_state(True)
+    node.delivery.on_broker_state(True)
     await until(lambda: len(first.frames) >= 1)
     assert first.offsets() == [1]

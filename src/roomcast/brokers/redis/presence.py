@@ -1,7 +1,10 @@
 """The Redis broker's presence: members, the node's lease, the sweeper, orphans, re-adding.
 
-- A room's presence is a hash username -> `node_id:connection_id`; joins and leaves are
-  scripts (ADD_MEMBER, REMOVE_MEMBER), so uniqueness is cluster-wide.
+- A room's presence is a hash username -> `node_id:connection_id` (under the `share`
+  policy, several such tokens separated by spaces: one per connection of the user, on any
+  node); joins and leaves are scripts (ADD_MEMBER, REMOVE_MEMBER), so uniqueness and the
+  first-join / last-leave decisions are cluster-wide. A dead node's sweep takes out only its
+  own tokens: a user still connected elsewhere stays present.
 - Each node holds a lease key, renewed every `presence_ttl / 6`; every node sweeps the ids
   whose lease is gone (SWEEP_NODE), and exactly one survivor gets each dead node's members
   back to announce.
@@ -61,8 +64,8 @@ class Presence:
         self.connected_at = 0.0
         """When the subscription last connected (the sweeper waits a lease after it)."""
         self._lease_token = secrets.token_hex(8)
-        self._members: dict[tuple[str, str], str] = {}
-        """This node's presence entries: (room, username) -> connection id."""
+        self._members: dict[tuple[str, str, str], bool] = {}
+        """This node's presence entries: (room, username, connection id) -> shared."""
         self._orphans: set[tuple[str, str, str]] = set()
         """Entries of members gone while Redis was unreachable, to remove when it is back."""
         self._own_entries_removed = False
@@ -84,21 +87,23 @@ class Presence:
         self, room: str, username: str, connection_id: str, *, replace: bool, share: bool = False
     ) -> str | None:
         """Add to the room's presence (atomically unique); see `Broker.add_member`."""
-        args = [*self._entry_args(room, username, connection_id), "1" if replace else "0", room]
+        mode = "2" if share else "1" if replace else "0"
+        args = [*self._entry_args(room, username, connection_id), mode, room]
         status, previous = await self._calls.call(
             lambda: self._calls.script_add(keys=self._keys(room), args=args)
         )
         if int(status) == 0:
             raise DuplicateMember(username)
-        self._members[(room, username)] = connection_id
+        self._members[(room, username, connection_id)] = share
+        if int(status) == 3:
+            return _text(previous)
         if int(status) == 2 or not previous:
             return None
         return wire.connection_of(previous)
 
     async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
         """Compare-and-delete this connection's presence entry."""
-        if self._members.get((room, username)) == connection_id:
-            del self._members[(room, username)]
+        self._members.pop((room, username, connection_id), None)
         try:
             removed = await self._calls.call(lambda: self._remove(room, username, connection_id))
         except BrokerUnavailable:
@@ -197,12 +202,13 @@ class Presence:
             "presence.lease_lapsed", level=30, node_id=self.node_id, members=len(self._members)
         )
         add = self._calls.script_add
-        for (room, username), connection_id in list(self._members.items()):
-            args = [*self._entry_args(room, username, connection_id), "0", room]
+        for (room, username, connection_id), shared in list(self._members.items()):
+            mode = "2" if shared else "0"
+            args = [*self._entry_args(room, username, connection_id), mode, room]
             status, _ = await self._calls.run(partial(add, keys=self._keys(room), args=args))
             if int(status) == 0:
                 # Someone took the name while this node was away: the newer one keeps it.
-                self._members.pop((room, username), None)
+                self._members.pop((room, username, connection_id), None)
                 if self.listener is not None:
                     self.listener.on_signal(
                         Signal("replace", room, username, connection_id, self.node_id)

@@ -83,16 +83,40 @@ end
 return {epoch, offset, first_id, entries}
 """
 
+# A presence value is one `node_id:connection_id` token, or under the `share` policy several,
+# separated by spaces: the username stays listed from its first connection to its last.
+_WITHOUT = """
+local function without(value, token)
+  local rest, found = {}, false
+  for item in string.gmatch(value, '%S+') do
+    if item == token then found = true else rest[#rest + 1] = item end
+  end
+  return found, table.concat(rest, ' ')
+end
+"""
+
 ADD_MEMBER = """
 -- KEYS: presence hash, node member set, rooms set, offset, epoch
--- ARGV: username, node_id:connection_id, node member entry, replace ('1'/'0'), room
--- Returns {status, previous value}: 0 taken, 1 added, 2 already this connection's.
+-- ARGV: username, node_id:connection_id, node member entry, mode ('0' reject, '1' replace,
+--       '2' share), room
+-- Returns {status, previous value}: 0 taken, 1 added, 2 already this connection's,
+-- 3 added beside the username's other connections (share).
 -- A room with members is held: its offset and epoch do not expire.
 redis.call('PERSIST', KEYS[4])
 redis.call('PERSIST', KEYS[5])
 local previous = redis.call('HGET', KEYS[1], ARGV[1])
 if previous == ARGV[2] then
   return {2, previous}
+end
+if previous and ARGV[4] == '2' then
+  for item in string.gmatch(previous, '%S+') do
+    if item == ARGV[2] then
+      return {2, previous}
+    end
+  end
+  redis.call('HSET', KEYS[1], ARGV[1], previous .. ' ' .. ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[3])
+  return {3, previous}
 end
 if previous and ARGV[4] ~= '1' then
   return {0, previous}
@@ -103,11 +127,22 @@ redis.call('SADD', KEYS[3], ARGV[5])
 return {1, previous or ''}
 """
 
-REMOVE_MEMBER = """
+REMOVE_MEMBER = (
+    _WITHOUT
+    + """
 -- KEYS: presence hash, node member set, rooms set, offset, epoch
 -- ARGV: username, node_id:connection_id, node member entry, room, history ttl (ms)
+-- Returns 1 when the username left presence (its last connection), else 0.
 redis.call('SREM', KEYS[2], ARGV[3])
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then
+  return 0
+end
+if value ~= ARGV[2] then
+  local found, rest = without(value, ARGV[2])
+  if found and rest ~= '' then
+    redis.call('HSET', KEYS[1], ARGV[1], rest)
+  end
   return 0
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -119,15 +154,20 @@ if redis.call('HLEN', KEYS[1]) == 0 then
 end
 return 1
 """
+)
 
-SWEEP_NODE = """
+SWEEP_NODE = (
+    _WITHOUT
+    + """
 -- KEYS: node lease, node member set, nodes set, rooms set, then for each entry of ARGV:
 --       presence hash, offset, epoch of its room
 -- ARGV: node id, force ('1': sweep even with a live lease, for its own restart),
 --       history ttl (ms), then for each entry: entry, room, username, presence value
 -- Removes entries of a dead node (read from its member set by the caller) and returns those
 -- it removed, {room, username, ...}, to the one caller that removed them: an entry is taken
--- out of the member set first, so a second caller finds nothing left to remove.
+-- out of the member set first, so a second caller finds nothing left to remove. A username
+-- shared with connections on other nodes loses only the dead node's connections and is not
+-- returned (it is still present).
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return {}
 end
@@ -135,8 +175,14 @@ local removed = {}
 for i = 0, (#ARGV - 3) / 4 - 1 do
   local room, username = ARGV[5 + 4 * i], ARGV[6 + 4 * i]
   local hash = KEYS[5 + 3 * i]
-  if redis.call('SREM', KEYS[2], ARGV[4 + 4 * i]) == 1
-      and redis.call('HGET', hash, username) == ARGV[7 + 4 * i] then
+  local value = redis.call('SREM', KEYS[2], ARGV[4 + 4 * i]) == 1
+      and redis.call('HGET', hash, username)
+  if value and value ~= ARGV[7 + 4 * i] then
+    local found, rest = without(value, ARGV[7 + 4 * i])
+    if found and rest ~= '' then
+      redis.call('HSET', hash, username, rest)
+    end
+  elseif value then
     redis.call('HDEL', hash, username)
     if redis.call('HLEN', hash) == 0 then
       redis.call('SREM', KEYS[4], room)
@@ -152,6 +198,7 @@ if ARGV[2] ~= '1' and redis.call('SCARD', KEYS[2]) == 0 then
 end
 return removed
 """
+)
 
 LEASE = """
 -- KEYS: node lease, nodes set
