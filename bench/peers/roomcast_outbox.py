@@ -10,7 +10,7 @@ from __future__ import annotations
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from roomcast.cli import main
-from roomcast.transports.uvicorn_ws import WebSocketProtocol
+from roomcast.transports.uvicorn import WebSocketProtocol
 
 # Without the scope extension, AsgiConnection falls back to its Outbox for every frame.
 WebSocketProtocol.handle_connect = WebSocketsSansIOProtocol.handle_connect  # type: ignore

@@ -1,5 +1,5 @@
 """Abuse limits: frames per second per connection, connections per IP, per username and per
-node, and a time limit on the HTTP handshake.
+node (WebSocket handshakes still under way included).
 
 Every check is a few arithmetic operations on the connection's own state or on a counter: a
 client over a limit is refused or closed, and nothing waits, so other members are never slowed
@@ -8,19 +8,15 @@ down. docs/security.md lists the defaults.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
 from collections import Counter
 from enum import Enum
-from typing import Any
 
 from .codes import CloseCode, ErrorCode
 from .errors import Refused
-from .log import log_event
 from .settings import Settings
 
-__all__ = ["Admission", "ConnectionLimits", "Lease", "TokenBucket", "handshake_protocol"]
+__all__ = ["Admission", "ConnectionLimits", "Lease", "Reservation", "TokenBucket"]
 
 
 class Admission(Enum):
@@ -93,8 +89,31 @@ class Lease:
             limits._release(self)
 
 
+class Reservation:
+    """One WebSocket handshake under way, counted by :meth:`ConnectionLimits.reserve` until
+    :meth:`release` (the 101 response, or the socket's end)."""
+
+    __slots__ = ("_limits", "ip")
+
+    def __init__(self, limits: ConnectionLimits, ip: str | None) -> None:
+        self._limits: ConnectionLimits | None = limits
+        self.ip = ip
+
+    def release(self) -> None:
+        """Stop counting the handshake; idempotent."""
+        limits, self._limits = self._limits, None
+        if limits is not None:
+            limits.pending -= 1
+            if self.ip is not None:
+                _decrement(limits.pending_by_ip, self.ip)
+
+
 class ConnectionLimits:
     """Connections on this node: in total, per client IP address and per username.
+
+    WebSocket handshakes still under way (counted by the transport with :meth:`reserve`) count
+    toward the total and per-IP limits too, so that sockets that never finish their handshake
+    cannot crowd out admitted ones.
 
     Args:
         total: connections on this node, or None for no limit.
@@ -109,6 +128,8 @@ class ConnectionLimits:
         self.count = 0
         self.by_ip: Counter[str] = Counter()
         self.by_user: Counter[str] = Counter()
+        self.pending = 0
+        self.pending_by_ip: Counter[str] = Counter()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -125,9 +146,13 @@ class ConnectionLimits:
         Raises:
             Refused: 4429 when a limit is reached.
         """
-        if self.total is not None and self.count >= self.total:
+        if self.total is not None and self.count + self.pending >= self.total:
             raise _too_many("this server has too many connections")
-        if ip is not None and self.per_ip is not None and self.by_ip[ip] >= self.per_ip:
+        if (
+            ip is not None
+            and self.per_ip is not None
+            and self.by_ip[ip] + self.pending_by_ip[ip] >= self.per_ip
+        ):
             raise _too_many("too many connections from this address")
         if self.per_user is not None and self.by_user[username] >= self.per_user:
             raise _too_many("too many connections of this username")
@@ -136,6 +161,22 @@ class ConnectionLimits:
             self.by_ip[ip] += 1
         self.by_user[username] += 1
         return Lease(self, ip, username)
+
+    def reserve(self, ip: str | None) -> Reservation:
+        """Count one more WebSocket handshake under way, or refuse it when the handshakes
+        under way alone reach the total or per-IP limit.
+
+        Raises:
+            Refused: 4429 (answered as HTTP 429 by the transport).
+        """
+        if self.total is not None and self.pending >= self.total:
+            raise _too_many("too many handshakes under way on this server")
+        if ip is not None and self.per_ip is not None and self.pending_by_ip[ip] >= self.per_ip:
+            raise _too_many("too many handshakes under way from this address")
+        self.pending += 1
+        if ip is not None:
+            self.pending_by_ip[ip] += 1
+        return Reservation(self, ip)
 
     def _release(self, lease: Lease) -> None:
         self.count -= 1
@@ -154,61 +195,3 @@ def _decrement(counter: Counter[str], key: str) -> None:
 
 def _too_many(message: str) -> Refused:
     return Refused(CloseCode.RATE_LIMITED, ErrorCode.RATE_LIMITED, message)
-
-
-@functools.cache
-def handshake_protocol(timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's h11 HTTP protocol, closing sockets whose request head is not complete within
-    `timeout` seconds of connecting (or of the previous response on a kept-alive socket).
-
-    uvicorn itself only times out idle kept-alive sockets, so a client that connects and then
-    sends nothing, or its headers one byte at a time, would hold a socket forever.
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HandshakeTimeoutProtocol(H11Protocol):
-        _handshake_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.conn.their_state is not h11.IDLE:
-                self._disarm()
-
-        def handle_websocket_upgrade(self, event: Any) -> None:
-            self._disarm()
-            super().handle_websocket_upgrade(event)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._arm()
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._handshake_timer = self.loop.call_later(timeout, self._expired)
-
-        def _disarm(self) -> None:
-            if self._handshake_timer is not None:
-                self._handshake_timer.cancel()
-                self._handshake_timer = None
-
-        def _expired(self) -> None:
-            self._handshake_timer = None
-            if not self.transport.is_closing():
-                log_event(
-                    "connection.handshake_timeout",
-                    level=10,
-                    client=self.client[0] if self.client else None,
-                )
-                self.transport.close()
-
-    return HandshakeTimeoutProtocol

@@ -16,10 +16,9 @@ import uvicorn
 from .api import log_api_policy
 from .app import Roomcast
 from .auth import AnonymousResolver
-from .limits import handshake_protocol
+from .limits import ConnectionLimits
 from .log import configure_logging, log_event, redact_url
 from .settings import OPTIONS, Option, Settings
-from .transports.uvicorn_ws import WebSocketProtocol
 
 __all__ = ["serve"]
 
@@ -37,7 +36,8 @@ class _Server(uvicorn.Server):
         # status 0, instead of uvicorn raising the signal again (death by SIGTERM, or a
         # KeyboardInterrupt traceback).
         super().handle_exit(sig, frame)
-        self._captured_signals.clear()
+        if _fast is not None:
+            _fast.forget_captured_signals(self)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -126,19 +126,47 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
+try:
+    from .transports import uvicorn as _fast
+except ImportError as exc:  # a uvicorn or websockets without the modules the fast path uses
+    _fast = None  # type: ignore[assignment]
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def _protocols(settings: Settings, limits: ConnectionLimits | None) -> dict[str, Any]:
+    """uvicorn's `ws` and `http` protocol classes: roomcast's fast path when the installed
+    uvicorn has everything it relies on (transports/uvicorn.py), else uvicorn's own."""
+    missing = [_IMPORT_ERROR] if _fast is None else _fast.missing_internals()
+    if missing:
+        log_event(
+            "transport.fast_path_unavailable",
+            level=30,
+            missing=", ".join(missing),
+            reason="this uvicorn lacks what the fast path relies on: running uvicorn's own "
+            "protocols on the plain ASGI path (correct, slower, no handshake timeout)",
+        )
+        return {"ws": "websockets-sansio", "http": "h11"}
+    assert _fast is not None
+    http = _fast.handshake_protocol(settings.handshake_timeout, limits)
+    if not settings.fast_path:
+        log_event("transport.plain_path", reason="--fast-path false")
+        return {"ws": "websockets-sansio", "http": http}
+    return {"ws": _fast.websocket_protocol(settings.handshake_timeout), "http": http}
+
+
+def _config(
+    settings: Settings, app: Any, limits: ConnectionLimits | None = None, **extra: Any
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        ws=WebSocketProtocol,
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,
         ws_per_message_deflate=False,
         loop="uvloop" if _has_uvloop() else "asyncio",
-        # h11 with a time limit on the request head (--handshake-timeout).
-        http=handshake_protocol(settings.handshake_timeout),
+        **_protocols(settings, limits),
         lifespan="on",
         log_config=None,
         log_level="warning",
@@ -159,12 +187,22 @@ def _has_uvloop() -> bool:
 
 
 def _listen(settings: Settings, reuse_port: bool) -> socket.socket:
+    """The listening socket; a port in use (or any bind failure) ends `roomcast serve` with
+    a one-line error and exit status 2, like every other bad configuration."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        sys.stderr.write(
+            f"roomcast serve: error: cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}\n"
+        )
+        raise SystemExit(2) from None
     sock.set_inheritable(True)
     return sock
 
@@ -175,9 +213,9 @@ def serve(settings: Settings, roomcast: Roomcast | None = None) -> None:
     if settings.workers > 1:
         _supervise(settings)
         return
-    rc = roomcast or Roomcast(settings, demo=True)
     sock = _listen(settings, reuse_port=os.environ.get(_WORKER_ENV) == "1")
-    server = _Server(_config(settings, rc), rc)
+    rc = roomcast or Roomcast(settings, demo=True)
+    server = _Server(_config(settings, rc, rc.node.limits), rc)
     server.run(sockets=[sock])
 
 

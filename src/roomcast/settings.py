@@ -95,6 +95,9 @@ class Settings:
     """Connections of one username on one node, over all rooms."""
     handshake_timeout: float = 10.0
     """Seconds a client may take to complete the WebSocket handshake."""
+    fast_path: bool = True
+    """`roomcast serve`: write frames to uvicorn's sockets directly (false: uvicorn's own
+    WebSocket protocol and the plain ASGI path, slower)."""
     shutdown_timeout: float = 5.0
     """Seconds a graceful shutdown may take."""
     log_level: str = "info"
@@ -317,6 +320,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "handshake_timeout", _float, "seconds to complete the handshake (default 10)", "SECONDS"
+    ),
+    Option(
+        "fast_path",
+        _bool,
+        "write frames to sockets directly; false runs the plain ASGI path (default true)",
+        "BOOL",
     ),
     Option(
         "shutdown_timeout", _float, "seconds a graceful shutdown may take (default 5)", "SECONDS"

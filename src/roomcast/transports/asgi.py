@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from ..admission import open_session
@@ -18,9 +17,15 @@ from ..codes import CloseCode
 from ..connection import Outbox
 from ..node import Node
 from ..session import Session
-from .uvicorn_ws import CLOSE_TIMEOUT, DIRECT_EXTENSION, KEEPALIVE_REASON, WebSocketProtocol
 
-__all__ = ["AsgiConnection", "WebSocketEndpoint"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "DIRECT_EXTENSION",
+    "KEEPALIVE_REASON",
+    "AsgiConnection",
+    "DirectSocket",
+    "WebSocketEndpoint",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,71 +33,62 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+CLOSE_TIMEOUT = 2.0
+"""Seconds a peer has to answer the server's close frame before the socket is aborted."""
+
+KEEPALIVE_REASON = "keepalive timeout"
+"""The close reason (and ``websocket.disconnect`` reason) of a missed pong."""
+
+DIRECT_EXTENSION = "roomcast.direct"
+"""The ASGI scope extension offering a :class:`DirectSocket`
+(``scope["extensions"][DIRECT_EXTENSION]["protocol"]``): fan-out writes without an await.
+:class:`roomcast.transports.uvicorn.WebSocketProtocol` offers it under `roomcast serve`."""
+
+
+class DirectSocket(Protocol):
+    """What the direct path needs of the server's protocol object."""
+
+    writable: asyncio.Event
+    """Set while the socket takes more data (below its high-water mark)."""
+
+    def hold(self, data: str) -> None:
+        """Write `data`'s text frame at the end of this event-loop iteration."""
+
+    def flush(self) -> None:
+        """Write the frames held now."""
+
+    def discard(self) -> None:
+        """Drop the frames held."""
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes in the socket's write buffer."""
+
+
+_FRAMES_PER_TURN = 32
+"""Frames of one connection handled before the endpoint lets the event loop run others."""
+
+
 def _nothing() -> None:
     """The default callback (one function, not a closure per connection)."""
-
-
-_last_text: str | None = None
-_last_frame = b""
-
-
-def _text_frame(data: str) -> bytes:
-    """The unmasked WebSocket text frame carrying `data`.
-
-    Fan-out sends the same string object to every member in a row: remembering the last one
-    encodes each room message once, not once per member.
-    """
-    global _last_text, _last_frame
-    if data is _last_text:
-        return _last_frame
-    payload = data.encode()
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    _last_text, _last_frame = data, header + payload
-    return _last_frame
-
-
-# Connections with frames held for the end of the current event-loop iteration. One list per
-# process: `roomcast serve` runs one event loop (the direct path exists only under it).
-_dirty: list[AsgiConnection] = []
-
-
-def _flush_dirty() -> None:
-    """Write what every connection got during this event-loop iteration."""
-    global _dirty
-    dirty, _dirty = _dirty, []
-    for connection in dirty:
-        frames = connection._pending
-        direct = connection._direct
-        if frames is not None and direct is not None:
-            connection._pending = None
-            direct.write_frame(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
 class AsgiConnection:
     """A :class:`~roomcast.connection.Connection` over an ASGI `send` callable.
 
     Under `roomcast serve` the scope offers uvicorn's protocol object (see
-    :data:`~roomcast.transports.uvicorn_ws.DIRECT_EXTENSION`): while nothing is queued and the
+    :data:`DIRECT_EXTENSION`): while nothing is queued and the
     transport is below its high-water mark, `send` writes the frame to the socket at once, with
     no task switch; otherwise the frame waits in the :class:`~roomcast.connection.Outbox`,
     whose overflow past `max_bytes` closes the connection (4408). Elsewhere every frame goes
     through the outbox and the ASGI `send` callable.
     """
 
-    __slots__ = ("_asgi_send", "_direct", "_pending", "on_closing", "on_overflow", "outbox")
+    __slots__ = ("_asgi_send", "_direct", "on_closing", "on_overflow", "outbox")
 
-    def __init__(
-        self, asgi_send: Send, max_bytes: int, direct: WebSocketProtocol | None = None
-    ) -> None:
+    def __init__(self, asgi_send: Send, max_bytes: int, direct: DirectSocket | None = None) -> None:
         self._asgi_send = asgi_send
         self._direct = direct
-        self._pending: list[bytes] | None = None
         self.on_overflow: Callable[[], None] = _nothing
         self.on_closing: Callable[[], None] = _nothing
         self.outbox = Outbox(self._write, self._close, max_bytes, self._overflow)
@@ -115,24 +111,15 @@ class AsgiConnection:
         # frames of one event-loop iteration go out in one write at its end: when messages
         # come faster than one per iteration, a member costs one system call, not one each.
         if direct is not None and outbox.idle and direct.writable.is_set():
-            pending = self._pending
-            if pending is None:
-                self._pending = [_text_frame(data)]
-                if not _dirty:
-                    asyncio.get_running_loop().call_soon(_flush_dirty)
-                _dirty.append(self)
-            else:
-                pending.append(_text_frame(data))
+            direct.hold(data)
             return
         self.flush()  # what was written directly goes first
         outbox.send(data)
 
     def flush(self) -> None:
         """Write the frames held for the end of this event-loop iteration now."""
-        frames = self._pending
-        if frames is not None and self._direct is not None:
-            self._pending = None
-            self._direct.write_frame(frames[0] if len(frames) == 1 else b"".join(frames))
+        if self._direct is not None:
+            self._direct.flush()
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after the queued frames."""
@@ -142,7 +129,8 @@ class AsgiConnection:
 
     def abort(self, code: int, reason: str = "") -> None:
         """Drop the queued frames and close."""
-        self._pending = None
+        if self._direct is not None:
+            self._direct.discard()
         self.outbox.abort(code, reason)
         self.on_closing()
 
@@ -150,9 +138,9 @@ class AsgiConnection:
     def buffered(self) -> int:
         """Characters queued and not yet written, plus bytes in the socket's write buffer."""
         direct = self._direct
-        if direct is None or direct.transport is None:
+        if direct is None:
             return self.outbox.buffered
-        return self.outbox.buffered + direct.transport.get_write_buffer_size()
+        return self.outbox.buffered + direct.write_buffer_size
 
     def allow(self, extra: int) -> None:
         """Let the outbound buffer take `extra` more bytes until it drains (a replay)."""
@@ -223,8 +211,14 @@ class WebSocketEndpoint:
     @staticmethod
     async def _pump(receive: Receive, session: Session) -> tuple[int, str]:
         """Feed frames to the session until the disconnect; returns its code and reason."""
+        handled = 0
         while True:
             message = await receive()
+            handled += 1
+            if handled == _FRAMES_PER_TURN:
+                # A server may queue many frames of one read: let other connections run.
+                handled = 0
+                await asyncio.sleep(0)
             kind = message["type"]
             if kind == "websocket.receive":
                 text = message.get("text")

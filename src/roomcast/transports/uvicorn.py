@@ -1,0 +1,685 @@
+"""Every use of a uvicorn (and websockets) internal, in one place: the fast path of
+`roomcast serve`.
+
+No supported API of uvicorn or websockets writes a frame to a socket synchronously, which is
+what fan-out needs to reach its speed (docs/benchmarks.md), and none lets the contract's close
+codes through (4408 for a missed pong, an `error` frame before 1007/1009). So `roomcast serve`
+runs uvicorn with the protocol classes below, which subclass undocumented uvicorn classes and
+read their attributes. :func:`missing_internals` checks, at startup, that each attribute and
+method they rely on is there; when one is missing, `roomcast serve` logs one warning and runs
+uvicorn's own classes with the plain ASGI path (correct, slower). docs/architecture.md lists
+what the fast path needs.
+
+:class:`WebSocketProtocol` differs from uvicorn's `websockets-sansio` protocol in that:
+
+- A peer that does not answer a ping within `ws_ping_timeout` is closed with 4408 (uvicorn
+  uses 1011, which tells clients "internal error"), and the application sees a
+  ``websocket.disconnect`` with code 4408 and the reason :data:`KEEPALIVE_REASON`.
+- A frame refused by the parser (larger than `ws_max_size`: 1009, not UTF-8: 1007) is answered
+  by one `error` frame before the close frame, and logs no traceback.
+- A close frame is written even when the peer has stopped reading, and when the peer does not
+  complete the closing handshake within :data:`CLOSE_TIMEOUT` seconds the socket is aborted.
+- Every handshake ends: a request the WebSocket parser refuses gets an HTTP error and a close,
+  and one the application has not accepted by the handshake deadline gets 408/503.
+- The frames of one read are handed to the application a slice at a time, one slice per
+  event-loop iteration, so that one client's burst cannot stall the others; nothing more is
+  parsed while the application still has frames of that connection to handle.
+- Pongs are only written while the peer reads: a client that sends pings and never reads gets
+  one pong for its latest ping once it reads again, and is not read meanwhile.
+- The scope offers the protocol itself (:data:`DIRECT_EXTENSION`): fan-out writes a frame to
+  the socket without a task switch while the transport takes it.
+
+The direct path writes frames straight to the transport, past websockets' `ServerProtocol`.
+That is correct only while those frames are unfragmented text frames written whole and no
+extension transforms payloads: the protocol offers the direct path only to connections that
+negotiated no extension (`roomcast serve` turns permessage-deflate off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import struct
+import weakref
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+
+from ..codes import CloseCode, ErrorCode
+from ..errors import Refused
+from ..limits import ConnectionLimits, Reservation
+from ..log import log_event
+from ..protocol import error_frame
+from .asgi import CLOSE_TIMEOUT, DIRECT_EXTENSION, KEEPALIVE_REASON
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "DIRECT_EXTENSION",
+    "KEEPALIVE_REASON",
+    "READ_SLICE",
+    "DirectWriter",
+    "WebSocketProtocol",
+    "forget_captured_signals",
+    "handshake_protocol",
+    "missing_internals",
+    "text_frame",
+    "websocket_protocol",
+]
+
+READ_SLICE = 2048
+"""Bytes of one read fed to the WebSocket parser at a time. After a slice that yielded frames,
+the rest waits until the application has handled them, and one event-loop iteration passes."""
+
+POST_CLOSE_BYTES = 65536
+"""Bytes a peer may still send after the server's close frame (while the server waits for its
+close frame) before the socket is aborted."""
+
+# What the subclasses below use of uvicorn's classes: methods they override or call, and
+# attributes they read or write (instance attributes are checked on a real instance).
+_WS_METHODS = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "handle_events",
+    "handle_connect",
+    "handle_ping",
+    "handle_parser_exception",
+    "keepalive_timeout",
+    "pause_writing",
+    "resume_writing",
+    "receive",
+    "send",
+    "send_500_response",
+    "send_receive_event_to_app",
+    "shutdown",
+)
+_WS_ATTRIBUTES = (
+    "close_sent",
+    "close_timeout",
+    "close_timer",
+    "conn",
+    "curr_msg_data_type",
+    "disconnected",
+    "frames",
+    "handshake_complete",
+    "handshake_initiated",
+    "loop",
+    "pending_ping_payload",
+    "pong_timer",
+    "queue",
+    "read_paused",
+    "transport",
+    "writable",
+)
+_CONN_ATTRIBUTES = (
+    "close_sent",
+    "data_to_send",
+    "events_received",
+    "extensions",
+    "fail",
+    "handshake_exc",
+    "parser_exc",
+    "receive_data",
+    "send_close",
+    "state",
+)
+_HTTP_METHODS = (
+    "connection_made",
+    "connection_lost",
+    "handle_events",
+    "handle_websocket_upgrade",
+    "on_response_complete",
+)
+_HTTP_ATTRIBUTES = ("client", "conn", "loop", "transport")
+
+
+def missing_internals() -> list[str]:
+    """What the fast path relies on and the installed uvicorn/websockets lack (empty: all
+    there). Checked by `roomcast serve` at startup and by the canary test."""
+    missing = [
+        f"WebSocketsSansIOProtocol.{name}"
+        for name in _WS_METHODS
+        if not callable(getattr(WebSocketsSansIOProtocol, name, None))
+    ]
+    missing += [
+        f"H11Protocol.{name}"
+        for name in _HTTP_METHODS
+        if not callable(getattr(H11Protocol, name, None))
+    ]
+    if not hasattr(uvicorn.Server, "handle_exit"):
+        missing.append("Server.handle_exit")
+    try:
+        ws, http = _sample_protocols()
+    except Exception as exc:  # any change of the constructors' signatures
+        return [*missing, f"protocol constructors ({type(exc).__name__}: {exc})"]
+    missing += [f"WebSocketsSansIOProtocol().{a}" for a in _WS_ATTRIBUTES if not hasattr(ws, a)]
+    conn = getattr(ws, "conn", None)
+    missing += [f"ServerProtocol.{a}" for a in _CONN_ATTRIBUTES if not hasattr(conn, a)]
+    missing += [f"H11Protocol().{a}" for a in _HTTP_ATTRIBUTES if not hasattr(http, a)]
+    if not hasattr(uvicorn.Server(uvicorn.Config(_sample_app)), "_captured_signals"):
+        missing.append("Server()._captured_signals")
+    return missing
+
+
+async def _sample_app(scope: Any, receive: Any, send: Any) -> None:
+    """The app of the throw-away protocols :func:`missing_internals` inspects."""
+
+
+def _sample_protocols() -> tuple[Any, Any]:
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(_sample_app, ws="websockets-sansio", http="h11", log_config=None)
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        state = ServerState()
+        ws = WebSocketsSansIOProtocol(config, state, {}, _loop=loop)
+        http = H11Protocol(config, state, {}, _loop=loop)
+    finally:
+        loop.close()
+    return ws, http
+
+
+def forget_captured_signals(server: uvicorn.Server) -> None:
+    """Keep uvicorn from raising a handled SIGTERM/SIGINT again once the server has stopped
+    (the process then exits with status 0 rather than dying by the signal)."""
+    captured = getattr(server, "_captured_signals", None)
+    if isinstance(captured, list):
+        captured.clear()
+
+
+def text_frame(data: str) -> bytes:
+    """The unmasked, unfragmented WebSocket text frame carrying `data`."""
+    payload = data.encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+class DirectWriter:
+    """The direct path of one event loop: frames held during one loop iteration go out in one
+    write per connection at its end, and a string sent to many connections in a row (a
+    fan-out) is encoded once."""
+
+    __slots__ = ("_dirty", "_loop", "last_frame", "last_text")
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DirectWriter] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[WebSocketProtocol] = []
+        self.last_text: str | None = None
+        self.last_frame = b""
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> DirectWriter:
+        """The writer of `loop` (created on first use)."""
+        writer = cls._by_loop.get(loop)
+        if writer is None:
+            writer = cls._by_loop[loop] = cls(loop)
+        return writer
+
+    def encode(self, data: str) -> bytes:
+        """`data`'s text frame, remembered for the next call with the same string object."""
+        frame = text_frame(data)
+        self.last_text, self.last_frame = data, frame
+        return frame
+
+    def mark(self, protocol: WebSocketProtocol) -> None:
+        """`protocol` holds frames: write them at the end of this loop iteration."""
+        if not self._dirty:
+            self._loop.call_soon(self._flush)
+        self._dirty.append(protocol)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for protocol in dirty:
+            protocol.flush()
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's `websockets-sansio` protocol with the contract's closes, bounded handshakes,
+    sliced reads and the direct write path (see the module docstring).
+
+    An application running its own uvicorn can use it too:
+    ``uvicorn.run(app, ws=WebSocketProtocol, ws_per_message_deflate=False)``.
+    """
+
+    handshake_timeout: float | None = None
+    """Seconds from the upgrade to the 101 response; None leaves it to the HTTP protocol."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_timeout = CLOSE_TIMEOUT
+        self.writer: DirectWriter | None = None
+        self._pending: list[bytes] | None = None
+        self._unparsed = b""
+        self._parse_scheduled = False
+        self._after_close = 0
+        self._owed_pong: bytes | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self.reservation: Reservation | None = None
+
+    # The handshake
+
+    def connection_made(self, transport: Any) -> None:
+        """Start the handshake's clock (when this class has a handshake timeout)."""
+        super().connection_made(transport)
+        if self.handshake_timeout is not None:
+            self.handshake_deadline(self.loop.time() + self.handshake_timeout)
+
+    def handshake_deadline(self, when: float) -> None:
+        """Answer the handshake with an HTTP error and close unless it is complete at `when`
+        (loop time)."""
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self._handshake_timer = self.loop.call_at(when, self._handshake_expired)
+
+    def _handshake_done(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self.handshake_complete or self.transport.is_closing():
+            return
+        started = self.handshake_initiated
+        log_event(
+            "connection.handshake_timeout",
+            level=logging.DEBUG,
+            client=self.client[0] if self.client else None,
+            upgraded=started,
+        )
+        if started:
+            # The request was read; the application did not accept it in time.
+            self._reject(503, "Service Unavailable", "the server did not accept in time\n")
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
+        else:
+            self._reject(408, "Request Timeout", "the handshake took too long\n")
+
+    def _reject(self, status: int, phrase: str, body: str) -> None:
+        """Answer the upgrade with an HTTP error and close; nothing is written after it."""
+        self.transport.write(_http_refusal(status, phrase, body))
+        self.handshake_complete = self.close_sent = self.disconnected = True
+        self._handshake_done()
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; a request it refuses is answered at once."""
+        if not self.handshake_initiated:
+            super().data_received(data)
+            if not self.handshake_initiated and self.conn.handshake_exc is not None:
+                self._refuse_request()
+            return
+        if self.close_sent:
+            self._after_close += len(data)
+            if self._after_close > POST_CLOSE_BYTES:
+                self.transport.abort()
+                return
+        if self._unparsed:
+            self._unparsed += data
+            return
+        self._feed(data)
+
+    def _refuse_request(self) -> None:
+        """The WebSocket parser refused the request (header line too long, too many headers,
+        a body): send its answer (or 400) and close."""
+        written = b"".join(self.conn.data_to_send())
+        if written:
+            self.transport.write(written)
+            self.handshake_complete = self.close_sent = self.disconnected = True
+            self._handshake_done()
+            self.transport.close()
+        else:
+            self._reject(400, "Bad Request", f"{self.conn.handshake_exc}\n")
+
+    def handle_connect(self, event: Request) -> None:
+        """Start the handshake; an accepted scope offers synchronous writes."""
+        super().handle_connect(event)
+        if self.close_sent:
+            self._handshake_done()
+            return
+        if not self.conn.extensions:
+            # Direct writes bypass websockets' frame encoder: only with no extension.
+            self.writer = DirectWriter.of(self.loop)
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[DIRECT_EXTENSION] = {"protocol": self}
+
+    def send_500_response(self) -> None:
+        """uvicorn's 500 answer to a failed handshake, unless the socket was answered."""
+        if self.close_sent or self.conn.handshake_exc is not None:
+            return
+        super().send_500_response()
+
+    # Reading
+
+    def _feed(self, data: bytes) -> None:
+        """Parse `data` a slice at a time; stop once a slice produced frames for the app."""
+        size = len(data)
+        start = 0
+        while start < size:
+            end = start + READ_SLICE
+            self.conn.receive_data(data[start:end] if start or end < size else data)
+            start = end
+            if self.conn.parser_exc is not None:
+                self.handle_parser_exception()
+                return
+            self.handle_events()
+            if self.close_sent or self.transport.is_closing():
+                return
+            if start < size and not self.queue.empty():
+                self._unparsed = data[start:]
+                self._pause_reading()
+                return
+
+    def _parse_more(self) -> None:
+        self._parse_scheduled = False
+        data, self._unparsed = self._unparsed, b""
+        if data and not self.transport.is_closing():
+            self._feed(data)
+        self._resume_reading_if_idle()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading_if_idle(self) -> None:
+        if (
+            self.read_paused
+            and not self._unparsed
+            and self.queue.empty()
+            and self._owed_pong is None
+            and not self.transport.is_closing()
+        ):
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def receive(self) -> Any:
+        """The next ASGI message; once the app has taken every frame, parse on (in the next
+        loop iteration) or read on."""
+        message = await self.queue.get()
+        if self.queue.empty():
+            if self._unparsed:
+                if not self._parse_scheduled:
+                    self._parse_scheduled = True
+                    self.loop.call_soon(self._parse_more)
+            else:
+                self._resume_reading_if_idle()
+        return message
+
+    def send_receive_event_to_app(self) -> None:
+        """Queue a complete message for the app (uvicorn's, with no traceback logged for a
+        text frame that is not UTF-8)."""
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                message: Any = {"type": "websocket.receive", "text": data.decode()}
+            except UnicodeDecodeError:
+                self.conn.send_close(int(CloseCode.INVALID_TEXT), "frame is not valid UTF-8")
+                self.handle_parser_exception()
+                return
+        else:
+            message = {"type": "websocket.receive", "bytes": data}
+        self.queue.put_nowait(message)
+        self._pause_reading()
+
+    # Control frames
+
+    def handle_ping(self) -> None:
+        """Answer a ping while the peer reads; otherwise owe one pong (for the latest ping)
+        and stop reading until the peer reads again."""
+        if self.writable.is_set():
+            super().handle_ping()
+            return
+        # websockets queued the pong: drop it, remember the payload of the latest ping.
+        for chunk in self.conn.data_to_send():
+            if chunk:
+                self._owed_pong = _pong_payload(chunk)
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        """The peer reads again: pay the pong owed, read on."""
+        super().resume_writing()
+        owed, self._owed_pong = self._owed_pong, None
+        if owed is not None and not self.close_sent and not self.transport.is_closing():
+            self.transport.write(Frame(Opcode.PONG, owed).serialize(mask=False))
+        self._resume_reading_if_idle()
+
+    def handle_parser_exception(self) -> None:
+        """A frame the parser refused (too large: 1009, not UTF-8: 1007): one error frame
+        goes out before the close frame, as before every close the contract lists."""
+        close = self.conn.close_sent
+        if close is not None and not self.close_sent:
+            if close.code == CloseCode.MESSAGE_TOO_BIG:
+                text = error_frame(ErrorCode.MESSAGE_TOO_BIG, close.reason or "frame too large")
+            elif close.code == CloseCode.INVALID_TEXT:
+                text = error_frame(ErrorCode.INVALID_FRAME, "frame is not valid UTF-8 text")
+            else:
+                text = None
+            if text is not None:
+                self.flush()
+                self.transport.write(text_frame(text))
+        self._unparsed = b""
+        super().handle_parser_exception()
+
+    def keepalive_timeout(self) -> None:
+        """No pong in time: close with 4408 and tell the application why."""
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        code = int(CloseCode.KEEPALIVE_TIMEOUT)
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": code, "reason": KEEPALIVE_REASON}
+        )
+        self.conn.fail(code, KEEPALIVE_REASON)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+        self._abort_later()
+
+    # Writing
+
+    def hold(self, data: str) -> None:
+        """Write the text frame of `data` at the end of this loop iteration (direct path)."""
+        writer = self.writer
+        if writer is None:
+            self.write_frame(text_frame(data))
+            return
+        frame = writer.last_frame if data is writer.last_text else writer.encode(data)
+        pending = self._pending
+        if pending is None:
+            self._pending = [frame]
+            writer.mark(self)
+        else:
+            pending.append(frame)
+
+    def flush(self) -> None:
+        """Write the frames held for the end of this loop iteration now."""
+        frames = self._pending
+        if frames is not None:
+            self._pending = None
+            self.write_frame(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def discard(self) -> None:
+        """Drop the frames held and not yet written."""
+        self._pending = None
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes in the transport's write buffer."""
+        transport = self.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def write_frame(self, frame: bytes) -> int:
+        """Write encoded, unfragmented server frames now, without waiting for the peer.
+
+        Returns:
+            The bytes now buffered in the transport (the caller bounds it), or -1 when the
+            connection is no longer open and nothing was written.
+        """
+        if self.close_sent or self.disconnected or self.conn.state is not State.OPEN:
+            return -1
+        self.transport.write(frame)
+        return self.transport.get_write_buffer_size()
+
+    def _abort_later(self) -> None:
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        if not self.disconnected:
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    async def send(self, message: Any) -> None:
+        """Send an ASGI message; a close frame does not wait for the peer to read."""
+        if message["type"] != "websocket.close" or not self.handshake_complete:
+            await super().send(message)
+            if message["type"] == "websocket.accept" and self.handshake_complete:
+                self._handshake_done()
+                # Unused once open; every idle connection would hold them (~2.5 KiB).
+                self.request = self.response = None  # type: ignore[assignment]
+            return
+        paused = not self.writable.is_set()
+        if paused:
+            # The peer stopped reading: queue the close frame behind what is buffered. The
+            # event is set only for this call, which does not yield before writing.
+            self.writable.set()
+        try:
+            self.flush()
+            await super().send(message)
+        finally:
+            if paused and not self.disconnected:
+                self.writable.clear()
+        if self.close_sent:
+            self._unparsed = b""
+            self._abort_later()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is gone: give back its place among the handshakes."""
+        self._handshake_done()
+        self._pending = None
+        self._unparsed = b""
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """Server shutdown: close with 1012 (unless closed already), abort if unanswered."""
+        self.flush()
+        super().shutdown()
+        self._abort_later()
+
+
+def _pong_payload(chunk: bytes) -> bytes:
+    """The payload of an unmasked server pong frame as websockets encodes it (< 126 bytes)."""
+    return chunk[2 : 2 + (chunk[1] & 0x7F)]
+
+
+@functools.cache
+def websocket_protocol(handshake_timeout: float | None) -> type[WebSocketProtocol]:
+    """:class:`WebSocketProtocol` with its own handshake timeout (uvicorn's `ws=` class)."""
+    return type("WebSocketProtocol", (WebSocketProtocol,), {"handshake_timeout": handshake_timeout})
+
+
+def _http_refusal(status: int, phrase: str, body: str) -> bytes:
+    data = body.encode()
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data
+    )
+
+
+@functools.cache
+def handshake_protocol(
+    timeout: float, limits: ConnectionLimits | None = None
+) -> type[asyncio.Protocol]:
+    """uvicorn's h11 HTTP protocol, closing sockets whose request head is not complete within
+    `timeout` seconds of connecting (or of the previous response on a kept-alive socket).
+
+    uvicorn itself only times out idle kept-alive sockets, so a client that connects and then
+    sends nothing, or its headers one byte at a time, would hold a socket forever. A WebSocket
+    upgrade must then be accepted (101) by the same deadline; with `limits`, upgrades still in
+    their handshake count toward the connection limits, and one past them is answered 429.
+    """
+
+    class HandshakeTimeoutProtocol(H11Protocol):
+        _handshake_timer: asyncio.TimerHandle | None = None
+        _deadline = 0.0
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            self._disarm()
+            reservation = None
+            if limits is not None:
+                try:
+                    reservation = limits.reserve(self.client[0] if self.client else None)
+                except Refused as exc:
+                    self.transport.write(_http_refusal(429, "Too Many Requests", exc.message))
+                    self.transport.close()
+                    return
+            super().handle_websocket_upgrade(event)
+            protocol = self.transport.get_protocol()
+            if isinstance(protocol, WebSocketProtocol) and not protocol.handshake_complete:
+                protocol.handshake_deadline(self._deadline)
+                protocol.reservation = reservation
+            elif reservation is not None:
+                reservation.release()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.time() + timeout
+            self._handshake_timer = self.loop.call_at(self._deadline, self._expired)
+
+        def _disarm(self) -> None:
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+
+        def _expired(self) -> None:
+            self._handshake_timer = None
+            if not self.transport.is_closing():
+                log_event(
+                    "connection.handshake_timeout",
+                    level=logging.DEBUG,
+                    client=self.client[0] if self.client else None,
+                )
+                self.transport.close()
+
+    return HandshakeTimeoutProtocol
