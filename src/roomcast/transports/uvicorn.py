@@ -77,9 +77,9 @@ READ_SLICE = 2048
 """Bytes of one read fed to the WebSocket parser at a time. After a slice that yielded frames,
 the rest waits until the application has handled them, and one event-loop iteration passes."""
 
-POST_CLOSE_BYTES = 65536
-"""Bytes a peer may still send after the server's close frame (while the server waits for its
-close frame) before the socket is aborted."""
+POST_CLOSE_BYTES = 16384
+"""Bytes of a peer's that are still parsed after the server's close frame (looking for the
+peer's close frame); what comes after them is dropped unread until the close times out."""
 
 # What the subclasses below use of uvicorn's classes: methods they override or call, and
 # attributes they read or write (instance attributes are checked on a real instance).
@@ -330,10 +330,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 self._refuse_request()
             return
         if self.close_sent:
+            # Only the peer's close frame matters now; past a bound, bytes are dropped
+            # unparsed and the close timer ends the socket.
+            if self._after_close + len(data) > POST_CLOSE_BYTES:
+                data = data[: max(0, POST_CLOSE_BYTES - self._after_close)]
+                if not data:
+                    self._after_close = POST_CLOSE_BYTES
+                    return
             self._after_close += len(data)
-            if self._after_close > POST_CLOSE_BYTES:
-                self.transport.abort()
-                return
         if self._unparsed:
             self._unparsed += data
             return
@@ -383,7 +387,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 self.handle_parser_exception()
                 return
             self.handle_events()
-            if self.close_sent or self.transport.is_closing():
+            if self.transport.is_closing():
                 return
             if start < size and not self.queue.empty():
                 self._unparsed = data[start:]
@@ -572,7 +576,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             if paused and not self.disconnected:
                 self.writable.clear()
         if self.close_sent:
-            self._unparsed = b""
+            # What the peer sent before it saw the close is parsed (for its close frame) up
+            # to a bound: cut at the end, as the parser needs the stream without gaps.
+            self._unparsed = self._unparsed[:POST_CLOSE_BYTES]
+            self._after_close = len(self._unparsed)
             self._abort_later()
 
     def connection_lost(self, exc: Exception | None) -> None:
