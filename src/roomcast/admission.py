@@ -86,7 +86,10 @@ async def open_session(
     connection_id = secrets.token_hex(8)
     try:
         if not origin_allowed(
-            headers.get("origin"), headers.get("host"), node.settings.allowed_origins
+            headers.get("origin"),
+            headers.get("host"),
+            node.settings.allowed_origins,
+            node.settings.allowed_hosts,
         ):
             raise Refused(
                 CloseCode.POLICY_VIOLATION,

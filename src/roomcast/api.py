@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
@@ -14,12 +15,13 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
+from .auth import host_allowed
 from .codes import ErrorCode
 from .commands import KickMember, PublishToRoom, SendToMember
 from .errors import BrokerUnavailable, FrameError, MemberNotFound, RoomcastError
 from .log import log_event
 from .node import Node
-from .protocol import dumps, parse_offset, validate_name, validate_topic
+from .protocol import dumps, loads, parse_offset, validate_name, validate_topic
 from .settings import Settings
 
 __all__ = ["api_routes", "json_error", "log_api_policy"]
@@ -39,6 +41,14 @@ _STATUS = {
 }
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class _HttpError(RoomcastError):
+    """A refusal whose HTTP status is not the one its code maps to (408, 415)."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message, code=code)
+        self.status = status
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -94,8 +104,26 @@ def _guard(node: Node, endpoint: Endpoint) -> Endpoint:
             return json_error(
                 ErrorCode.FORBIDDEN, "no API key is configured: the API answers loopback only"
             )
+        elif _from_a_web_page(request):
+            # Any page in a browser on this machine could send it (no preflight for a simple
+            # request): without a key, only programs on this machine may call the API.
+            return json_error(
+                ErrorCode.FORBIDDEN,
+                "no API key is configured: the API does not answer requests from web pages",
+            )
+        elif not host_allowed(request.headers.get("host"), node.settings.allowed_hosts) and (
+            not _is_test_client(request)
+        ):
+            # A name that is not this machine's may be an attacker's rebound to it.
+            return json_error(
+                ErrorCode.FORBIDDEN,
+                "no API key is configured: the API answers a Host of an IP address, "
+                "localhost or --allowed-hosts only",
+            )
         try:
             return await endpoint(request)
+        except _HttpError as exc:
+            return json_error(exc.code, exc.message, exc.status)
         except FrameError as exc:
             return json_error(exc.code, exc.message)
         except (MemberNotFound, BrokerUnavailable) as exc:
@@ -134,14 +162,45 @@ def _segment_escaped_path(scope: Scope) -> str | None:
     return root + "/" + "/".join(n.replace("%", "%25").replace("/", "%2F") for n in names)
 
 
-async def _read_json(request: Request, max_size: int) -> Any:
-    body = await request.body()
-    if len(body) > max_size:
-        raise FrameError(ErrorCode.MESSAGE_TOO_BIG, f"body larger than {max_size} bytes")
+def _is_test_client(request: Request) -> bool:
+    """Whether Starlette's in-process TestClient sent the request (its `Host` is
+    `testserver`, which no browser can be made to send)."""
+    return request.client is not None and request.client.host == "testclient"
+
+
+def _from_a_web_page(request: Request) -> bool:
+    """Whether a browser sent the request on a page's behalf (not a typed-in address)."""
+    headers = request.headers
+    return "origin" in headers or headers.get("sec-fetch-site", "none") != "none"
+
+
+async def _read_json(request: Request, max_size: int, timeout: float) -> Any:
+    """The request's JSON body: `application/json`, at most `max_size` bytes (refused from
+    `Content-Length` before reading), all of it within `timeout` seconds."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise _HttpError(
+            415, ErrorCode.BAD_REQUEST, "the body must be Content-Type: application/json"
+        )
+    too_big = FrameError(ErrorCode.MESSAGE_TOO_BIG, f"body larger than {max_size} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and int(length) > max_size:
+        raise too_big
+    body = bytearray()
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise FrameError(ErrorCode.INVALID_JSON, "body is not valid JSON") from None
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_size:
+                    raise too_big
+    except TimeoutError:
+        raise _HttpError(
+            408, ErrorCode.BAD_REQUEST, f"the body did not arrive within {timeout:g} seconds"
+        ) from None
+    except asyncio.CancelledError:
+        # The server is stopping (uvicorn cancels what outlives the graceful shutdown).
+        raise BrokerUnavailable("server shutting down") from None
+    return loads(bytes(body), "body")
 
 
 def api_routes(node: Node) -> list[Route]:
@@ -149,7 +208,8 @@ def api_routes(node: Node) -> list[Route]:
 
     async def publish(request: Request) -> Response:
         room = _room(request)
-        body = await _read_json(request, node.settings.max_message_size)
+        settings = node.settings
+        body = await _read_json(request, settings.max_message_size, settings.handshake_timeout)
         if not isinstance(body, dict):
             raise FrameError(ErrorCode.INVALID_FRAME, "body must be a JSON object")
         topic = validate_topic(body.get("topic"))

@@ -8,6 +8,7 @@ their own async callable (their session cookie, their database) instead of the b
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "RefreshingResolver",
     "RoomAuthorizer",
     "check_room_claim",
+    "host_allowed",
     "identity_from_claims",
     "matches_any",
     "origin_allowed",
@@ -199,18 +201,48 @@ def check_room_claim(claims: Mapping[str, Any], room: str) -> None:
         )
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
+def host_allowed(host: str | None, allowed_hosts: Iterable[str] = ()) -> bool:
+    """Whether a `Host` header names this server in a way no other web site can: an IP
+    address, `localhost`, or one of `allowed_hosts` (`--allowed-hosts`; `*.example.com`
+    patterns). A name an attacker controls may resolve to this server (DNS rebinding), so a
+    request naming one is no proof that it comes from this server's own pages.
+    """
+    if not host:
+        return False
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        patterns = [h.strip().lower() for h in allowed_hosts]
+        return bool(patterns) and matches_any(name, patterns)
+    return True
+
+
+def origin_allowed(
+    origin: str | None,
+    host: str | None,
+    allowed: Iterable[str],
+    allowed_hosts: Iterable[str] = (),
+) -> bool:
     """Whether a WebSocket request with this `Origin` header may connect.
 
     Requests without an `Origin` header (non-browser clients) are always allowed: the check
     exists to stop other web sites' pages from connecting with a visitor's cookies. With an
-    empty `allowed`, only an origin naming the request's own `Host` is allowed; otherwise only
-    the listed origins (`https://app.example.com`, `https://*.example.com`, or `*` for any).
+    empty `allowed`, only an origin naming the request's own `Host` is allowed, and only when
+    that `Host` passes :func:`host_allowed`; otherwise only the listed origins
+    (`https://app.example.com`, `https://*.example.com`, or `*` for any).
 
     Args:
         origin: the `Origin` header, if any.
         host: the `Host` header, if any.
         allowed: the configured origins (`--allowed-origins`).
+        allowed_hosts: the configured host names (`--allowed-hosts`).
     """
     if origin is None:
         return True
@@ -218,7 +250,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str])
     patterns = [a.strip().lower().rstrip("/") for a in allowed]
     if patterns:
         return matches_any(origin, patterns)
-    if not host or origin == "null":
+    if not host or origin == "null" or not host_allowed(host, allowed_hosts):
         return False
     try:
         netloc = urlsplit(origin).netloc

@@ -58,6 +58,9 @@ _JWKS_TIMEOUT = 5.0
 _JWKS_MAX_BYTES = 1 << 20
 
 
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
 def _unauthenticated(message: str) -> Refused:
     return Refused(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, message)
 
@@ -361,6 +364,13 @@ class JwtResolver:
             raise _unauthenticated(f"token lacks the {exc.claim!r} claim") from None
         except Exception:
             raise _unauthenticated("invalid token") from None
+        for name in _TIME_CLAIMS:
+            value = claims.get(name)
+            # PyJWT takes a numeric string for a time claim; the claim is a number (RFC 7519).
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise _unauthenticated(f"token claim {name!r} must be a number")
         return claims
 
     def _expires_at(self, claims: Mapping[str, Any]) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["configure_logging", "log_event", "logger", "redact_url"]
+__all__ = ["FOREIGN_LOGGERS", "configure_logging", "log_event", "logger", "redact_url"]
 
 logger = logging.getLogger("roomcast")
 
@@ -36,11 +36,35 @@ def redact_url(url: str) -> str:
     return ",".join(parts)
 
 
+def _escaped(text: str) -> str:
+    """`text` with non-printable characters (terminal escapes, NUL, BEL) escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _printable(value: Any) -> Any:
+    return _escaped(value) if isinstance(value, str) else value
+
+
 def _quote(value: Any) -> str:
-    text = str(value)
+    text = _escaped(str(value))
     if not text or any(c.isspace() or c in '"=' for c in text):
         return orjson.dumps(text).decode()
     return text
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """A record's structured fields; a record of another library's logger (uvicorn,
+    websockets) becomes the event `<logger>.log` with its message as a field."""
+    fields: dict[str, Any] | None = getattr(record, "fields", None)
+    if fields is not None:
+        return fields
+    return {"message": record.getMessage()}
+
+
+def _event(record: logging.LogRecord) -> str:
+    if hasattr(record, "fields"):
+        return _escaped(record.getMessage())
+    return f"{record.name}.log"
 
 
 class TextFormatter(logging.Formatter):
@@ -48,8 +72,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields: dict[str, Any] = getattr(record, "fields", {})
-        parts = [f"{stamp}Z", record.levelname.lower(), record.getMessage()]
+        fields = _fields(record)
+        parts = [f"{stamp}Z", record.levelname.lower(), _event(record)]
         parts.extend(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
         line = " ".join(parts)
         if record.exc_info:
@@ -61,22 +85,32 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: `{"ts", "level", "event", ...fields}`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = getattr(record, "fields", {})
+        fields = _fields(record)
         out: dict[str, Any] = {
             "ts": record.created,
             "level": record.levelname.lower(),
-            "event": record.getMessage(),
-            **{k: v for k, v in fields.items() if v is not None},
+            "event": _event(record),
+            **{k: _printable(v) for k, v in fields.items() if v is not None},
         }
         if record.exc_info:
             out["traceback"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
 
 
+FOREIGN_LOGGERS = ("uvicorn", "websockets")
+"""Loggers of the libraries under roomcast's server whose lines take roomcast's format."""
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Send roomcast's log lines to stderr in `fmt` ("text" or "json") at `level`."""
+    """Send roomcast's log lines, and those of the WebSocket and HTTP layers (uvicorn,
+    websockets, at warning and above), to stderr in `fmt` ("text" or "json") at `level`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    for name in FOREIGN_LOGGERS:
+        foreign = logging.getLogger(name)
+        foreign.handlers[:] = [handler]
+        foreign.setLevel(max(logging.WARNING, logger.level))
+        foreign.propagate = False

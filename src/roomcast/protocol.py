@@ -5,6 +5,8 @@ Pure functions only: no I/O, no asyncio, so every rule of docs/protocol.md is te
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -15,6 +17,8 @@ from .errors import FrameError
 
 __all__ = [
     "BUILTIN_TOPICS",
+    "MAX_CLOSE_REASON_BYTES",
+    "MAX_JSON_DEPTH",
     "MAX_NAME_LENGTH",
     "MAX_TOPIC_LENGTH",
     "ROOM_TOPIC_PREFIX",
@@ -26,11 +30,14 @@ __all__ = [
     "Topic",
     "Username",
     "ack_frame",
+    "check_limits",
+    "close_reason",
     "dumps",
     "error_frame",
     "is_builtin",
     "joined_frame",
     "left_frame",
+    "loads",
     "message_frame",
     "message_prefix",
     "parse_client_frame",
@@ -66,9 +73,100 @@ def is_builtin(topic: str) -> bool:
     return topic in BUILTIN_TOPICS or topic.startswith(ROOM_TOPIC_PREFIX)
 
 
+MAX_JSON_DEPTH = 128
+"""Deepest nesting of arrays and objects in a client frame or HTTP body (the frame itself is
+level 1); deeper JSON is refused with `invalid_frame`, since it could not be re-encoded."""
+
+MAX_CLOSE_REASON_BYTES = 123
+"""The longest close reason a WebSocket close frame can carry, in UTF-8 bytes."""
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+# A run of digits that may be an integer beyond 64 bits (or a digit run inside a string: the
+# exact check below tells them apart). Only a text that matches pays for that check.
+_LONG_DIGITS = re.compile(r"-\d{19}|\d{20}")
+_LONG_DIGITS_BYTES = re.compile(rb"-\d{19}|\d{20}")
+
+
 def dumps(value: Any) -> str:
     """Encode a JSON value to compact text."""
     return orjson.dumps(value).decode()
+
+
+def loads(text: str | bytes, what: str = "frame") -> Any:
+    """Parse JSON as the protocol accepts it.
+
+    Integers must fit in 64 bits (-2**63 to 2**64-1): larger ones would be relayed rounded to
+    floats. Nesting is limited to :data:`MAX_JSON_DEPTH` levels.
+
+    Raises:
+        FrameError: `invalid_json` when `text` is not JSON; `invalid_frame` when it is nested
+            too deep or holds an integer beyond 64 bits.
+    """
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise FrameError(ErrorCode.INVALID_JSON, f"{what} is not valid JSON") from None
+    check_limits(text, data, what)
+    return data
+
+
+def check_limits(text: str | bytes, data: Any, what: str = "frame") -> None:
+    """Check the JSON `data` parsed from `text` against the limits of :func:`loads`.
+
+    Raises:
+        FrameError: `invalid_frame` when it is nested too deep or holds an integer beyond 64
+            bits.
+    """
+    if isinstance(text, str):
+        opens = text.count("[") + text.count("{")
+        long_digits = _LONG_DIGITS.search(text) is not None
+    else:
+        opens = text.count(b"[") + text.count(b"{")
+        long_digits = _LONG_DIGITS_BYTES.search(text) is not None
+    if opens > MAX_JSON_DEPTH and _depth(data) > MAX_JSON_DEPTH:
+        raise FrameError(
+            ErrorCode.INVALID_FRAME, f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
+        )
+    if long_digits:
+        try:
+            json.loads(text, parse_int=_int64)
+        except ValueError:
+            raise FrameError(
+                ErrorCode.INVALID_FRAME, f"{what} holds an integer beyond 64 bits"
+            ) from None
+
+
+def _int64(digits: str) -> int:
+    value = int(digits)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise ValueError(digits)
+    return value
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth of a parsed JSON value (a scalar is 0)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def close_reason(message: str) -> str:
+    """`message` cut to what a close frame can carry (123 UTF-8 bytes, whole characters)."""
+    data = message.encode()
+    if len(data) <= MAX_CLOSE_REASON_BYTES:
+        return message
+    return data[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
 
 
 def validate_name(value: object, what: str) -> str:
@@ -114,7 +212,7 @@ def parse_offset(value: str | None, what: str = "since") -> int | None:
     """
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 19:
+    if not value.isascii() or not value.isdigit() or len(value) > 19:
         raise FrameError(ErrorCode.INVALID_FRAME, f"{what} must be a non-negative integer")
     return int(value)
 
@@ -149,6 +247,7 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, str | int)):
         raise FrameError(ErrorCode.INVALID_FRAME, "id must be a string or an integer")
     try:
+        check_limits(text, data)
         topic = validate_topic(data.get("topic"))
         payload = data.get("payload")
         if payload is None:

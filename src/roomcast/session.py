@@ -47,6 +47,14 @@ MAX_RELAYS_IN_FLIGHT = 32
 """Relayed frames of one connection that may wait for the broker at once; past that, the
 connection's next frame waits (backpressure)."""
 
+REFUSAL_INTERVAL = 1.0
+"""Seconds during which further rate-limited frames without an `id` get no error frame of
+their own after one did (a flood gets one answer, not one per frame)."""
+
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two `frame.rejected` log lines of one connection; the next line counts
+the refusals in between (`unlogged`)."""
+
 
 class Session:
     """One client connection on this node, in any number of rooms (one membership each).
@@ -652,11 +660,37 @@ class Session:
             )
             self.node.spawn(self.leave("expired"))
 
+    # Refusals of one connection: a burst of rate-limited frames without an `id` gets one
+    # error, and refusals are logged once per interval with a count. Class attributes until
+    # the first refusal, so that a connection that is never refused stores none of them.
+    _limited_until = 0.0
+    _log_quiet_until = 0.0
+    _unlogged = 0
+
     def _rate_limited(self, frame_id: Any) -> None:
+        if frame_id is None:
+            # Every frame with an `id` is answered (the contract); the others are a flood.
+            now = time.monotonic()
+            if now < self._limited_until:
+                self.node.metrics.errors.labels(ErrorCode.RATE_LIMITED.value).inc()
+                self._log_refusal(ErrorCode.RATE_LIMITED, "rate limited")
+                return
+            self._limited_until = now + REFUSAL_INTERVAL
         rate = self.bucket.rate if self.bucket is not None else 0
         self.send_error(
             ErrorCode.RATE_LIMITED, f"frame refused: more than {rate:g} frames per second", frame_id
         )
+
+    def _log_refusal(self, code: ErrorCode, message: str) -> None:
+        now = time.monotonic()
+        if now < self._log_quiet_until:
+            self._unlogged += 1
+            return
+        self._log_quiet_until = now + REFUSAL_LOG_INTERVAL
+        self._log(
+            "frame.rejected", code=code.value, reason=message, unlogged=self._unlogged or None
+        )
+        self._unlogged = 0
 
     def _ack(self, frame: ClientFrame, offset: int | None = None) -> None:
         if frame.id is not None:
@@ -665,7 +699,7 @@ class Session:
     def send_error(self, code: ErrorCode, message: str, frame_id: Any = None) -> None:
         """Send an `error` frame; the connection stays open."""
         self.node.metrics.errors.labels(code.value).inc()
-        self._log("frame.rejected", level=logging.INFO, code=code.value, reason=message)
+        self._log_refusal(code, message)
         self.connection.send(error_frame(code, message, frame_id))
 
     def close(
@@ -723,6 +757,9 @@ class Session:
             self._left.set_result(None)
 
     async def _leave(self, reason: str) -> None:
+        if self._unlogged:
+            self._log("frame.rejected", unlogged=self._unlogged)
+            self._unlogged = 0
         if self._relays:
             # The frames a member sent before leaving are published before it leaves.
             await asyncio.wait(tuple(self._relays))

@@ -61,6 +61,9 @@ class Settings:
     """Keys accepted by the HTTP API as `Authorization: Bearer <key>`."""
     allowed_origins: tuple[str, ...] = ()
     """Origins allowed to open a WebSocket; empty allows same-host and non-browser clients."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (besides IP addresses and `localhost`) that the same-host origin rule and
+    the key-less HTTP API accept in `Host`."""
     history_size: int = 100
     """Messages retained per room."""
     history_ttl: float = 300.0
@@ -277,6 +280,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("jwt_leeway", _float, "seconds of clock skew allowed (default 5)", "SECONDS"),
     Option("api_keys", _list, "HTTP API key(s), comma-separated", "KEY,..."),
     Option("allowed_origins", _list, "allowed WebSocket origins, comma-separated", "ORIGIN,..."),
+    Option(
+        "allowed_hosts",
+        _list,
+        "host names this server answers to besides IPs and localhost, comma-separated",
+        "HOST,...",
+    ),
     Option("history_size", _int, "messages retained per room (default 100)", "N"),
     Option(
         "history_ttl",

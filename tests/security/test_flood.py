@@ -1,4 +1,5 @@
-"""Issue 14 item 2: one client's burst cannot make the server work for it without bound."""
+"""Issue 14 item 2: one client's burst cannot make the server work for it without bound, and a
+burst of refused frames gets one error."""
 
 from __future__ import annotations
 
@@ -23,6 +24,24 @@ async def _burst(client: Client, texts: list[str]) -> None:
     client.ws.send_data()
 
 
+async def test_burst_of_rate_limited_frames_gets_one_error(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """100 id-less bad frames in one write, with a bucket of 5: the first 5 get their
+    `invalid_frame` errors, the refused ones after them one `rate_limited` error in all,
+    then the close (4429) its own."""
+    server = start_server("--rate-limit", "1", "--rate-burst", "5")
+    client = await Client.connect(server.ws_url, "flood", "flood-room")
+    await client.join()
+    await _burst(client, ["x"] * 100)
+    code, frames = await client.closed()
+    assert code == 4429
+    codes = [f["payload"]["code"] for f in frames if f["topic"] == "error"]
+    assert codes.count("rate_limited") == 2  # one for the burst, one with the close
+    assert codes.count("invalid_json") in (5, 6)  # 6 if a token came back meanwhile
+    assert codes[-1] == "rate_limited"
+
+
 async def test_frames_behind_a_close_are_not_parsed(
     start_server: Callable[..., ServerProcess],
 ) -> None:
@@ -36,3 +55,20 @@ async def test_frames_behind_a_close_are_not_parsed(
     code, _ = await client.closed()
     assert code == 4429
     assert _frames_in(server) - before < 2000
+
+
+async def test_ids_in_a_refused_burst_are_each_answered(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Frames with an `id` keep the contract's one answer per id while rate limited."""
+    server = start_server("--rate-limit", "1", "--rate-burst", "3")
+    client = await Client.connect(server.ws_url, "flood", "flood-room")
+    await client.join()
+    await _burst(client, [f'{{"topic":"chat","payload":1,"id":{i}}}' for i in range(6)])
+    answered: set[int] = set()
+    while len(answered) < 6:
+        frame = await client.recv()
+        if frame["topic"] in ("ack", "error"):
+            answered.add(frame["payload"]["id"])
+    assert answered == set(range(6))
+    await client.close()

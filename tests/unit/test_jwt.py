@@ -215,10 +215,16 @@ def test_patterns_only_know_star() -> None:
 
 
 def test_origin_policy() -> None:
-    """No Origin passes; same host passes by default; a list allows only its entries."""
+    """No Origin passes; same host passes by default when the host is an IP address,
+    localhost or an allowed host name (not a name another site may rebind); a list allows
+    only its entries."""
     assert origin_allowed(None, "h:1", ())
-    assert origin_allowed("http://h:1", "h:1", ())
-    assert origin_allowed("HTTP://H:1/", "h:1", ())
+    assert not origin_allowed("http://h:1", "h:1", ())
+    assert origin_allowed("http://h:1", "h:1", (), ("h",))
+    assert origin_allowed("HTTP://H:1/", "h:1", (), ("*.x", "h"))
+    assert origin_allowed("http://127.0.0.1:1", "127.0.0.1:1", ())
+    assert origin_allowed("http://localhost:1", "localhost:1", ())
+    assert origin_allowed("http://[::1]:1", "[::1]:1", ())
     assert not origin_allowed("http://evil:1", "h:1", ())
     assert not origin_allowed("null", "h:1", ())
     assert not origin_allowed("http://h:1", None, ())

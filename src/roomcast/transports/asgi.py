@@ -16,6 +16,7 @@ from ..admission import open_session
 from ..codes import CloseCode
 from ..connection import Outbox
 from ..node import Node
+from ..protocol import close_reason
 from ..session import Session
 
 __all__ = [
@@ -100,7 +101,9 @@ class AsgiConnection:
         await self._asgi_send({"type": "websocket.send", "text": data})
 
     async def _close(self, code: int, reason: str) -> None:
-        await self._asgi_send({"type": "websocket.close", "code": code, "reason": reason})
+        # A close frame carries at most 123 bytes of reason (UTF-8): cut on a character.
+        message = {"type": "websocket.close", "code": code, "reason": close_reason(reason)}
+        await self._asgi_send(message)
 
     def send(self, data: str) -> None:
         """Write a text frame now when nothing is queued, else queue it."""

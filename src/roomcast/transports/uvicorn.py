@@ -666,8 +666,14 @@ def handshake_protocol(
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.IDLE:
                 self._arm()
+            elif self.conn.their_state is not h11.DONE:
+                # Answered before its body was read (413, 408, 415): the rest of the body
+                # would be read as the next request, so the socket ends here.
+                self.transport.close()
 
         def _arm(self) -> None:
             self._disarm()
