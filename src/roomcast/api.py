@@ -163,9 +163,11 @@ def _segment_escaped_path(scope: Scope) -> str | None:
 
 
 def _is_test_client(request: Request) -> bool:
-    """Whether Starlette's in-process TestClient sent the request (its `Host` is
-    `testserver`, which no browser can be made to send)."""
-    return request.client is not None and request.client.host == "testclient"
+    """Whether an in-process test client sent the request: Starlette's TestClient (client
+    `testclient`) or httpx's ASGI transport with `http://testserver` (roomcast.testing). No
+    browser is made to send the single-label `testserver` by a page on the web."""
+    client = request.client.host if request.client else ""
+    return client == "testclient" or request.headers.get("host") == "testserver"
 
 
 def _from_a_web_page(request: Request) -> bool:

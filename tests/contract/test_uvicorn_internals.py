@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from roomcast.transports import uvicorn as fast
@@ -13,6 +14,16 @@ from tests.harness import Client, ServerProcess
 def test_installed_uvicorn_has_every_internal_the_fast_path_uses() -> None:
     """Nothing the fast path relies on is missing from the installed uvicorn and websockets."""
     assert fast.missing_internals() == []
+
+
+def test_server_still_captures_signals_in_a_list() -> None:
+    """forget_captured_signals relies on uvicorn.Server's private `_captured_signals` list
+    (without it a handled SIGTERM would end the process by the signal)."""
+    server = uvicorn.Server(uvicorn.Config(fast.missing_internals, log_config=None))
+    assert isinstance(server._captured_signals, list)
+    server._captured_signals.append(15)
+    fast.forget_captured_signals(server)
+    assert server._captured_signals == []
 
 
 def test_every_overridden_method_exists_in_uvicorn() -> None:

@@ -75,3 +75,27 @@ async def test_invalid_utf8_logs_no_traceback_and_json_stays_json() -> None:
     for line in lines:
         assert isinstance(orjson.loads(line), dict), line
     assert not any("Traceback" in line for line in lines)
+
+
+async def test_http_layer_lines_take_roomcasts_format() -> None:
+    """A request the HTTP layer cannot parse makes uvicorn log a warning: under --log-format
+    json it is a JSON line like roomcast's own (event `uvicorn.error.log`)."""
+    proc, log = spawn("--log-format", "json")
+    try:
+        url = log.wait_for(r'"event":"roomcast.ready","url":"(http://[^"]+)"').group(1)
+        port = int(url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        await asyncio.to_thread(log.wait_for, "Invalid HTTP request", RECV_TIMEOUT)
+        writer.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        log.join(5)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    (line,) = [line for line in log.lines if "Invalid HTTP request" in line]
+    record = orjson.loads(line)
+    assert record["event"] == "uvicorn.error.log"
+    assert record["level"] == "warning"

@@ -163,8 +163,6 @@ def missing_internals() -> list[str]:
     conn = getattr(ws, "conn", None)
     missing += [f"ServerProtocol.{a}" for a in _CONN_ATTRIBUTES if not hasattr(conn, a)]
     missing += [f"H11Protocol().{a}" for a in _HTTP_ATTRIBUTES if not hasattr(http, a)]
-    if not hasattr(uvicorn.Server(uvicorn.Config(_sample_app)), "_captured_signals"):
-        missing.append("Server()._captured_signals")
     return missing
 
 
@@ -175,6 +173,7 @@ async def _sample_app(scope: Any, receive: Any, send: Any) -> None:
 def _sample_protocols() -> tuple[Any, Any]:
     from uvicorn.server import ServerState
 
+    # log_config=None: a Config must not reconfigure the loggers roomcast has set up.
     config = uvicorn.Config(_sample_app, ws="websockets-sansio", http="h11", log_config=None)
     config.load()
     loop = asyncio.new_event_loop()
@@ -189,7 +188,11 @@ def _sample_protocols() -> tuple[Any, Any]:
 
 def forget_captured_signals(server: uvicorn.Server) -> None:
     """Keep uvicorn from raising a handled SIGTERM/SIGINT again once the server has stopped
-    (the process then exits with status 0 rather than dying by the signal)."""
+    (the process then exits with status 0 rather than dying by the signal).
+
+    Not part of :func:`missing_internals`: without the private list this does nothing, and
+    the process then ends by the signal after its graceful shutdown; the canary test notices.
+    """
     captured = getattr(server, "_captured_signals", None)
     if isinstance(captured, list):
         captured.clear()
