@@ -57,21 +57,32 @@ export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
+  // The events are `any`: each implementation has its own event classes (a DOM `MessageEvent`,
+  // a `ws` `MessageEvent`), and a narrower type here would refuse one of them under `strict`.
+  // The client reads `data` of messages, `code` and `reason` of closes, `message` of errors.
   onopen: ((event: any) => void) | null;
-  onmessage: ((event: { data: any }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
   onerror: ((event: any) => void) | null;
 }
 
-/** A WebSocket constructor, e.g. `globalThis.WebSocket` or `import { WebSocket } from "ws"`. */
+/** A WebSocket constructor, e.g. `globalThis.WebSocket` or `import WebSocket from "ws"`. */
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 /** Options of {@link connect} and {@link Client}. Times are in milliseconds. */
 export interface ClientOptions {
-  /** The server: `ws://host:port/api/v1/ws`, or a base such as `http://host:port` or `wss://host/rt`. */
+  /**
+   * The server: a URL whose path ends in `/api/v1/ws` is used as it is; any other URL is a base
+   * to which `/api/v1/ws` is added (`http://host:port`, `wss://host/rt`). `http(s)` becomes
+   * `ws(s)`; query parameters are kept.
+   */
   url: string;
   username: string;
   room: string;
+  /** Resume the room from this offset on the first connection (with `epoch`). */
+  since?: number;
+  /** The epoch that `since` belongs to. */
+  epoch?: string;
   /** A JWT, when the server requires authentication. */
   token?: string;
   /**
@@ -94,6 +105,11 @@ export interface ClientOptions {
   requestTimeout?: number;
   /** How many frames to keep while disconnected, sent after the reconnect (default 1000). */
   maxQueue?: number;
+  /**
+   * How long the first connection may take to get its welcome (default 10000). The first
+   * connection is tried once: when it fails, `ready` rejects and the client is closed.
+   */
+  connectTimeout?: number;
 }
 
 /** A topic handler: called with each frame of its topic. */
@@ -167,6 +183,7 @@ export class Client {
   private keepalive?: ReturnType<typeof setTimeout>;
   private refresher?: ReturnType<typeof setTimeout>;
   private refusal?: RoomcastError;
+  private failure?: string;
   private presenceList: string[] = [];
   private closed = false;
   private joined = false;
@@ -175,6 +192,10 @@ export class Client {
   constructor(options: ClientOptions) {
     this.o = options;
     this.token = options.token;
+    if (options.epoch !== undefined) {
+      this.epoch = options.epoch;
+      this.offset = options.since ?? 0;
+    }
     this.ready = new Promise<Welcome>((resolve, reject) => {
       this.settle = [resolve, reject];
     });
@@ -280,14 +301,30 @@ export class Client {
       query.since = String(this.offset);
       query.epoch = this.epoch;
     }
-    const ws: WebSocketLike = new Ctor(endpoint(opts.url) + "?" + new URLSearchParams(query));
+    const ws: WebSocketLike = new Ctor(endpoint(opts.url, query));
     this.ws = ws;
     this.joined = false;
     this.refusal = undefined;
+    this.failure = undefined;
     ws.onmessage = (event) => ws === this.ws && this.receive(String(event.data));
     ws.onclose = (event) => ws === this.ws && this.dropped(event.code, event.reason);
-    ws.onerror = () => {}; // a close event follows
+    // a close event follows; `ws` says why a handshake failed ("Unexpected server response: 404")
+    ws.onerror = (event) => (this.failure = event?.message);
     this.arm();
+    if (!this.welcome) {
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => {
+        if (ws !== this.ws) return;
+        this.ws = undefined;
+        try {
+          ws.close(1000);
+        } catch {
+          // a socket that never opened may throw; it is dropped either way
+        }
+        const why = `no welcome from ${opts.url} in time`;
+        this.finish(undefined, why, new RoomcastError("timeout", why));
+      }, opts.connectTimeout ?? 10000);
+    }
   }
 
   /** Keepalive: ping after `pingInterval` of silence, give up `pingTimeout` later. */
@@ -364,6 +401,7 @@ export class Client {
       this.offset = w.offset;
     }
     this.joined = true;
+    clearTimeout(this.timer);
     this.emit("welcome", m);
     if (resumed && !w.recovered) for (const handler of this.resetHandlers) handler(w);
     this.setStatus(resumed && w.recovered ? "recovered" : "connected", {});
@@ -429,17 +467,25 @@ export class Client {
     }
     if (this.closed) return;
     const refusal = this.refusal;
-    if (FINAL.includes(code)) {
-      return this.finish(code, refusal?.message ?? reason, refusal);
+    const why = refusal?.message ?? (reason || this.failure || "");
+    // The first connection is tried once (and once more with a fresh token after 4401), as
+    // the Python client does: an unreachable server or a wrong URL fails `ready` at once.
+    const first = !this.welcome;
+    if (first && !refusal && code === 1006) {
+      const cannot = `cannot connect to ${this.o.url}${this.failure ? `: ${this.failure}` : ""}`;
+      return this.finish(code, cannot, new RoomcastError("unreachable", cannot, code));
+    }
+    if (FINAL.includes(code) || (first && code !== 4401)) {
+      return this.finish(code, why, refusal);
     }
     if (code === 4401) {
       // only a new token can help; give up when fresh tokens keep being refused
-      if (!this.o.tokenProvider || ++this.authFailures > 3) {
-        return this.finish(code, refusal?.message ?? reason, refusal);
+      if (!this.o.tokenProvider || ++this.authFailures > (first ? 1 : 3)) {
+        return this.finish(code, why, refusal);
       }
       this.token = undefined;
     }
-    this.retry(code, refusal?.message ?? reason);
+    this.retry(code, why);
   }
 
   private retry(code: number, reason: string): void {
@@ -450,7 +496,7 @@ export class Client {
       const ceiling = Math.min(this.o.maxDelay ?? 20000, (this.o.minDelay ?? 500) * 2 ** this.attempt++);
       delay = ceiling / 2 + (Math.random() * ceiling) / 2;
     }
-    this.setStatus(this.epoch === undefined && this.status === "connecting" ? "connecting" : "reconnecting", {
+    this.setStatus(this.welcome ? "reconnecting" : "connecting", {
       code,
       reason,
       delay,
@@ -459,7 +505,7 @@ export class Client {
     this.timer = setTimeout(() => this.closed || this.open(), delay);
   }
 
-  private finish(code: number, reason: string, error?: RoomcastError): void {
+  private finish(code: number | undefined, reason: string, error?: RoomcastError): void {
     this.closed = true;
     this.ws = undefined;
     clearTimeout(this.timer);
@@ -478,7 +524,7 @@ export class Client {
   }
 
   private emit(topic: string, message: Message): void {
-    for (const handler of this.handlers.get(topic) ?? []) handler(message);
+    for (const key of [topic, "*"]) for (const handler of this.handlers.get(key) ?? []) handler(message);
   }
 }
 
@@ -511,8 +557,11 @@ function expiry(token?: string): number | undefined {
   }
 }
 
-/** `http://h/x` -> `ws://h/x/api/v1/ws`; a URL that names the endpoint is kept. */
-function endpoint(url: string): string {
-  url = url.replace(/^http/, "ws").replace(/[?#].*$/, "");
-  return /\/api\/v1\/ws$/.test(url) ? url : url.replace(/\/?$/, "/api/v1/ws");
+/** `http://h/x?a=1` + query -> `ws://h/x/api/v1/ws?a=1&...`; a path that names the endpoint is kept. */
+function endpoint(url: string, query: Record<string, string>): string {
+  const u = new URL(url.replace(/^http/, "ws"));
+  if (!/\/api\/v1\/ws$/.test(u.pathname)) u.pathname = u.pathname.replace(/\/?$/, "/api/v1/ws");
+  u.hash = "";
+  for (const [key, value] of Object.entries(query)) u.searchParams.set(key, value);
+  return String(u);
 }

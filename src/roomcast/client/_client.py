@@ -93,8 +93,9 @@ class Client:
     unhandled frames are kept; once it has started, none are dropped.
 
     Args:
-        url: the server, `ws://HOST:PORT` (the path defaults to `/api/v1/ws`); `http(s)://`
-            is accepted too.
+        url: the server: a URL whose path ends in `/api/v1/ws` is used as it is, any other
+            is a base to which `/api/v1/ws` is added (`ws://HOST:PORT`, `ws://HOST/rt` for an
+            app mounted at `/rt`); `http(s)://` is accepted too.
         username: the member's name in the room.
         room: the room id.
         token: a JWT, sent as `Authorization: Bearer`.
@@ -774,11 +775,13 @@ def _token_expiry(token: str | None) -> float | None:
 
 
 def _ws_url(url: str) -> str:
-    """`ws://HOST:PORT` with the default path; `http(s)://` becomes `ws(s)://`."""
+    """The endpoint URL, by the rule both clients follow: a path ending in `/api/v1/ws` is
+    kept, any other path is a base to which `/api/v1/ws` is added (`ws://HOST:PORT`,
+    `http://HOST:PORT/rt`); `http(s)://` becomes `ws(s)://`; the query is kept."""
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path not in ("", "/") else WS_PATH
-    result = urlunsplit(parts._replace(scheme=scheme, path=path))
+    path = parts.path if parts.path.endswith(WS_PATH) else parts.path.rstrip("/") + WS_PATH
+    result = urlunsplit(parts._replace(scheme=scheme, path=path, fragment=""))
     try:
         parse_uri(result)
     except InvalidURI as exc:
