@@ -234,13 +234,22 @@ def proxy_to(server: ServerProcess) -> Iterator[tuple[str, Callable[[], None]]]:
     async def freeze() -> None:
         proxy.freeze(websockets_only=True)
 
+    async def close() -> None:
+        await proxy.close()
+        # end the relays still running, so that every socket is closed before the loop is
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the aborted transports close on the next iteration
+
     try:
         yield (
             f"http://127.0.0.1:{proxy.port}",
             lambda: asyncio.run_coroutine_threadsafe(freeze(), loop).result(WAIT_S),
         )
     finally:
-        asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(WAIT_S)
+        asyncio.run_coroutine_threadsafe(close(), loop).result(WAIT_S)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(WAIT_S)
         loop.close()
