@@ -299,14 +299,17 @@ def test_reload_after_a_dead_network_gets_back_in_at_once(
 
 
 def test_a_second_tab_of_the_same_browser_joins(server: ServerProcess, pages: Pages) -> None:
-    """The hint's second tab is not pre-filled with a name the first tab holds in the room:
-    it joins under another one, and both tabs chat."""
+    """Without the share policy, the hint's second tab, refused the name the first tab holds
+    in the room, is offered another one at once: it joins under it, and both tabs chat."""
     first = pages.open()
     join(first, server, "tom", "tabs")
     second = first.context.new_page()
     second.goto(server.url + "/?room=tabs")
+    expect(second.locator("#username")).to_have_value("tom")
+    second.click("#join-button")
+    expect(second.locator("#join-error")).to_contain_text("already taken")
     expect(second.locator("#username")).to_have_value("tom-2")
-    expect(second.locator("#join-hint")).to_contain_text("another tab")
+    expect(second.locator("#join-hint")).to_contain_text("tom is in this room in another tab")
     second.click("#join-button")
     expect(second.locator("#status")).to_have_attribute("data-status", "connected")
     say(second, "from the second tab")
