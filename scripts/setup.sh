@@ -38,5 +38,8 @@ if [ "${1:-}" = "--test" ]; then
   if [ -f clients/js/package.json ]; then
     (cd clients/js && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } \
       && npm run --silent build)
+    # The demo page serves the browser bundle: an explicit copy, not a side effect of the
+    # package's build (tests/integration/test_js_client.py checks that the two agree).
+    cp clients/js/dist/roomcast.min.js src/roomcast/static/roomcast.min.js
   fi
 fi

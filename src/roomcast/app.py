@@ -97,10 +97,13 @@ class Roomcast:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI interface: roomcast is itself an ASGI app."""
-        if scope["type"] == "websocket" and _route_path(scope) == _WS_PATH:
-            # Straight to the endpoint: Starlette's middleware and routing would hold a
-            # coroutine frame each for the whole life of every connection.
-            await self._websocket(scope, receive, send)
+        if scope["type"] == "websocket":
+            if _route_path(scope) == _WS_PATH:
+                # Straight to the endpoint: Starlette's middleware and routing would hold a
+                # coroutine frame each for the whole life of every connection.
+                await self._websocket(scope, receive, send)
+            else:
+                await _websocket_not_found(scope, receive, send)
             return
         await self._app(scope, receive, send)
 
@@ -174,6 +177,16 @@ class _DemoMount(Mount):
         if _route_path(scope).startswith("/api/"):
             return Match.NONE, {}
         return super().matches(scope)
+
+
+async def _websocket_not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuse a WebSocket handshake on another path with HTTP 404 where the server offers the
+    ASGI denial-response extension (uvicorn does); closing before `accept` would answer 403."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        message = f"no WebSocket endpoint here; connect to {_WS_PATH}"
+        await json_error(ErrorCode.NOT_FOUND, message, 404)(scope, receive, send)
+    else:
+        await send({"type": "websocket.close", "code": 1000})
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

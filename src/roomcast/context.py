@@ -28,6 +28,8 @@ class Context:
             claims).
         commands: the node's command bus (`PublishToRoom`, `SendToMember`, `KickMember`).
         events: the node's event bus.
+        offset: the offset of the last message the frame's handlers published through
+            :meth:`publish` or :meth:`send_to`, or None; the frame's `ack` carries it.
     """
 
     topic: str
@@ -37,6 +39,7 @@ class Context:
     member: Member
     commands: CommandBus
     events: EventBus
+    offset: int | None = None
 
     @property
     def username(self) -> str:
@@ -54,9 +57,10 @@ class Context:
 
     async def publish(self, topic: str, payload: Any) -> int:
         """Publish to the sender's room, `from` the sender; returns the offset."""
-        return await self.commands.send(
+        self.offset = await self.commands.send(
             PublishToRoom(self.member.room, topic, payload, sender=self.member.username)
         )
+        return self.offset
 
     async def broadcast(self, topic: str, payload: Any) -> int:
         """The former name of :meth:`publish`, kept for existing handlers."""
@@ -68,6 +72,7 @@ class Context:
         Raises:
             MemberNotFound: when that member is connected nowhere.
         """
-        return await self.commands.send(
+        self.offset = await self.commands.send(
             SendToMember(self.member.room, username, topic, payload, sender=self.member.username)
         )
+        return self.offset

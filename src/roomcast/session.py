@@ -537,8 +537,7 @@ class Session:
             )
         handlers = self.node.registry.handlers(topic)
         if handlers:
-            await self._run_handlers(frame, member, handlers)
-            self._ack(frame)
+            self._ack(frame, await self._run_handlers(frame, member, handlers))
         elif self.node.registry.relays(topic):
             if frame.to is None:
                 offset = await self.node.commands.send(
@@ -584,7 +583,10 @@ class Session:
         self.connection.send(server_frame("presence", {"members": members}, room=member.room))
         self._ack(frame)
 
-    async def _run_handlers(self, frame: ClientFrame, member: Member, handlers: list[Any]) -> None:
+    async def _run_handlers(
+        self, frame: ClientFrame, member: Member, handlers: list[Any]
+    ) -> int | None:
+        """Run the handlers of `frame`; returns the offset of the last message they published."""
         node = self.node
         ctx = Context(
             frame.topic, frame.payload, frame.id, frame.to, member, node.commands, node.events
@@ -615,6 +617,7 @@ class Session:
             raise RoomcastError(
                 f"a handler of topic {frame.topic!r} failed", code=ErrorCode.HANDLER_ERROR
             )
+        return ctx.offset
 
     async def refresh(self, frame: ClientFrame) -> None:
         """`auth.refresh`: take a fresh token in-band (see docs/security.md)."""

@@ -34,6 +34,7 @@ class Proxy:
         self.connections = 0
         self._links: set[asyncio.StreamWriter] = set()
         self._frozen: set[asyncio.StreamWriter] = set()
+        self._websockets: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
     @property
@@ -57,19 +58,30 @@ class Proxy:
         self.connections += 1
         self._links.update((writer, up_writer))
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(
+                self._pipe(reader, up_writer, (writer, up_writer)), self._pipe(up_reader, writer)
+            )
         finally:
             for w in (writer, up_writer):
                 self._links.discard(w)
+                self._websockets.discard(w)
                 w.transport.abort()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        link: tuple[asyncio.StreamWriter, ...] = (),
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                if link and b"upgrade: websocket" in data.lower():
+                    self._websockets.update(link)
                 if writer not in self._frozen:
                     writer.write(data)
                     await writer.drain()
-        writer.transport.abort()
+        if writer not in self._frozen:  # a frozen link does not pass on the end either
+            writer.transport.abort()
 
     def cut(self) -> None:
         """Drop every open connection, both ways, without a close frame."""
@@ -84,10 +96,11 @@ class Proxy:
         """Relay new connections again."""
         self.accepting = True
 
-    def freeze(self) -> None:
+    def freeze(self, *, websockets_only: bool = False) -> None:
         """Stop relaying bytes of the open connections (both ways), keeping them open; new
-        connections are relayed as usual."""
-        self._frozen.update(self._links)
+        connections are relayed as usual. `websockets_only` spares plain HTTP connections
+        (a browser's keep-alive connections for the page's files)."""
+        self._frozen.update(self._links & self._websockets if websockets_only else self._links)
 
     async def close(self) -> None:
         self.cut()

@@ -3,8 +3,11 @@ chatting, room isolation, a phone-sized window, and reconnecting across a server
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -12,6 +15,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, expect, sync_playwright
 
 from tests.harness import RECV_TIMEOUT, RedisProcess, ServerProcess
+from tests.integration.client_support import Proxy
 
 StartServer = Callable[..., ServerProcess]
 
@@ -27,6 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WAIT_MS = 10_000
+WAIT_S = WAIT_MS / 1000
 expect.set_options(timeout=WAIT_MS)
 PHONE: ViewportSize = {"width": 390, "height": 844}
 LAPTOP: ViewportSize = {"width": 1280, "height": 800}
@@ -90,11 +95,13 @@ def texts(page: Page) -> list[str]:
     return page.locator(".msg .text").all_text_contents()
 
 
-def publish(server: ServerProcess, room: str, text: str) -> int:
-    """Publish a chat message through the HTTP API."""
+def publish(
+    server: ServerProcess, room: str, text: str, topic: str = "chat", **extra: object
+) -> int:
+    """Publish a message through the HTTP API."""
     response = httpx.post(
         f"{server.url}/api/v1/rooms/{room}/messages",
-        json={"topic": "chat", "payload": {"text": text}},
+        json={"topic": topic, "payload": {"text": text, **extra}},
         timeout=RECV_TIMEOUT,
     )
     assert response.status_code == 202, response.text
@@ -202,6 +209,205 @@ def test_page_reports_lost_history_after_a_memory_server_restart(
     expect(page.locator("#status")).to_have_attribute("data-status", "reconnecting")
     second = start_server("--port", str(first.port))
     expect(page.locator("#status")).to_have_attribute("data-status", "connected")
-    expect(page.locator(".notice.reset")).to_have_count(1)
+    # nothing was sent since the restart: the page lost nothing it had not seen
+    expect(page.locator(".notice.restarted")).to_have_text("Reconnected: the server restarted.")
+    assert page.locator(".notice.reset").count() == 0
     publish(second, "r1", "after")
     expect(page.locator(".msg .text")).to_have_text(["before", "after"])
+
+
+def members(server: ServerProcess, room: str) -> list[str]:
+    """The room's members as the HTTP API lists them."""
+    response = httpx.get(f"{server.url}/api/v1/rooms/{room}/members", timeout=RECV_TIMEOUT)
+    return list(response.json()["members"])
+
+
+@contextlib.contextmanager
+def proxy_to(server: ServerProcess) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A TCP proxy in front of `server` (run on its own event loop thread); yields its HTTP
+    URL and a function that freezes the connections open now (a network that went dead)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    proxy = asyncio.run_coroutine_threadsafe(Proxy(server.port).start(), loop).result(WAIT_S)
+
+    async def freeze() -> None:
+        proxy.freeze(websockets_only=True)
+
+    async def close() -> None:
+        await proxy.close()
+        # end the relays still running, so that every socket is closed before the loop is
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the aborted transports close on the next iteration
+
+    try:
+        yield (
+            f"http://127.0.0.1:{proxy.port}",
+            lambda: asyncio.run_coroutine_threadsafe(freeze(), loop).result(WAIT_S),
+        )
+    finally:
+        asyncio.run_coroutine_threadsafe(close(), loop).result(WAIT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(WAIT_S)
+        loop.close()
+
+
+def test_double_click_on_join_joins_once(server: ServerProcess, pages: Pages) -> None:
+    """Join clicked twice makes one connection: the page joins, with no refusal of its own
+    name, and the room lists the name once."""
+    page = pages.open()
+    page.goto(server.url + "/")
+    page.fill("#username", "dora")
+    page.fill("#room", "dbl")
+    page.dblclick("#join-button")
+    expect(page.locator("#status")).to_have_attribute("data-status", "connected")
+    expect(page.locator("#members li")).to_have_text(["dora"])
+    assert members(server, "dbl") == ["dora"]
+    say(page, "still here")
+    expect(page.locator(".msg .text")).to_have_text(["still here"])
+    assert page.locator("#join-error").is_hidden()
+    assert pages.errors == []
+
+
+def test_reload_after_a_dead_network_gets_back_in_at_once(
+    server: ServerProcess, pages: Pages
+) -> None:
+    """A page whose connection went dead (the server still counts it present) is reloaded:
+    it resumes its room with the offset and epoch it kept, takes its name over at once, and
+    shows the room's messages again."""
+    with proxy_to(server) as (url, freeze):
+        page = pages.open()
+        page.goto(url + "/")
+        page.fill("#username", "rita")
+        page.fill("#room", "reload")
+        page.press("#room", "Enter")
+        expect(page.locator("#status")).to_have_attribute("data-status", "connected")
+        publish(server, "reload", "before")
+        expect(page.locator(".msg .text")).to_have_text(["before"])
+        freeze()
+        publish(server, "reload", "while frozen")
+        page.reload()
+        expect(page.locator("#status")).to_have_attribute("data-status", "recovered")
+        expect(page.locator(".msg .text")).to_have_text(["before", "while frozen"])
+        assert members(server, "reload") == ["rita"]
+        say(page, "back")
+        expect(page.locator(".msg .text")).to_have_text(["before", "while frozen", "back"])
+    assert pages.errors == []
+
+
+def test_a_second_tab_of_the_same_browser_joins(server: ServerProcess, pages: Pages) -> None:
+    """Without the share policy, the hint's second tab, refused the name the first tab holds
+    in the room, is offered another one at once: it joins under it, and both tabs chat."""
+    first = pages.open()
+    join(first, server, "tom", "tabs")
+    second = first.context.new_page()
+    second.goto(server.url + "/?room=tabs")
+    expect(second.locator("#username")).to_have_value("tom")
+    second.click("#join-button")
+    expect(second.locator("#join-error")).to_contain_text("already taken")
+    expect(second.locator("#username")).to_have_value("tom-2")
+    expect(second.locator("#join-hint")).to_contain_text("tom is in this room in another tab")
+    second.click("#join-button")
+    expect(second.locator("#status")).to_have_attribute("data-status", "connected")
+    say(second, "from the second tab")
+    for page in (first, second):
+        expect(page.locator("#members li")).to_have_text(["tom", "tom-2"])
+        expect(page.locator(".msg .text")).to_have_text(["from the second tab"])
+    assert pages.errors == []
+
+
+def test_a_replaced_tab_says_so_once_and_stops(start_server: StartServer, pages: Pages) -> None:
+    """Under --on-duplicate replace, the older page says it was joined from elsewhere (not
+    "already taken"), in one notice; its member list empties and Send is disabled."""
+    node = start_server("--on-duplicate", "replace")
+    old = pages.open()
+    join(old, node, "una", "rep")
+    join(pages.open(), node, "una", "rep")
+    expect(old.locator("#status")).to_have_attribute("data-status", "closed")
+    expect(old.locator("#status")).to_have_text(
+        "disconnected: you joined from another tab or device"
+    )
+    expect(old.locator(".notice.closed")).to_have_count(1)
+    assert old.locator(".notice.error").count() == 0
+    assert "already taken" not in old.locator("body").inner_text()
+    expect(old.locator("#members li")).to_have_count(0)
+    expect(old.locator("#send")).to_be_disabled()
+    expect(old.locator("#text")).to_be_disabled()
+
+
+def test_a_kicked_page_says_so_once(server: ServerProcess, pages: Pages) -> None:
+    """A kick through the HTTP API: one notice, no member listed, Send disabled."""
+    page = pages.open()
+    join(page, server, "ken", "kick")
+    response = httpx.delete(f"{server.url}/api/v1/rooms/kick/members/ken", timeout=RECV_TIMEOUT)
+    assert response.status_code == 204
+    expect(page.locator("#status")).to_have_text("disconnected: you were removed from the room")
+    expect(page.locator(".notice.closed")).to_have_count(1)
+    assert page.locator(".notice.error").count() == 0
+    expect(page.locator("#members li")).to_have_count(0)
+    expect(page.locator("#send")).to_be_disabled()
+
+
+def test_peers_see_who_is_back_after_a_restart(start_server: StartServer, pages: Pages) -> None:
+    """After a server restart, a page's notices end in agreement with its member list: no
+    "alice left" last for an alice who is listed."""
+    first = start_server()
+    alice, bob = pages.open(), pages.open()
+    join(alice, first, "alice", "back")
+    join(bob, first, "bob", "back")
+    expect(bob.locator("#members li")).to_have_text(["alice", "bob"])
+    first.stop()
+    expect(bob.locator("#status")).to_have_attribute("data-status", "reconnecting")
+    start_server("--port", str(first.port))
+    for page in (alice, bob):
+        expect(page.locator("#status")).to_have_attribute("data-status", "connected")
+        expect(page.locator("#members li")).to_have_text(["alice", "bob"])
+        expect(page.locator(".notice.reset")).to_have_count(0)
+    about_alice = [t for t in bob.locator(".notice").all_text_contents() if "alice" in t]
+    assert not about_alice or about_alice[-1] == "alice joined", about_alice
+
+
+def test_a_late_joiner_sees_history_other_topics_and_sent_times(
+    server: ServerProcess, pages: Pages
+) -> None:
+    """A page joining later shows the room's earlier messages, says it joined, shows a topic
+    other than chat, and dates a message by the sender's clock when it carries one."""
+    alice = pages.open()
+    join(alice, server, "alice", "late")
+    say(alice, "one")
+    say(alice, "two")
+    expect(alice.locator(".msg .text")).to_have_text(["one", "two"])
+    sent = 1_700_000_000_000  # long ago: not the arrival time
+    publish(server, "late", "dated", at=sent)
+    bob = pages.open()
+    join(bob, server, "bob", "late")
+    expect(bob.locator(".msg .text")).to_have_text(["one", "two", "dated"])
+    expect(bob.locator(".notice.joined")).to_have_text("You joined late as bob.")
+    expected = bob.evaluate(
+        "at => new Date(at).toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'})", sent
+    )
+    expect(bob.locator(".msg time").nth(2)).to_have_text(expected)
+    publish(server, "late", "the README's example", topic="announce")
+    for page in (alice, bob):
+        expect(page.locator(".msg.other .topic")).to_have_text(["announce"])
+        expect(page.locator(".msg.other .text")).to_contain_text("the README's example")
+    assert pages.errors == []
+
+
+def test_join_with_the_server_down_says_so(start_server: StartServer, pages: Pages) -> None:
+    """With the server gone, Join shows an error on the form instead of connecting forever."""
+    node = start_server()
+    page = pages.open()
+    page.goto(node.url + "/")
+    node.stop()
+    page.fill("#username", "sid")
+    page.click("#join-button")
+    expect(page.locator("#join-error")).to_have_text(
+        "Could not join: the server cannot be reached."
+    )
+    expect(page.locator("#join-view")).to_be_visible()
+    expect(page.locator("#join-button")).to_be_enabled()
+    expect(page.locator("#status")).to_have_attribute("data-status", "idle")

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
 
+import pyte
 import pytest
 
 from roomcast.cli import main
@@ -25,6 +29,7 @@ from tests.integration.client_support import Collector
 
 StartServer = Callable[..., ServerProcess]
 WAIT = 10.0
+COLUMNS, ROWS = 100, 60
 
 
 def roomcast(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -40,7 +45,8 @@ def roomcast(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 class Terminal:
-    """`roomcast connect` in a subprocess: its stdin a pipe, or all of it a pseudo-terminal."""
+    """`roomcast connect` in a subprocess: its stdin a pipe, or all of it a pseudo-terminal
+    read through a terminal emulator (`output` is then the screen, line by line)."""
 
     def __init__(self, server: ServerProcess, username: str, *, tty: bool = False) -> None:
         args = [
@@ -56,9 +62,17 @@ class Terminal:
         ]
         self.output = ""
         self._changed = threading.Condition()
+        self._screen: pyte.Screen | None = None
         if tty:
             master, slave = pty.openpty()
-            self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT)
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
+            self._screen = pyte.Screen(COLUMNS, ROWS)
+            self._stream = pyte.ByteStream(self._screen)
+            # the emulator does not answer cursor position requests
+            env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
+            self.proc = subprocess.Popen(
+                args, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env
+            )
             os.close(slave)
             self._master: int | None = master
             self._readers = [threading.Thread(target=self._read_fd, args=(master,), daemon=True)]
@@ -91,7 +105,12 @@ class Terminal:
                     self.output += "<eof>"
                     self._changed.notify_all()
                     return
-                self.output += data.decode(errors="replace").replace("\r\n", "\n")
+                if self._screen is not None:
+                    self._stream.feed(data)
+                    lines = [line.rstrip() for line in self._screen.display]
+                    self.output = "\n".join(lines).rstrip("\n") + "\n"
+                else:
+                    self.output += data.decode(errors="replace").replace("\r\n", "\n")
                 self._changed.notify_all()
 
     def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
@@ -151,7 +170,8 @@ def terminal(server: ServerProcess, username: str, *, tty: bool = False):  # typ
 
 async def test_connect_through_a_pipe(server: ServerProcess) -> None:
     """Piped lines are sent (to the room, /to one member), /who answers, errors are shown,
-    incoming messages are printed, and end of input leaves with status 0."""
+    incoming messages are printed, and end of input leaves with status 1 because lines were
+    refused."""
     seen = Collector()
     async with Client(server.url, username="alice", room="r1") as alice:
         alice.on("chat")(seen)
@@ -161,7 +181,7 @@ async def test_connect_through_a_pipe(server: ServerProcess) -> None:
             await asyncio.to_thread(carol.wait_for, r"^\[r1\] alice: hi carol$")
             carol.type("hello\n/to alice psst\n/who\n/to nobody x\n/bogus\n\n")
             carol.end_input()
-            assert await asyncio.to_thread(carol.wait) == 0
+            assert await asyncio.to_thread(carol.wait) == 1
             out = carol.output
         assert "[r1] carol: hello\n" in out
         assert "[r1] carol -> alice: psst\n" in out
@@ -195,6 +215,34 @@ async def test_connect_in_a_pseudo_terminal(server: ServerProcess) -> None:
             )
             carol.type("/quit\n")
             assert await asyncio.to_thread(carol.wait) == 0
+
+
+async def test_connect_pipe_exits_nonzero_when_one_line_is_refused(server: ServerProcess) -> None:
+    """One refused line among accepted ones (a `to` nobody) makes the piped run exit 1;
+    the same lines without it exit 0."""
+    for lines, status in (("a\n/to ghost y\nb\n", 1), ("a\nb\n", 0)):
+        with terminal(server, "dave") as dave:
+            await asyncio.to_thread(dave.wait_for, r"^\* joined r1 as dave")
+            dave.type(lines)
+            dave.end_input()
+            assert await asyncio.to_thread(dave.wait) == status, dave.output
+            assert "[r1] dave: b\n" in dave.output
+            assert ("! member_not_found" in dave.output) == (status == 1)
+
+
+async def test_connect_in_a_terminal_redraws_the_line_being_typed(server: ServerProcess) -> None:
+    """A message that arrives while a line is half typed is printed above it, and the
+    half-typed line stays on the prompt, where typing goes on."""
+    with terminal(server, "carol", tty=True) as carol:
+        await asyncio.to_thread(carol.wait_for, r"^>$")
+        carol.type("hel")
+        await asyncio.to_thread(carol.wait_for, r"^> hel$")
+        await asyncio.to_thread(HttpApi(server.url).publish, "r1", "chat", {"text": "hi carol"})
+        await asyncio.to_thread(carol.wait_for, r"^\[r1\] \$server: hi carol\n> hel$")
+        carol.type("lo\r")
+        await asyncio.to_thread(carol.wait_for, r"^\[r1\] carol: hello\n>$")
+        carol.type("/quit\r")
+        assert await asyncio.to_thread(carol.wait) == 0
 
 
 async def test_connect_refused_and_kicked_exit_nonzero(server: ServerProcess) -> None:

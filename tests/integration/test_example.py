@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from roomcast.client import Client as RoomClient
+from roomcast.client import ClientClosed
 from tests.harness import Client, LogReader, uvicorn_app
 
 
@@ -60,7 +62,8 @@ async def test_handler_replaces_relay(example: App) -> None:
     assert frame["topic"] == "shout"
     assert frame["payload"] == {"text": "HELLO"}
     assert frame["from"] == "alice"
-    assert await alice.recv() == {"topic": "ack", "payload": {"id": 1}}
+    # the ack carries the offset of the handler's broadcast
+    assert await alice.recv() == {"topic": "ack", "payload": {"id": 1, "offset": frame["offset"]}}
     # Topics without a handler are still relayed.
     await alice.send({"topic": "chat", "payload": "plain"})
     assert (await alice.recv())["payload"] == "plain"
@@ -77,7 +80,7 @@ async def test_handlers_of_a_topic_run_concurrently(example: App) -> None:
     assert frames[0] == {"topic": "order.received", "payload": {"item": "tea"}}
     assert frames[1]["topic"] == "order.placed"
     assert frames[1]["payload"] == {"item": "tea", "by": "alice"}
-    assert frames[2] == {"topic": "ack", "payload": {"id": "o1"}}
+    assert frames[2] == {"topic": "ack", "payload": {"id": "o1", "offset": frames[1]["offset"]}}
     placed = await bob.recv()
     assert placed["topic"] == "order.placed"
     assert placed["offset"] == frames[1]["offset"]
@@ -107,7 +110,8 @@ async def test_raising_handler_gives_handler_error_and_others_run(example: App) 
     example.log.wait_for("PaymentDeclined: card declined", timeout=5)
     # The connection stays usable.
     await alice.send({"topic": "order", "payload": {"item": "pie"}, "id": 10})
-    assert (await alice.recv_topic("ack"))["payload"] == {"id": 10}
+    placed = await alice.recv_topic("order.placed")
+    assert (await alice.recv_topic("ack"))["payload"] == {"id": 10, "offset": placed["offset"]}
     await alice.close()
     await bob.close()
 
@@ -140,3 +144,19 @@ async def test_http_routes_send_commands(example: App) -> None:
         assert members.json() == {"members": ["alice", "bob"]}
     await alice.close()
     await bob.close()
+
+
+async def test_python_client_at_the_mount_point(example: App) -> None:
+    """The Python client given the app's mount point (`.../rt`) adds `/api/v1/ws` as the JS
+    client does; request() of a topic whose handler broadcasts returns that offset; a wrong
+    path is refused with HTTP 404."""
+    base = example.url.replace("http://", "ws://") + "/rt"
+    async with RoomClient(base, username="alice", room="mount") as alice:
+        assert (await alice.recv(timeout=5)).topic == "greeting"
+        offset = await alice.request("shout", {"text": "hi"})
+        frame = await alice.recv(timeout=5)
+        assert (frame.topic, frame.payload, frame.offset) == ("shout", {"text": "HI"}, offset)
+        assert isinstance(offset, int)
+    wrong = RoomClient(base + "/api/v1/ws/nope", username="bob", room="mount")
+    with pytest.raises(ClientClosed, match="404"):
+        await wrong.connect()

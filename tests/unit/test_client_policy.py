@@ -72,6 +72,9 @@ def test_urls() -> None:
     assert _ws_url("ws://h:1") == "ws://h:1/api/v1/ws"
     assert _ws_url("http://h:1/") == "ws://h:1/api/v1/ws"
     assert _ws_url("https://h/rt/api/v1/ws?x=1") == "wss://h/rt/api/v1/ws?x=1"
+    # the rule of both clients: any other path is a base (an app mounted at /rt)
+    assert _ws_url("ws://h:1/rt") == "ws://h:1/rt/api/v1/ws"
+    assert _ws_url("http://h:1/rt/?tenant=a#top") == "ws://h:1/rt/api/v1/ws?tenant=a"
     with pytest.raises(ValueError, match="not a WebSocket URL"):
         _ws_url("ftp://h")
 

@@ -50,7 +50,9 @@ async def test_handler_and_relay_and_ack() -> None:
             {"text": "HI"},
             "alice",
         )
-        assert await alice.receive() == {"topic": "ack", "payload": {"id": 1}}
+        # the ack carries the offset of the handler's broadcast
+        ack = {"topic": "ack", "payload": {"id": 1, "offset": frame["offset"]}}
+        assert await alice.receive() == ack
         await alice.send("chat", "plain")
         assert (await alice.receive())["payload"] == "plain"
 

@@ -1,8 +1,9 @@
-// Bundle the client for browsers (dist/roomcast.min.js), copy it into the server's static
-// folder for the demo page, and print its size minified and gzipped.
-// `node scripts/bundle.mjs --readme` also writes that size into README.md.
+// Bundle the client for browsers (dist/roomcast.min.js) and print its size minified and gzipped.
+// `node scripts/bundle.mjs --readme` also writes that size into README.md. The build touches
+// nothing outside this package: the repository copies the bundle for its demo page itself
+// (scripts/setup.sh).
 import { build } from "esbuild";
-import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
 
@@ -18,7 +19,6 @@ await build({
   target: "es2020",
   legalComments: "none",
 });
-copyFileSync(out, here("../../../src/roomcast/static/roomcast.min.js"));
 
 const code = readFileSync(out);
 const gzipped = gzipSync(code, { level: 9 }).length;

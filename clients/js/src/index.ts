@@ -1,14 +1,17 @@
 /**
- * roomcast-client: join a roomcast room over WebSocket, in browsers and in Node 20+.
+ * roomcast-client: join roomcast rooms over WebSocket, in browsers and in Node 20+.
  *
  * The client reconnects by itself, following the close code table of the wire contract
- * (docs/protocol.md), and resumes the room with `since` + `epoch` so that the application sees
- * every room message once, in offset order, across reconnects.
+ * (docs/protocol.md), and resumes every room with `since` + `epoch` so that the application sees
+ * every room message once, in offset order, across reconnects. One connection may be in many
+ * rooms (protocol v1.1): `client.join(roomID)` gives a {@link Room} handle.
  *
  * @example
  * const client = await connect({ url: "ws://127.0.0.1:8000/api/v1/ws", username: "alice", room: "lobby" });
  * client.on("chat", (msg) => console.log(msg.from, msg.payload));
  * const offset = await client.request("chat", { text: "hi" });
+ * const news = await client.join("news", { backlog: 20 });
+ * news.on("headline", (msg) => console.log(msg.payload));
  */
 
 /** The connection state reported to {@link Client.onStatus} handlers. */
@@ -28,7 +31,11 @@ export interface Message<P = any> {
   to?: string;
 }
 
-/** The payload of the `welcome` frame, the first frame of every connection. */
+/**
+ * The payload of the `welcome` frame, the first frame of every connection. The room fields are
+ * those of the URL's room; a connection opened without a room has only `connectionId`,
+ * `username` and `rooms`.
+ */
 export interface Welcome {
   connectionId: string;
   username: string;
@@ -38,6 +45,27 @@ export interface Welcome {
   offset: number;
   /** Present when the connection resumed a room: false when messages may have been missed. */
   recovered?: boolean;
+  /** The rooms the connection is in (protocol v1.1). */
+  rooms?: string[];
+}
+
+/** The payload of a `joined` frame: a room joined with `room.join` (protocol v1.1). */
+export interface Joined {
+  roomID: string;
+  members: string[];
+  epoch: string;
+  offset: number;
+  /** Present when the join resumed the room: false when messages may have been missed. */
+  recovered?: boolean;
+}
+
+/** Options of {@link Client.join}. */
+export interface JoinOptions {
+  /** Replay the room's last `backlog` retained messages before live ones. */
+  backlog?: number;
+  /** Resume from this offset (with `epoch`) on the first join. */
+  since?: number;
+  epoch?: string;
 }
 
 /** What a status change carries besides the status itself. */
@@ -57,21 +85,33 @@ export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
+  // The events are `any`: each implementation has its own event classes (a DOM `MessageEvent`,
+  // a `ws` `MessageEvent`), and a narrower type here would refuse one of them under `strict`.
+  // The client reads `data` of messages, `code` and `reason` of closes, `message` of errors.
   onopen: ((event: any) => void) | null;
-  onmessage: ((event: { data: any }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
   onerror: ((event: any) => void) | null;
 }
 
-/** A WebSocket constructor, e.g. `globalThis.WebSocket` or `import { WebSocket } from "ws"`. */
+/** A WebSocket constructor, e.g. `globalThis.WebSocket` or `import WebSocket from "ws"`. */
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 /** Options of {@link connect} and {@link Client}. Times are in milliseconds. */
 export interface ClientOptions {
-  /** The server: `ws://host:port/api/v1/ws`, or a base such as `http://host:port` or `wss://host/rt`. */
+  /**
+   * The server: a URL whose path ends in `/api/v1/ws` is used as it is; any other URL is a base
+   * to which `/api/v1/ws` is added (`http://host:port`, `wss://host/rt`). `http(s)` becomes
+   * `ws(s)`; query parameters are kept.
+   */
   url: string;
   username: string;
-  room: string;
+  /** The room to join when connecting; without it the connection starts in no room (v1.1). */
+  room?: string;
+  /** Resume the room from this offset on the first connection (with `epoch`). */
+  since?: number;
+  /** The epoch that `since` belongs to. */
+  epoch?: string;
   /** A JWT, when the server requires authentication. */
   token?: string;
   /**
@@ -94,6 +134,11 @@ export interface ClientOptions {
   requestTimeout?: number;
   /** How many frames to keep while disconnected, sent after the reconnect (default 1000). */
   maxQueue?: number;
+  /**
+   * How long the first connection may take to get its welcome (default 10000). The first
+   * connection is tried once: when it fails, `ready` rejects and the client is closed.
+   */
+  connectTimeout?: number;
 }
 
 /** A topic handler: called with each frame of its topic. */
@@ -134,28 +179,117 @@ interface Pending {
   sent: boolean;
 }
 
+type Handlers = Map<string, Set<Handler>>;
+
+function add<T>(set: Set<T>, item: T): () => void {
+  set.add(item);
+  return () => set.delete(item);
+}
+
+function addHandler(handlers: Handlers, topic: string, handler: Handler): () => void {
+  let set = handlers.get(topic);
+  if (!set) handlers.set(topic, (set = new Set()));
+  return add(set, handler);
+}
+
+function emit(handlers: Handlers, message: Message): void {
+  for (const key of [message.topic, "*"]) for (const handler of handlers.get(key) ?? []) handler(message);
+}
+
 /**
- * A member of one room. It connects on construction and reconnects until {@link close} is called
- * or the server ends the connection with a final close code.
+ * One room of a client's connection, from {@link Client.join}: its own handlers, members,
+ * offset and epoch. The client re-joins it after every reconnect, resuming from its offset.
  */
-export class Client {
-  /** The current connection state. */
-  status: Status = "connecting";
-  /** The room's members, kept up to date from `welcome`, `presence.join` and `presence.leave`. */
+export class Room {
+  /** The room's members, kept up to date from `joined`, `presence.join` and `presence.leave`. */
   members: string[] = [];
-  /** The last welcome received. */
-  welcome?: Welcome;
   /** The room's history epoch, used to resume. */
   epoch?: string;
   /** The offset of the last room message delivered to the application. */
   offset = 0;
+  /** False once the room was left, or the server removed the connection from it. */
+  joined = false;
+  /** Settles when the room is joined, or fails when the join is refused. */
+  readonly ready: Promise<Room>;
+  /** @internal */ handlers: Handlers = new Map();
+  /** @internal */ resets = new Set<(joined: Joined) => void>();
+  /** @internal */ backlog?: number;
+  /** @internal frames that came before any handler of their topic (none for the URL's room) */
+  early?: Message[];
+  /** @internal */ settle!: [(room: Room) => void, (error: RoomcastError) => void];
+
+  constructor(
+    /** The room's ID. */
+    readonly id: string,
+    private readonly client: Client,
+  ) {
+    this.ready = new Promise((resolve, reject) => (this.settle = [resolve, reject]));
+    this.ready.catch(() => {});
+  }
+
+  /**
+   * Call `handler` with every frame of this room on `topic` (`"*"`: every topic). Frames that
+   * arrived before the room had a handler for them (a backlog replayed by the join) are given
+   * to it first. Returns a function that removes the handler.
+   */
+  on<P = any>(topic: string, handler: Handler<P>): () => void {
+    const off = addHandler(this.handlers, topic, handler);
+    const early = this.early ?? [];
+    this.early = early.filter((m) => topic !== "*" && m.topic !== topic);
+    for (const m of early) if (!this.early.includes(m)) handler(m);
+    return off;
+  }
+
+  /** Call `handler` when a re-join could not resume the room (`recovered: false`). */
+  onReset(handler: (joined: Joined) => void): () => void {
+    return add(this.resets, handler);
+  }
+
+  /** Publish to this room, or to its member `to`; queued while reconnecting. */
+  publish(topic: string, payload: unknown, to?: string): void {
+    this.client.send(topic, payload, to, this.id);
+  }
+
+  /** Publish like {@link publish} and wait for the `ack`: resolves with the offset. */
+  request(topic: string, payload: unknown, to?: string): Promise<number | undefined> {
+    return this.client.request(topic, payload, to, this.id);
+  }
+
+  /** Ask the server for this room's members, cluster-wide. */
+  async presence(): Promise<string[]> {
+    await this.client.request("presence", { roomID: this.id });
+    return this.members;
+  }
+
+  /** Leave the room: nothing more of it reaches the client. */
+  async leave(): Promise<void> {
+    this.client.drop(this);
+    if (this.client.status !== "closed") await this.client.request("room.leave", { roomID: this.id }).catch(() => {});
+  }
+}
+
+/**
+ * A WebSocket connection of one user, in one room (the `room` option) or many (v1.1,
+ * {@link join}). It connects on construction and reconnects until {@link close} is called or
+ * the server ends the connection with a final close code. `on`, `send`, `request`, `members`,
+ * `offset` and `epoch` are those of the `room` option's room (v1); {@link join} gives a handle
+ * for each other room.
+ */
+export class Client {
+  /** The current connection state. */
+  status: Status = "connecting";
+  /** The last welcome received. */
+  welcome?: Welcome;
   /** Settles with the first welcome, or fails when the first connection is refused for good. */
   readonly ready: Promise<Welcome>;
+  /** The rooms the client is in, by ID (the `room` option's included). */
+  readonly rooms = new Map<string, Room>();
 
   private readonly o: ClientOptions;
+  private first?: Room;
   private ws?: WebSocketLike;
   private token?: string;
-  private handlers = new Map<string, Set<Handler>>();
+  private handlers: Handlers = new Map();
   private statusHandlers = new Set<(status: Status, info: StatusInfo) => void>();
   private resetHandlers = new Set<(welcome: Welcome) => void>();
   private pending = new Map<number, Pending>();
@@ -167,7 +301,7 @@ export class Client {
   private keepalive?: ReturnType<typeof setTimeout>;
   private refresher?: ReturnType<typeof setTimeout>;
   private refusal?: RoomcastError;
-  private presenceList: string[] = [];
+  private failure?: string;
   private closed = false;
   private joined = false;
   private settle!: [(welcome: Welcome) => void, (error: RoomcastError) => void];
@@ -175,6 +309,14 @@ export class Client {
   constructor(options: ClientOptions) {
     this.o = options;
     this.token = options.token;
+    if (options.room !== undefined) {
+      const room = (this.first = new Room(options.room, this));
+      this.rooms.set(room.id, room);
+      if (options.epoch !== undefined) {
+        room.epoch = options.epoch;
+        room.offset = options.since ?? 0;
+      }
+    }
     this.ready = new Promise<Welcome>((resolve, reject) => {
       this.settle = [resolve, reject];
     });
@@ -183,42 +325,77 @@ export class Client {
     this.open();
   }
 
+  /** The members of the `room` option's room. */
+  get members(): string[] {
+    return this.first?.members ?? [];
+  }
+
+  /** The history epoch of the `room` option's room, used to resume. */
+  get epoch(): string | undefined {
+    return this.first?.epoch;
+  }
+
+  /** The offset of the last message of the `room` option's room delivered to the application. */
+  get offset(): number {
+    return this.first?.offset ?? 0;
+  }
+
   /**
-   * Call `handler` with every frame of `topic`: room messages, `presence.join`,
-   * `presence.leave`, `welcome`, `error` (errors that answer no request). Returns a function
-   * that removes the handler.
+   * Call `handler` with every frame of `topic` (`"*"`: every frame), of every room: room
+   * messages, `presence.join`, `presence.leave`, `joined`, `left`, `welcome`, `error` (errors
+   * that answer no request). Returns a function that removes the handler.
    */
   on<P = any>(topic: string, handler: Handler<P>): () => void {
-    let set = this.handlers.get(topic);
-    if (!set) this.handlers.set(topic, (set = new Set()));
-    set.add(handler);
-    return () => set!.delete(handler);
+    return addHandler(this.handlers, topic, handler);
   }
 
   /** Call `handler` on every status change. Returns a function that removes the handler. */
   onStatus(handler: (status: Status, info: StatusInfo) => void): () => void {
-    this.statusHandlers.add(handler);
-    return () => this.statusHandlers.delete(handler);
+    return add(this.statusHandlers, handler);
   }
 
   /**
-   * Call `handler` when a reconnect could not resume the room (`recovered: false`): messages
-   * may have been missed, so the application should reload its state.
+   * Call `handler` when a reconnect could not resume the `room` option's room
+   * (`recovered: false`): messages may have been missed, so the application should reload
+   * its state. Each {@link Room} has its own `onReset`.
    */
   onReset(handler: (welcome: Welcome) => void): () => void {
-    this.resetHandlers.add(handler);
-    return () => this.resetHandlers.delete(handler);
+    return add(this.resetHandlers, handler);
   }
 
   /**
-   * Publish `payload` on `topic` to the room, or to the member `to`. While the client is
-   * reconnecting the frame is queued and sent after the reconnect.
+   * Join another room on this connection (protocol v1.1); resolves with its handle once the
+   * server said `joined`. The client re-joins it after every reconnect with its own `since` +
+   * `epoch`. Joining a room the client is in gives the same handle.
+   *
+   * @throws RoomcastError `forbidden`, `duplicate`, `too_many_rooms`, `bad_request`, ...
+   */
+  join(roomID: string, options: JoinOptions = {}): Promise<Room> {
+    if (this.closed) return Promise.reject(new RoomcastError("closed", "the client is closed"));
+    let room = this.rooms.get(roomID);
+    if (!room) {
+      room = new Room(roomID, this);
+      room.early = [];
+      room.backlog = options.backlog;
+      if (options.epoch !== undefined) {
+        room.epoch = options.epoch;
+        room.offset = options.since ?? 0;
+      }
+      this.rooms.set(roomID, room);
+      if (this.joined) this.sendJoin(room);
+    }
+    return room.ready;
+  }
+
+  /**
+   * Publish `payload` on `topic` to the room (the `room` option's, or `room`), or to its member
+   * `to`. While the client is reconnecting the frame is queued and sent after the reconnect.
    *
    * @throws RoomcastError `closed` when the client is closed, `queue_full` when too many
    *   frames wait for a reconnect.
    */
-  send(topic: string, payload: unknown, to?: string): void {
-    this.write(frame(topic, payload, to));
+  send(topic: string, payload: unknown, to?: string, room?: string): void {
+    this.write(frame(topic, payload, to, undefined, room));
   }
 
   /**
@@ -228,7 +405,7 @@ export class Client {
    * @throws RoomcastError with the `code` and `message` of the server's `error` frame, or
    *   `disconnected`, `timeout`, `closed`.
    */
-  request(topic: string, payload: unknown, to?: string): Promise<number | undefined> {
+  request(topic: string, payload: unknown, to?: string, room?: string): Promise<number | undefined> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
@@ -237,17 +414,41 @@ export class Client {
       );
       this.pending.set(id, { resolve, reject, timer, sent: false });
       try {
-        this.write(frame(topic, payload, to, id), id);
+        this.write(frame(topic, payload, to, id, room), id);
       } catch (error) {
         this.answer(id, error as RoomcastError);
       }
     });
   }
 
-  /** Ask the server for the room's members, cluster-wide. */
+  /** Ask the server for the members of the `room` option's room, cluster-wide. */
   async presence(): Promise<string[]> {
     await this.request("presence", {});
-    return this.presenceList;
+    return this.members;
+  }
+
+  /** @internal Forget `room`: nothing more of it is delivered, nor re-joined. */
+  drop(room: Room): void {
+    room.joined = false;
+    this.rooms.delete(room.id);
+    if (room === this.first) this.first = undefined;
+  }
+
+  /** Send `room.join` for `room`, resuming it when it has an epoch. */
+  private sendJoin(room: Room): void {
+    const payload: Record<string, unknown> = { roomID: room.id };
+    if (room.epoch !== undefined) Object.assign(payload, { since: room.offset, epoch: room.epoch });
+    else if (room.backlog) payload.backlog = room.backlog;
+    this.request("room.join", payload).catch((error: RoomcastError) => {
+      // a join lost with its connection is sent again after the reconnect
+      if (error.code === "disconnected" || error.code === "timeout" || this.closed) return;
+      this.drop(room);
+      room.settle[1](error);
+      // a room re-joined after a reconnect may be refused now: it is left
+      const left = { topic: "left", room: room.id, payload: { roomID: room.id, reason: error.code } };
+      emit(this.handlers, left);
+      emit(room.handlers, left);
+    });
   }
 
   /** Close the connection with 1000 and stop reconnecting. Pending requests fail with `closed`. */
@@ -274,20 +475,38 @@ export class Client {
     }
     const Ctor = opts.WebSocket ?? (globalThis as any).WebSocket;
     if (!Ctor) throw new TypeError("no WebSocket: pass the WebSocket option (e.g. from the ws package)");
-    const query: Record<string, string> = { username: opts.username, roomID: opts.room };
+    const query: Record<string, string> = { username: opts.username };
+    const first = this.first;
+    if (first) query.roomID = first.id;
     if (this.token !== undefined) query.token = this.token;
-    if (this.epoch !== undefined) {
-      query.since = String(this.offset);
-      query.epoch = this.epoch;
+    if (first?.epoch !== undefined) {
+      query.since = String(first.offset);
+      query.epoch = first.epoch;
     }
-    const ws: WebSocketLike = new Ctor(endpoint(opts.url) + "?" + new URLSearchParams(query));
+    const ws: WebSocketLike = new Ctor(endpoint(opts.url, query));
     this.ws = ws;
     this.joined = false;
     this.refusal = undefined;
+    this.failure = undefined;
     ws.onmessage = (event) => ws === this.ws && this.receive(String(event.data));
     ws.onclose = (event) => ws === this.ws && this.dropped(event.code, event.reason);
-    ws.onerror = () => {}; // a close event follows
+    // a close event follows; `ws` says why a handshake failed ("Unexpected server response: 404")
+    ws.onerror = (event) => (this.failure = event?.message);
     this.arm();
+    if (!this.welcome) {
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => {
+        if (ws !== this.ws) return;
+        this.ws = undefined;
+        try {
+          ws.close(1000);
+        } catch {
+          // a socket that never opened may throw; it is dropped either way
+        }
+        const why = `no welcome from ${opts.url} in time`;
+        this.finish(undefined, why, new RoomcastError("timeout", why));
+      }, opts.connectTimeout ?? 10000);
+    }
   }
 
   /** Keepalive: ping after `pingInterval` of silence, give up `pingTimeout` later. */
@@ -320,10 +539,19 @@ export class Client {
     }
     this.arm();
     const p = m.payload;
+    // a v1 server's frames about the room (presence answers) may not name it
+    const room = m.room === undefined ? (m.topic === "presence" ? this.first : undefined) : this.rooms.get(m.room);
     // Server frames never carry `from`; a relayed message named "ack" is just a message.
     switch (m.from === undefined ? m.topic : "") {
       case "welcome":
         return this.welcomed(m as Message<Welcome>);
+      case "joined":
+        if (!room) return;
+        this.joinedRoom(room, p);
+        break;
+      case "left":
+        if (room) this.drop(room);
+        break;
       case "ack":
         return this.answer(p.id, p.offset);
       case "error":
@@ -337,38 +565,66 @@ export class Client {
         if (p === KEEPALIVE) return;
         break;
       case "presence":
-        this.presenceList = this.members = [...p.members];
+        if (room) room.members = [...p.members];
         break;
       case "presence.join":
-        if (!this.members.includes(p.username)) this.members = [...this.members, p.username];
+        if (room && !room.members.includes(p.username)) room.members = [...room.members, p.username];
         break;
       case "presence.leave":
-        this.members = this.members.filter((name) => name !== p.username);
+        if (room) room.members = room.members.filter((name) => name !== p.username);
     }
-    if (typeof m.offset === "number") {
+    if (m.room !== undefined && !room && m.topic !== "left") return; // a room left meanwhile
+    if (room && typeof m.offset === "number") {
       // resumed history and live delivery may overlap: each offset reaches the app once
-      if (m.offset <= this.offset) return;
-      this.offset = m.offset;
+      if (m.offset <= room.offset) return;
+      room.offset = m.offset;
     }
-    this.emit(m.topic, m);
+    emit(this.handlers, m);
+    if (!room) return;
+    const has = (topic: string) => room.handlers.get(topic)?.size;
+    if (room.early && !has(m.topic) && !has("*")) {
+      if (room.early.length < (this.o.maxQueue ?? 1000)) room.early.push(m);
+    } else emit(room.handlers, m);
+  }
+
+  /** A `joined` frame: the room's state, as `welcomed` does for the URL's room. */
+  private joinedRoom(room: Room, j: Joined): void {
+    const resumed = room.epoch !== undefined;
+    room.members = [...j.members];
+    if (!resumed || !j.recovered) {
+      room.epoch = j.epoch;
+      // a backlog replays messages up to the join's offset: let them through once
+      room.offset = resumed ? j.offset : Math.max(0, j.offset - (room.backlog ?? 0));
+    }
+    if (resumed && !j.recovered) for (const handler of room.resets) handler(j);
+    room.joined = true;
+    room.settle[0](room);
   }
 
   private welcomed(m: Message<Welcome>): void {
     const w = m.payload;
-    const resumed = this.epoch !== undefined;
+    const first = this.first;
+    const resumed = first?.epoch !== undefined;
     this.welcome = w;
-    this.members = [...w.members];
     this.attempt = this.authFailures = 0;
-    if (!resumed || !w.recovered) {
-      this.epoch = w.epoch;
-      this.offset = w.offset;
+    if (first) {
+      first.members = [...w.members];
+      if (!resumed || !w.recovered) {
+        first.epoch = w.epoch;
+        first.offset = w.offset;
+      }
+      first.joined = true;
+      first.settle[0](first);
     }
     this.joined = true;
-    this.emit("welcome", m);
+    clearTimeout(this.timer);
+    emit(this.handlers, m);
     if (resumed && !w.recovered) for (const handler of this.resetHandlers) handler(w);
     this.setStatus(resumed && w.recovered ? "recovered" : "connected", {});
     this.settle[0](w);
     this.scheduleRefresh();
+    // every other room first, each resumed from its own offset; then what waited
+    for (const room of this.rooms.values()) if (room !== first) this.sendJoin(room);
     const queued = this.queue;
     this.queue = [];
     for (const [text, id] of queued) this.write(text, id);
@@ -429,17 +685,25 @@ export class Client {
     }
     if (this.closed) return;
     const refusal = this.refusal;
-    if (FINAL.includes(code)) {
-      return this.finish(code, refusal?.message ?? reason, refusal);
+    const why = refusal?.message ?? (reason || this.failure || "");
+    // The first connection is tried once (and once more with a fresh token after 4401), as
+    // the Python client does: an unreachable server or a wrong URL fails `ready` at once.
+    const first = !this.welcome;
+    if (first && !refusal && code === 1006) {
+      const cannot = `cannot connect to ${this.o.url}${this.failure ? `: ${this.failure}` : ""}`;
+      return this.finish(code, cannot, new RoomcastError("unreachable", cannot, code));
+    }
+    if (FINAL.includes(code) || (first && code !== 4401)) {
+      return this.finish(code, why, refusal);
     }
     if (code === 4401) {
       // only a new token can help; give up when fresh tokens keep being refused
-      if (!this.o.tokenProvider || ++this.authFailures > 3) {
-        return this.finish(code, refusal?.message ?? reason, refusal);
+      if (!this.o.tokenProvider || ++this.authFailures > (first ? 1 : 3)) {
+        return this.finish(code, why, refusal);
       }
       this.token = undefined;
     }
-    this.retry(code, refusal?.message ?? reason);
+    this.retry(code, why);
   }
 
   private retry(code: number, reason: string): void {
@@ -450,7 +714,7 @@ export class Client {
       const ceiling = Math.min(this.o.maxDelay ?? 20000, (this.o.minDelay ?? 500) * 2 ** this.attempt++);
       delay = ceiling / 2 + (Math.random() * ceiling) / 2;
     }
-    this.setStatus(this.epoch === undefined && this.status === "connecting" ? "connecting" : "reconnecting", {
+    this.setStatus(this.welcome ? "reconnecting" : "connecting", {
       code,
       reason,
       delay,
@@ -459,7 +723,7 @@ export class Client {
     this.timer = setTimeout(() => this.closed || this.open(), delay);
   }
 
-  private finish(code: number, reason: string, error?: RoomcastError): void {
+  private finish(code: number | undefined, reason: string, error?: RoomcastError): void {
     this.closed = true;
     this.ws = undefined;
     clearTimeout(this.timer);
@@ -469,6 +733,7 @@ export class Client {
     for (const id of [...this.pending.keys()]) this.answer(id, failure);
     this.queue = [];
     this.settle[1](failure);
+    for (const room of this.rooms.values()) room.settle[1](failure);
     this.setStatus("closed", { code, reason, error });
   }
 
@@ -477,9 +742,6 @@ export class Client {
     for (const handler of this.statusHandlers) handler(status, info);
   }
 
-  private emit(topic: string, message: Message): void {
-    for (const handler of this.handlers.get(topic) ?? []) handler(message);
-  }
 }
 
 /**
@@ -494,10 +756,11 @@ export async function connect(options: ClientOptions): Promise<Client> {
   return client;
 }
 
-function frame(topic: string, payload: unknown, to?: string, id?: number): string {
+function frame(topic: string, payload: unknown, to?: string, id?: number, room?: string): string {
   const f: Record<string, unknown> = { topic, payload };
   if (to !== undefined) f.to = to;
   if (id !== undefined) f.id = id;
+  if (room !== undefined) f.room = room;
   return JSON.stringify(f);
 }
 
@@ -511,8 +774,11 @@ function expiry(token?: string): number | undefined {
   }
 }
 
-/** `http://h/x` -> `ws://h/x/api/v1/ws`; a URL that names the endpoint is kept. */
-function endpoint(url: string): string {
-  url = url.replace(/^http/, "ws").replace(/[?#].*$/, "");
-  return /\/api\/v1\/ws$/.test(url) ? url : url.replace(/\/?$/, "/api/v1/ws");
+/** `http://h/x?a=1` + query -> `ws://h/x/api/v1/ws?a=1&...`; a path that names the endpoint is kept. */
+function endpoint(url: string, query: Record<string, string>): string {
+  const u = new URL(url.replace(/^http/, "ws"));
+  if (!/\/api\/v1\/ws$/.test(u.pathname)) u.pathname = u.pathname.replace(/\/?$/, "/api/v1/ws");
+  u.hash = "";
+  for (const [key, value] of Object.entries(query)) u.searchParams.set(key, value);
+  return String(u);
 }

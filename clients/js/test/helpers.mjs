@@ -2,13 +2,19 @@
 // network, and a scripted WebSocket server for close codes the real server rarely sends.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { existsSync } from "node:fs";
 import net from "node:net";
 import { fileURLToPath } from "node:url";
 import WebSocket, { WebSocketServer } from "ws";
 import { Client } from "../dist/index.js";
 
+/** This package's folder: the tests run in a copy outside the repository too. */
+export const PACKAGE = fileURLToPath(new URL("../", import.meta.url));
+/** The repository around the package (only the tests in test/repo/ need it). */
 export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
-const PYTHON = process.env.ROOMCAST_PYTHON || `${ROOT}.venv/bin/python`;
+// A Python with roomcast installed: ROOMCAST_PYTHON, else the repository's virtualenv.
+const PYTHON =
+  process.env.ROOMCAST_PYTHON || (existsSync(`${ROOT}.venv/bin/python`) ? `${ROOT}.venv/bin/python` : "python3");
 export const TIMEOUT = 10000;
 
 /** A `roomcast serve` process; `url` is its http://host:port. */
@@ -19,7 +25,7 @@ export class Server {
 
   async start() {
     this.proc = spawn(PYTHON, ["-m", "roomcast", "serve", "--port", "0", ...this.args], {
-      cwd: ROOT,
+      cwd: PACKAGE,
       env: { ...process.env, PYTHONUNBUFFERED: "1" },
       stdio: ["ignore", "ignore", "pipe"],
     });
@@ -72,7 +78,8 @@ export async function redis(t) {
   return `redis://127.0.0.1:${port}/0`;
 }
 
-async function freePort() {
+/** A loopback port with nothing listening on it. */
+export async function freePort() {
   const server = net.createServer().listen(0, "127.0.0.1");
   await once(server, "listening");
   const { port } = server.address();

@@ -137,10 +137,11 @@ test("frames sent while reconnecting go out after the reconnect", async (t) => {
       received.push(frame.payload);
       if (frame.id) sendFrame(ws, "ack", { id: frame.id, offset: 9 });
     });
-    if (n === 0) return ws.close(1011);
-    welcome(ws, url);
+    welcome(ws, url, { recovered: n ? true : undefined });
+    if (n === 0) ws.close(1011);
   });
   const c = client(t, server.url, "alice", "r1");
+  await status(c, "reconnecting");
   c.send("chat", "queued");
   const offset = await c.request("chat", "asked");
   assert.equal(offset, 9);

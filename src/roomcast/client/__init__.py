@@ -6,6 +6,8 @@
 
     async with Client("ws://127.0.0.1:8000", username="alice", room="r1") as client:
         await client.send("chat", {"text": "hello"})
+        news = await client.join("news", backlog=20)  # another room, same connection (v1.1)
+        news.on("headline")(print)
         async for frame in client:
             print(frame.sender, frame.payload)
 
@@ -32,6 +34,7 @@ from ._errors import (
 from ._frames import Frame, Welcome
 from ._http import HttpApi
 from ._policy import Backoff, ClientState, Reconnect, reconnect_rule
+from ._room import Room
 
 __all__ = [
     "ApiError",
@@ -49,6 +52,7 @@ __all__ = [
     "RecoveryCallback",
     "RequestError",
     "RequestTimeout",
+    "Room",
     "StateCallback",
     "TokenProvider",
     "Welcome",

@@ -24,8 +24,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
 from ._errors import ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout
-from ._frames import Frame, Welcome, parse_frame, parse_welcome
+from ._frames import Frame, FrameHandler, Welcome, parse_frame, parse_welcome
 from ._policy import Backoff, ClientState, Reconnect, reconnect_rule
+from ._room import Room
 
 __all__ = [
     "Client",
@@ -43,15 +44,13 @@ _REFRESH_AT = 0.8
 
 TokenProvider = Callable[[], Awaitable[str | None]]
 """An async callable returning a fresh token, or None when there is none to give."""
-FrameHandler = Callable[[Frame], Awaitable[None] | None]
-"""A function or coroutine function called with each frame of its topic."""
 StateCallback = Callable[[ClientState], Awaitable[None] | None]
 """Called with the new state on every state change."""
 RecoveryCallback = Callable[[Welcome], Awaitable[None] | None]
 """Called when a reconnect could not replay the missed messages (`recovered` is false)."""
 
 H = TypeVar("H", bound=FrameHandler)
-_Item = Frame | Callable[[], Awaitable[None] | None] | None
+_Item = Frame | tuple[Frame, Room] | Callable[[], Awaitable[None] | None] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +77,8 @@ class CloseInfo:
 
 
 class Client:
-    """A member of one room: send, receive, request, presence, with automatic reconnect.
+    """A member of one room (or of several, protocol v1.1: :meth:`join` gives a :class:`Room`
+    handle for each other room): send, receive, request, presence, with automatic reconnect.
 
     The client follows the close-code table of the protocol: it stays closed after 1000,
     1007, 1008, 1009, 4400, 4403, 4409 and 4499; after 4401 it asks `token_provider` for a fresh
@@ -93,10 +93,12 @@ class Client:
     unhandled frames are kept; once it has started, none are dropped.
 
     Args:
-        url: the server, `ws://HOST:PORT` (the path defaults to `/api/v1/ws`); `http(s)://`
-            is accepted too.
+        url: the server: a URL whose path ends in `/api/v1/ws` is used as it is, any other
+            is a base to which `/api/v1/ws` is added (`ws://HOST:PORT`, `ws://HOST/rt` for an
+            app mounted at `/rt`); `http(s)://` is accepted too.
         username: the member's name in the room.
-        room: the room id.
+        room: the room id; None opens the connection in no room (protocol v1.1), to
+            :meth:`join` rooms on it.
         token: a JWT, sent as `Authorization: Bearer`.
         token_provider: an async callable returning a token; called before the first
             connection when `token` is None, again whenever the server answers 4401, and, for
@@ -123,7 +125,7 @@ class Client:
         url: str,
         *,
         username: str,
-        room: str,
+        room: str | None = None,
         token: str | None = None,
         token_provider: TokenProvider | None = None,
         since: int | None = None,
@@ -176,6 +178,8 @@ class Client:
         self._presence_pending = 0
         self._last_presence: list[str] = []
         self._handlers: dict[str, list[FrameHandler]] = {}
+        self._rooms: dict[str, Room] = {}
+        self._room_left = False
         self._incoming: asyncio.Queue[_Item] = asyncio.Queue()
         self._inbox: deque[Frame] = deque()
         self._inbox_ready = asyncio.Event()
@@ -220,6 +224,11 @@ class Client:
         return self._epoch
 
     @property
+    def rooms(self) -> dict[str, Room]:
+        """The rooms joined with :meth:`join` and not left, by id."""
+        return dict(self._rooms)
+
+    @property
     def last_close(self) -> CloseInfo | None:
         """How the most recent connection ended, or None."""
         return self._last_close
@@ -232,7 +241,8 @@ class Client:
     # handlers and iteration
 
     def on(self, topic: str) -> Callable[[H], H]:
-        """Register a handler of `topic` (`"*"` for every topic) as a decorator.
+        """Register a handler of `topic` (`"*"` for every topic) as a decorator. It gets the
+        frames of every room; a :class:`Room` has handlers of its own.
 
         Handlers are called one at a time, in the order frames arrive, and may await
         :meth:`request`. An exception in a handler is logged and does not stop the client.
@@ -359,18 +369,111 @@ class Client:
 
     # sending
 
-    async def send(self, topic: str, payload: Any, to: str | None = None) -> None:
-        """Send a frame to the room, or to member `to` only; waits while reconnecting.
+    async def join(
+        self,
+        room_id: str,
+        *,
+        backlog: int | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+        on_recovery_failed: Callable[[Room, dict[str, Any]], Awaitable[None] | None] | None = None,
+        timeout: float | None = 10.0,
+    ) -> Room:
+        """Join another room on this connection (protocol v1.1) and return its handle.
+
+        `backlog` replays the room's last N retained messages; `since` + `epoch` resume it.
+        The client joins the room again after every reconnect, resuming from its own offset;
+        when the server cannot replay what was missed, `on_recovery_failed(room, joined)` is
+        called. Joining a room joined already returns the same handle.
+
+        Raises:
+            RequestError: the server refused (`forbidden`, `duplicate`, `too_many_rooms`,
+                `bad_request`, ...).
+            RequestTimeout: not joined within `timeout` seconds.
+            ClientClosed: the client is closed.
+        """
+        if (since is None) != (epoch is None):
+            raise ValueError("since and epoch go together")
+        if self._final is not None:
+            raise self._closed_error()
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = Room(
+                self,
+                room_id,
+                backlog=backlog,
+                since=since,
+                epoch=epoch,
+                max_waiting=self._max_queue,
+            )
+            room._on_recovery_failed = on_recovery_failed
+            self._rooms[room_id] = room
+            ws = self._ws
+            if self.connected and ws is not None:
+                await self._send_join(ws, room)
+        try:
+            await room._wait_joined(timeout)
+        except TimeoutError:
+            raise RequestTimeout(f"not joined to {room_id!r} within {timeout} s") from None
+        return room
+
+    def _drop_room(self, room: Room) -> None:
+        room.left = True
+        if self._rooms.get(room.id) is room:
+            del self._rooms[room.id]
+
+    def _wake_dispatcher(self) -> None:
+        self._incoming.put_nowait(lambda: None)
+
+    async def _send_join(self, ws: ClientConnection, room: Room) -> None:
+        """Send `room.join`; a refusal drops the room (and tells its handlers `left`)."""
+        frame_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[frame_id] = (future, False)
+
+        def answered(done: asyncio.Future[Any]) -> None:
+            self._pending.pop(frame_id, None)
+            error = None if done.cancelled() else done.exception()
+            if isinstance(error, RequestError):
+                room._refused = error
+                self._drop_room(room)
+                room._joined.set()
+                payload = {"roomID": room.id, "reason": error.wire_code}
+                self._incoming.put_nowait((Frame("left", payload, room=room.id), room))
+
+        future.add_done_callback(answered)
+        with contextlib.suppress(ConnectionLost):  # sent again after the reconnect
+            await self._write(ws, _frame("room.join", room._join_payload(), None, frame_id))
+
+    async def _rejoin(self, ws: ClientConnection) -> None:
+        """Join every room again on a new connection, each from its own offset."""
+        sent: set[str] = set()
+        while todo := [r for r in self._rooms.values() if r.id not in sent]:
+            for room in todo:
+                sent.add(room.id)
+                await self._send_join(ws, room)
+
+    async def send(
+        self, topic: str, payload: Any, to: str | None = None, *, room: str | None = None
+    ) -> None:
+        """Send a frame to the room (the client's, or `room`), or to member `to` only; waits
+        while reconnecting.
 
         Raises:
             ClientClosed: the client is closed.
             ConnectionLost: the connection dropped while sending.
         """
         ws = await self._wait_connected()
-        await self._write(ws, _frame(topic, payload, to, None))
+        await self._write(ws, _frame(topic, payload, to, None, room))
 
     async def request(
-        self, topic: str, payload: Any, to: str | None = None, *, timeout: float | None = 10.0
+        self,
+        topic: str,
+        payload: Any,
+        to: str | None = None,
+        *,
+        timeout: float | None = 10.0,
+        room: str | None = None,
     ) -> int | None:
         """Send a frame with an `id` and wait for the server's answer.
 
@@ -383,7 +486,7 @@ class Client:
             ConnectionLost: the connection dropped before the answer came.
             ClientClosed: the client is closed.
         """
-        result: int | None = await self._request(topic, payload, to, timeout, False)
+        result: int | None = await self._request(topic, payload, to, timeout, False, room)
         return result
 
     async def presence(self, *, timeout: float | None = 10.0) -> list[str]:
@@ -396,7 +499,13 @@ class Client:
         return members
 
     async def _request(
-        self, topic: str, payload: Any, to: str | None, timeout: float | None, presence: bool
+        self,
+        topic: str,
+        payload: Any,
+        to: str | None,
+        timeout: float | None,
+        presence: bool,
+        room: str | None = None,
     ) -> Any:
         frame_id = next(self._ids)
         try:
@@ -406,7 +515,7 @@ class Client:
                 self._pending[frame_id] = (future, presence)
                 self._presence_pending += presence
                 try:
-                    await self._write(ws, _frame(topic, payload, to, frame_id))
+                    await self._write(ws, _frame(topic, payload, to, frame_id, room))
                     return await future
                 finally:
                     if self._pending.pop(frame_id, None) is not None:
@@ -526,6 +635,9 @@ class Client:
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
+        for room in self._rooms.values():
+            room._refused = error
+            room._joined.set()
         if self._first is not None and not self._first.done():
             self._first.set_exception(error)
         self._set_state(ClientState.CLOSED)
@@ -537,9 +649,11 @@ class Client:
             for k, v in parse_qsl(parts.query)
             if k not in ("username", "roomID", "since", "epoch")
         ]
-        query += [("username", self.username), ("roomID", self.room)]
-        if self._offset is not None and self._epoch is not None:
-            query += [("since", str(self._offset)), ("epoch", self._epoch)]
+        query += [("username", self.username)]
+        if self.room is not None and not self._room_left:
+            query += [("roomID", self.room)]
+            if self._offset is not None and self._epoch is not None:
+                query += [("since", str(self._offset)), ("epoch", self._epoch)]
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     async def _connect_once(self) -> tuple[CloseInfo, bool]:
@@ -582,6 +696,11 @@ class Client:
                     welcome = parse_welcome(first.payload)
             if error is None:
                 self._on_welcome(welcome)
+                # every other room before any frame that may be meant for it
+                await self._rejoin(ws)
+                self._set_state(ClientState.CONNECTED)
+                if self._first is not None and not self._first.done():
+                    self._first.set_result(None)
                 joined = True
                 if self._token_provider is not None and _token_expiry(self._token):
                     refresher = asyncio.create_task(self._keep_token_fresh())
@@ -639,23 +758,41 @@ class Client:
 
     def _on_welcome(self, welcome: Welcome) -> None:
         self._welcome = welcome
+        if not welcome.room:
+            return  # a connection in no room: each room has its own state
         self._members = list(welcome.members)
         if welcome.recovered is not True:
             # A first join, or history that could not be replayed: start from the room's
             # current offset in its current epoch.
             self._offset = welcome.offset
         self._epoch = welcome.epoch
-        self._set_state(ClientState.CONNECTED)
         if welcome.recovered is False and self._on_recovery_failed is not None:
             callback = self._on_recovery_failed
             self._incoming.put_nowait(lambda: callback(welcome))
-        if self._first is not None and not self._first.done():
-            self._first.set_result(None)
 
     def _handle(self, frame: Frame) -> None:
         """Route one frame: answers to requests here, the rest to the dispatcher in order."""
         # Server frames never carry `from`; a relayed message named "ack" is just a message.
         topic = frame.topic if frame.sender is None else ""
+        room = self._rooms.get(frame.room) if frame.room is not None else None
+        if room is not None and frame.room != self.room:
+            if topic == "joined" and isinstance(frame.payload, dict):
+                callback = room._on_recovery_failed
+                if room._on_joined(frame.payload) is False and callback is not None:
+                    payload = frame.payload
+                    self._incoming.put_nowait(lambda: callback(room, payload))
+            elif topic == "left":
+                self._drop_room(room)
+            elif topic == "presence" and self._presence_pending:
+                room._accept(frame)
+                return  # the answer to Room.presence()
+            if room._accept(frame):
+                self._incoming.put_nowait((frame, room))
+            return
+        if frame.room is not None and frame.room != self.room and topic not in ("error", "ack"):
+            return  # a room left meanwhile
+        if topic == "left" and frame.room == self.room:
+            self._room_left = True  # removed from the URL's room: reconnect without it
         if topic == "ack" or topic == "error":
             frame_id = _payload_id(frame)
             entry = self._pending.get(frame_id) if frame_id is not None else None
@@ -699,6 +836,18 @@ class Client:
                     if self._final is not None:
                         break
                     continue
+                for room in list(self._rooms.values()):
+                    for frame, handler in room._take_due():
+                        await _call(handler, frame)
+                if isinstance(item, tuple):
+                    frame, room = item
+                    for handler in self._handlers.get(frame.topic, []) + self._handlers.get(
+                        "*", []
+                    ):
+                        await _call(handler, frame)
+                    for handler in room._targets(frame):
+                        await _call(handler, frame)
+                    continue
                 if not isinstance(item, Frame):
                     await _call(item)
                     continue
@@ -728,7 +877,9 @@ async def _call(function: Callable[..., Any], *args: Any) -> None:
         logger.exception("a client callback failed")
 
 
-def _frame(topic: str, payload: Any, to: str | None, frame_id: int | None) -> dict[str, Any]:
+def _frame(
+    topic: str, payload: Any, to: str | None, frame_id: int | None, room: str | None = None
+) -> dict[str, Any]:
     if not isinstance(topic, str) or not topic:
         raise ValueError("topic must be a non-empty string")
     if payload is None:
@@ -738,6 +889,8 @@ def _frame(topic: str, payload: Any, to: str | None, frame_id: int | None) -> di
         frame["to"] = to
     if frame_id is not None:
         frame["id"] = frame_id
+    if room is not None:
+        frame["room"] = room
     return frame
 
 
@@ -774,11 +927,13 @@ def _token_expiry(token: str | None) -> float | None:
 
 
 def _ws_url(url: str) -> str:
-    """`ws://HOST:PORT` with the default path; `http(s)://` becomes `ws(s)://`."""
+    """The endpoint URL, by the rule both clients follow: a path ending in `/api/v1/ws` is
+    kept, any other path is a base to which `/api/v1/ws` is added (`ws://HOST:PORT`,
+    `http://HOST:PORT/rt`); `http(s)://` becomes `ws(s)://`; the query is kept."""
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path not in ("", "/") else WS_PATH
-    result = urlunsplit(parts._replace(scheme=scheme, path=path))
+    path = parts.path if parts.path.endswith(WS_PATH) else parts.path.rstrip("/") + WS_PATH
+    result = urlunsplit(parts._replace(scheme=scheme, path=path, fragment=""))
     try:
         parse_uri(result)
     except InvalidURI as exc:

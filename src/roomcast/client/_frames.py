@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Frame", "Welcome", "parse_frame", "parse_welcome"]
+__all__ = ["Frame", "FrameHandler", "Welcome", "parse_frame", "parse_welcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +41,13 @@ class Welcome:
     Attributes:
         connection_id: the server's id of this connection.
         username: the member's name in the room.
-        room: the room id.
+        room: the room id ("" for a connection opened in no room, protocol v1.1).
         members: the room's members at join time.
         epoch: the room's history incarnation.
         offset: the room's latest offset at join time.
         recovered: after a reconnect, whether every missed message is being replayed;
             None on a first connection.
+        rooms: the rooms the connection is in (protocol v1.1; empty from a v1 server).
     """
 
     connection_id: str
@@ -55,6 +57,11 @@ class Welcome:
     epoch: str
     offset: int
     recovered: bool | None = None
+    rooms: tuple[str, ...] = ()
+
+
+FrameHandler = Callable[[Frame], Awaitable[None] | None]
+"""A function or coroutine function called with each frame of its topic."""
 
 
 def parse_frame(data: Any) -> Frame:
@@ -86,6 +93,11 @@ def parse_welcome(payload: Any) -> Welcome:
     """
     try:
         recovered = payload.get("recovered")
+        rooms = tuple(str(r) for r in payload.get("rooms", ()))
+        if "roomID" not in payload:  # a connection in no room (v1.1)
+            return Welcome(
+                str(payload["connectionId"]), str(payload["username"]), "", (), "", 0, None, rooms
+            )
         return Welcome(
             connection_id=str(payload["connectionId"]),
             username=str(payload["username"]),
@@ -94,6 +106,7 @@ def parse_welcome(payload: Any) -> Welcome:
             epoch=str(payload["epoch"]),
             offset=int(payload["offset"]),
             recovered=None if recovered is None else bool(recovered),
+            rooms=rooms,
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed welcome frame: {exc!r}") from None

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from . import _prompt_toolkit
 from ._client import Client
 from ._errors import ClientClosed, ClientError, RequestError
 from ._frames import Frame, Welcome
@@ -33,6 +34,8 @@ class Terminal:
         self.err = err
         self._client: Client | None = None
         self._joined = False
+        self.failed = False
+        """Whether a line could not be sent (refused by the server, or a bad command)."""
 
     @property
     def client(self) -> Client:
@@ -48,6 +51,8 @@ class Terminal:
 
     def say(self, line: str, *, error: bool = False) -> None:
         """Print one line now."""
+        if error and line.startswith("!"):
+            self.failed = True
         stream = self.err if error else self.out
         stream.write(line + "\n")
         stream.flush()
@@ -63,7 +68,8 @@ class Terminal:
         elif frame.sender is not None:
             who = frame.sender if frame.to is None else f"{frame.sender} -> {frame.to}"
             text = payload.get("text") if isinstance(payload, dict) else None
-            if frame.topic == "chat" and isinstance(text, str) and len(payload) == 1:
+            # a chat message is shown by its text (the demo page adds the time it was sent)
+            if frame.topic == "chat" and isinstance(text, str):
                 self.say(f"[{frame.room}] {who}: {text}")
             else:
                 self.say(f"[{frame.room}] {who} ({frame.topic}): {_json(payload)}")
@@ -128,16 +134,31 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _read_lines(
-    stream: TextIO, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]
-) -> None:
-    """Feed lines into `queue` from a thread; None at end of input. A daemon thread, so that
-    a read blocked on a terminal never delays the exit."""
-    with contextlib.suppress(OSError, ValueError, RuntimeError):  # RuntimeError: loop closed
-        for line in iter(stream.readline, ""):
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(queue.put_nowait, None)
+class _PipeLines:
+    """Lines of a stream read by a daemon thread (started at the first read), so that a read
+    blocked on a terminal never delays the exit; None at the end of input."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._queue: asyncio.Queue[str | None] | None = None
+
+    async def __call__(self) -> str | None:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            threading.Thread(
+                target=self._read,
+                args=(asyncio.get_running_loop(), self._queue),
+                daemon=True,
+                name="roomcast-stdin",
+            ).start()
+        return await self._queue.get()
+
+    def _read(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+        with contextlib.suppress(OSError, ValueError, RuntimeError):  # RuntimeError: loop closed
+            for line in iter(self._stream.readline, ""):
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(queue.put_nowait, None)
 
 
 async def run_terminal(
@@ -151,9 +172,32 @@ async def run_terminal(
     err: TextIO | None = None,
 ) -> int:
     """Chat in `room` as `username` until `/quit` or end of input; returns the exit status
-    (0, or 1 when the server refused or ended the connection for good)."""
-    out, err = out or sys.stdout, err or sys.stderr
-    terminal = Terminal(out, err)
+    (0, or 1 when the server refused or ended the connection for good, or, with input from a
+    pipe, when a line could not be sent).
+
+    In a terminal, with prompt_toolkit installed, the line being typed stays below the
+    messages that arrive meanwhile."""
+    if stdin is None and out is None and err is None and _prompt_toolkit.usable():
+        async with _prompt_toolkit.line_editor("> ") as read:
+            # sys.stdout and sys.stderr now print above the prompt
+            terminal = Terminal(sys.stdout, sys.stderr)
+            return await _chat(terminal, url, room, username, token, read, piped=False)
+    stream = stdin or sys.stdin
+    terminal = Terminal(out or sys.stdout, err or sys.stderr)
+    piped = not stream.isatty()
+    return await _chat(terminal, url, room, username, token, _PipeLines(stream), piped=piped)
+
+
+async def _chat(
+    terminal: Terminal,
+    url: str,
+    room: str,
+    username: str,
+    token: str | None,
+    read: _prompt_toolkit.LineReader,
+    *,
+    piped: bool,
+) -> int:
     client = Client(
         url,
         username=username,
@@ -172,18 +216,11 @@ async def run_terminal(
         f"* joined {welcome.room} as {welcome.username}; "
         f"members: {', '.join(welcome.members)}; /help for commands"
     )
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-    threading.Thread(
-        target=_read_lines,
-        args=(stdin or sys.stdin, asyncio.get_running_loop(), lines),
-        daemon=True,
-        name="roomcast-stdin",
-    ).start()
     closed = asyncio.ensure_future(client.wait_closed())
     quit_ = False
     try:
         while True:
-            line_task = asyncio.ensure_future(lines.get())
+            line_task = asyncio.ensure_future(read())
             await asyncio.wait({line_task, closed}, return_when=asyncio.FIRST_COMPLETED)
             if not line_task.done():
                 line_task.cancel()
@@ -199,6 +236,6 @@ async def run_terminal(
             await client.close()
         info = await closed
     if quit_:
-        return 0
+        return 1 if piped and terminal.failed else 0
     terminal.say(f"* disconnected: {info.describe()}", error=True)
     return 1

@@ -1,5 +1,6 @@
-// The demo chat page: one room per tab, built on the roomcast TypeScript client.
-// User text only ever reaches the page through textContent, never as HTML.
+// The demo chat page, built on the roomcast TypeScript client: one WebSocket per tab, in one
+// room, or in several with a server that speaks protocol v1.1 (a room list with unread counts,
+// presence per room). User text only ever reaches the page through textContent, never as HTML.
 import { Client } from "./roomcast.min.js";
 
 const $ = (id) => document.getElementById(id);
@@ -11,16 +12,31 @@ const STATUS_TEXT = {
   recovered: "recovered",
   closed: "disconnected",
 };
-const REASONS = {
+// Why a join was refused (the form shows it) ...
+const REFUSED = {
+  1006: "the server cannot be reached",
   4400: "that name or room is not valid",
   4401: "authentication is required",
   4403: "this room is not open to you",
   4409: "that name is already taken in this room",
   4499: "you were removed from the room",
 };
+// ... and why a joined page was disconnected for good.
+const ENDED = {
+  4409: "you joined from another tab or device",
+  4499: "you were removed from the room",
+};
+const HISTORY = 50; // messages shown to a page that joins a room with history
+const SESSION = "roomcast.session"; // a tab's rooms, kept across a reload (sessionStorage)
+const SHOWN = new Set(["welcome", "joined", "left", "presence", "presence.join", "presence.leave", "error", "pong", "ack"]);
 
-let client = null;
+let client = null; // the one client of this tab: a new join closes the previous one
 let me = "";
+let first = null; // the view of the room joined with the form (the connection's URL room)
+let active = null; // the view on screen
+const views = new Map(); // room ID -> { id, room, list, entry, unread, joined, left }
+const tabs = "BroadcastChannel" in globalThis ? new BroadcastChannel("roomcast-demo") : null;
+const elsewhere = new Set(); // "room\nname" joined in this browser's other tabs
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -35,108 +51,264 @@ function setStatus(status, detail) {
   badge.textContent = detail ? `${STATUS_TEXT[status]}: ${detail}` : STATUS_TEXT[status];
 }
 
-function append(node) {
-  const list = $("messages");
+function append(view, node) {
+  const list = view.list;
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.append(node);
   if (atBottom || node.classList.contains("mine")) list.scrollTop = list.scrollHeight;
+  return node;
 }
 
-function notice(text, kind = "") {
+function notice(view, text, kind = "") {
   const item = el("li", `notice ${kind}`.trim(), text);
   if (kind) item.dataset.kind = kind;
-  append(item);
+  return append(view, item);
 }
 
-function time() {
-  return new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-function showMessage(message) {
-  const { payload, from } = message;
-  const text =
-    payload && typeof payload === "object" && typeof payload.text === "string"
-      ? payload.text
-      : JSON.stringify(payload);
+/** A room message as a list item; `at` in the payload is the sender's clock. */
+function messageItem(message) {
+  const { payload, from, topic } = message;
+  const chat = topic === "chat" && payload && typeof payload.text === "string";
   const item = el("li", from === me ? "msg mine" : "msg");
+  if (!chat) item.classList.add("other");
   item.dataset.offset = String(message.offset ?? "");
   const meta = el("div", "meta");
-  meta.append(el("span", "from", from === "$server" ? "server" : from), el("time", "time", time()));
-  item.append(meta, el("div", "text", text));
-  append(item);
+  const sent = payload && typeof payload.at === "number" ? payload.at : Date.now();
+  meta.append(el("span", "from", from === "$server" ? "server" : from));
+  if (!chat) meta.append(el("span", "topic", topic));
+  meta.append(el("time", "time", clock(sent)));
+  item.append(meta, el("div", "text", chat ? payload.text : JSON.stringify(payload)));
+  return item;
+}
+
+function shown(view, offset) {
+  return view.list.querySelector(`.msg[data-offset="${offset}"]`) !== null;
+}
+
+function showMessage(view, message) {
+  if (message.offset !== undefined && shown(view, message.offset)) return;
+  append(view, messageItem(message));
+  if (view !== active && message.from !== me) {
+    view.unread++;
+    showRooms();
+  }
+}
+
+/** Put the room's last messages up to `upTo` above what the view shows (HTTP history API). */
+async function showHistory(view, upTo) {
+  if (upTo < 1) return;
+  const path = `api/v1/rooms/${encodeURIComponent(view.id)}/history?since=${Math.max(0, upTo - HISTORY)}`;
+  let page;
+  try {
+    const response = await fetch(new URL(path, new URL(".", location.href)));
+    if (!response.ok) return; // e.g. an API key is required: no history then
+    page = await response.json();
+  } catch {
+    return;
+  }
+  if (views.get(view.id) !== view) return;
+  const older = page.messages.filter((m) => m.offset <= upTo && !shown(view, m.offset) && !m.to);
+  view.list.prepend(...older.map(messageItem));
+  view.list.scrollTop = view.list.scrollHeight;
 }
 
 function showMembers() {
-  const list = $("members");
-  const names = [...client.members].sort((a, b) => a.localeCompare(b));
-  list.replaceChildren(...names.map((name) => el("li", name === me ? "me" : "", name)));
-  $("member-count").textContent = String(names.length);
+  const names = active && !active.left && client?.status !== "closed" ? active.room.members : [];
+  const sorted = [...names].sort((a, b) => a.localeCompare(b));
+  $("members").replaceChildren(...sorted.map((name) => el("li", name === me ? "me" : "", name)));
+  $("member-count").textContent = String(sorted.length);
 }
 
-function join(username, room) {
+function showRooms() {
+  for (const view of views.values()) {
+    view.entry.classList.toggle("active", view === active);
+    view.entry.classList.toggle("left", view.left);
+    const badge = view.entry.querySelector(".unread");
+    badge.textContent = view.unread ? String(view.unread) : "";
+    badge.hidden = view.unread === 0;
+  }
+}
+
+function setComposer(enabled) {
+  for (const id of ["text", "send"]) $(id).disabled = !enabled;
+  $("members").classList.toggle("offline", !enabled);
+}
+
+/** Show `view`'s messages, members and composer. */
+function activate(view) {
+  active = view;
+  view.unread = 0;
+  $("messages").replaceWith(view.list);
+  $("room-name").textContent = view.id;
+  setComposer(client?.status !== "closed" && !view.left);
+  showMembers();
+  showRooms();
+  save();
+}
+
+function addView(id, room) {
+  const list = el("ol", "messages");
+  list.id = "messages";
+  const button = el("button", "room-entry", id);
+  button.type = "button";
+  button.dataset.room = id;
+  button.append(el("span", "unread"));
+  const entry = el("li");
+  entry.append(button);
+  $("rooms").append(entry);
+  const view = { id, room, list, entry, unread: 0, joined: false, left: false, before: [] };
+  button.addEventListener("click", () => activate(view));
+  views.set(id, view);
+  return view;
+}
+
+/** Who came and went while the page was away, from a fresh member list. */
+function diffMembers(view, names) {
+  for (const name of names) if (!view.before.includes(name)) notice(view, `${name} joined`);
+  for (const name of view.before) if (!names.includes(name)) notice(view, `${name} left`);
+}
+
+/** Follow one room's frames into its view. */
+function follow(view, resume) {
+  const room = view.room;
+  const mine = (handler) => (...args) => views.get(view.id) === view && handler(...args);
+  const joined = (members, offset) => {
+    if (!view.joined) {
+      view.joined = true;
+      notice(view, `You joined ${view.id} as ${me}.`, "joined");
+      showHistory(view, resume ? resume.since : offset);
+    } else diffMembers(view, members);
+    if (view === active) showMembers();
+  };
+  room.on("*", mine((m) => {
+    if (m.topic === "joined") joined(m.payload.members, m.payload.offset);
+    else if (m.topic === "left") {
+      view.left = true;
+      notice(view, m.payload.reason === "kicked" ? "You were removed from this room." : `You left this room (${m.payload.reason}).`, "closed");
+      if (view === active) activate(view);
+      else showRooms();
+    } else if (m.topic === "presence.join" || m.topic === "presence.leave") {
+      const name = m.payload.username;
+      if (view === active) showMembers();
+      if (m.topic === "presence.leave") notice(view, `${name} left`);
+      else if (name !== me) notice(view, `${name} joined`);
+    } else if (m.from !== undefined && !SHOWN.has(m.topic)) showMessage(view, m);
+  }));
+  room.onReset(mine(() => reset(view)));
+  if (view === first) client.on("welcome", mine((m) => joined(m.payload.members, m.payload.offset)));
+}
+
+/** A room whose history could not be replayed after a reconnect. */
+function reset(view, offset = view.room.offset) {
+  view.lost = true;
+  // offsets start again in the room's new history: what is shown no longer counts as seen
+  for (const item of view.list.querySelectorAll(".msg[data-offset]")) delete item.dataset.offset;
+  // a server that restarted with nothing sent since has lost nothing this page had not seen
+  if (offset === 0) notice(view, "Reconnected: the server restarted.", "restarted");
+  else notice(view, "Reconnected, but messages sent while you were away could not be recovered.", "reset");
+}
+
+function join(username, rooms) {
+  if (client) client.close(); // a second click, or a join after a refusal: one client only
+  for (const view of views.values()) view.entry.remove();
+  views.clear();
   me = username;
   $("join-error").hidden = true;
-  $("messages").replaceChildren();
-  $("members").replaceChildren();
-  $("room-name").textContent = room;
+  $("join-button").disabled = true;
   setStatus("connecting");
 
   const url = new URL(".", location.href).href; // the server that served this page
+  const [main, ...others] = rooms;
   // a chat page should not wait long after the server is back: cap the backoff at 5 s
-  client = new Client({ url, username, room, maxDelay: 5000 });
-  let joined = false;
+  const c = new Client({ url, username, room: main.id, maxDelay: 5000, ...resumeOf(main) });
+  client = c;
+  first = addView(main.id, c.rooms.get(main.id));
+  activate(first);
+  follow(first, resumeOf(main));
+  const wanted = rooms.find((r) => r.active)?.id;
+  const mine = (handler) => (...args) => c === client && handler(...args);
+  let started = false;
   let away = false;
-  let lost = false;
+  let lastError = null;
 
-  client.on("welcome", () => showMembers());
-  client.on("chat", showMessage);
-  client.on("presence.join", (m) => {
-    showMembers();
-    if (m.payload.username !== me) notice(`${m.payload.username} joined`);
-  });
-  client.on("presence.leave", (m) => {
-    showMembers();
-    notice(`${m.payload.username} left`);
-  });
-  client.on("error", (m) => notice(`error: ${m.payload.message}`, "error"));
-  client.onReset(() => {
-    lost = true;
-    notice("Reconnected, but messages sent while you were away could not be recovered.", "reset");
-  });
-  client.onStatus((status, info) => {
+  c.ready.then(mine((welcome) => {
+    // a v1 server has one room per connection: no room list then
+    $("room-nav").hidden = welcome.rooms === undefined;
+    if (welcome.rooms === undefined) return;
+    for (const room of others) openRoom(room.id, resumeOf(room));
+    if (views.has(wanted)) activate(views.get(wanted));
+  }), () => {});
+  c.on("error", mine((m) => (lastError = notice(active, `error: ${m.payload.message}`, "error"))));
+  c.onReset(mine((w) => reset(first, w.offset)));
+  c.onStatus(mine((status, info) => {
     if (status === "closed") {
-      const reason = REASONS[info.code] ?? info.reason ?? "";
-      if (!joined) return backToForm(reason || "could not join");
-      setStatus("closed", reason);
-      $("text").disabled = true;
-      notice(`Disconnected${reason ? `: ${reason}` : ""}.`, "closed");
+      if (!started) {
+        backToForm(REFUSED[info.code] ?? (info.reason || "could not join"));
+        if (info.code === 4409) suggestName();
+        return;
+      }
+      const why = ENDED[info.code] ?? info.reason ?? "";
+      setStatus("closed", why);
+      setComposer(false);
+      // the server's error frame said the same as the close: one notice, not two
+      if (lastError && info.error && lastError === lastError.parentNode?.lastElementChild) lastError.remove();
+      notice(active, `Disconnected${why ? `: ${why}` : ""}.`, "closed");
+      showMembers();
       return;
     }
     setStatus(status);
     if (status === "reconnecting" && !away) {
       away = true;
-      notice("Connection lost, reconnecting…", "lost");
+      for (const view of views.values()) {
+        view.before = [...view.room.members];
+        view.lost = false;
+        notice(view, "Connection lost, reconnecting…", "lost");
+      }
     }
     if (status === "connected" || status === "recovered") {
-      if (!joined) {
-        joined = true;
-        showChat(room);
-      } else if (away && !lost) {
-        notice(status === "recovered" ? "Reconnected: nothing was missed." : "Reconnected.", status);
+      if (!started) {
+        started = true;
+        showChat();
+      } else if (away) {
+        for (const view of views.values()) {
+          if (!view.lost) notice(view, status === "recovered" || view !== first ? "Reconnected: nothing was missed." : "Reconnected.", status);
+        }
       }
-      away = lost = false;
+      away = false;
     }
+  }));
+}
+
+function resumeOf(room) {
+  return room.epoch === undefined ? undefined : { since: room.since, epoch: room.epoch };
+}
+
+/** Join one more room on the tab's connection and show it. */
+function openRoom(id, resume) {
+  if (views.has(id)) return activate(views.get(id));
+  const joining = client.join(id, resume ?? {});
+  const view = addView(id, client.rooms.get(id));
+  follow(view, resume);
+  activate(view);
+  joining.catch((error) => {
+    if (views.get(id) !== view) return;
+    view.left = true;
+    notice(view, `Could not join ${id}: ${error.message}`, "error");
+    if (view === active) activate(view);
   });
 }
 
-function showChat(room) {
+function showChat() {
   $("join-view").hidden = true;
   $("chat-view").hidden = false;
   $("room-name").hidden = false;
   $("leave").hidden = false;
-  $("text").disabled = false;
   $("text").focus();
-  history.replaceState(null, "", `?room=${encodeURIComponent(room)}`);
+  tabs?.postMessage({ room: first.id, name: me });
 }
 
 function backToForm(error) {
@@ -146,6 +318,7 @@ function backToForm(error) {
   $("room-name").hidden = true;
   $("leave").hidden = true;
   $("join-view").hidden = false;
+  $("join-button").disabled = false;
   setStatus("idle");
   if (error) {
     $("join-error").textContent = `Could not join: ${error}.`;
@@ -154,27 +327,83 @@ function backToForm(error) {
   $("username").focus();
 }
 
+/** The tab's rooms for a reload, and the first room in the address bar. */
+function save() {
+  if (!first) return;
+  history.replaceState(null, "", `?room=${encodeURIComponent(first.id)}`);
+}
+
+/**
+ * After a refusal of a name that another tab of this browser holds in the room (a server
+ * without the `share` policy), offer another name. With `share` the second tab simply joins.
+ */
+function suggestName() {
+  const input = $("username");
+  const key = () => `${$("room").value.trim()}\n${input.value.trim()}`;
+  if (!input.value || !elsewhere.has(key())) return;
+  const base = input.value.trim().replace(/-\d+$/, "");
+  for (let n = 2; elsewhere.has(key()); n++) input.value = `${base}-${n}`;
+  $("join-hint").textContent = `${base} is in this room in another tab: this tab joins as ${input.value}.`;
+}
+
+tabs?.addEventListener("message", ({ data }) => {
+  if (data === "who") {
+    if (client && client.status !== "closed" && !$("chat-view").hidden) tabs.postMessage({ room: first.id, name: me });
+  } else if (data && typeof data.name === "string") {
+    elsewhere.add(`${data.room}\n${data.name}`);
+  }
+});
+
 $("join-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const username = $("username").value.trim();
   const room = $("room").value.trim();
-  if (!username || !room) return;
+  if (!username || !room || $("join-button").disabled) return;
   localStorage.setItem("roomcast.username", username);
-  join(username, room);
+  join(username, [{ id: room }]);
+});
+
+$("add-room").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const id = $("new-room").value.trim();
+  if (!id || !client || client.status === "closed") return;
+  $("new-room").value = "";
+  openRoom(id);
 });
 
 $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
   const input = $("text");
   const text = input.value.trim();
-  if (!text || !client || client.status === "closed") return;
-  client.send("chat", { text });
+  if (!text || !client || client.status === "closed" || !active || active.left) return;
+  // the first room is the connection's own: its frames need no `room` (a v1 server has no other)
+  if (active === first) client.send("chat", { text, at: Date.now() });
+  else active.room.publish("chat", { text, at: Date.now() });
   input.value = "";
 });
 
 $("leave").addEventListener("click", () => backToForm(""));
 
+// A reload resumes the tab's rooms where they were: the resuming connection takes over the
+// name at once, even while the server still counts the page's old connection as present.
+addEventListener("pagehide", () => {
+  if (!client || !client.welcome || client.status === "closed") return;
+  const rooms = [...views.values()]
+    .filter((view) => !view.left && view.room.epoch !== undefined)
+    .map((view) => ({ id: view.id, since: view.room.offset, epoch: view.room.epoch, active: view === active }));
+  if (rooms[0]?.id === first.id) sessionStorage.setItem(SESSION, JSON.stringify({ username: me, rooms }));
+});
+
 const params = new URLSearchParams(location.search);
+const saved = JSON.parse(sessionStorage.getItem(SESSION) ?? "null");
+sessionStorage.removeItem(SESSION); // a duplicated tab must not resume this tab's connection
 $("username").value = params.get("username") ?? localStorage.getItem("roomcast.username") ?? "";
 if (params.get("room")) $("room").value = params.get("room");
-$("username").focus();
+if (saved && (!params.get("room") || params.get("room") === saved.rooms[0].id)) {
+  $("username").value = saved.username;
+  $("room").value = saved.rooms[0].id;
+  join(saved.username, saved.rooms);
+} else {
+  tabs?.postMessage("who");
+  $("username").focus();
+}

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { promisify } from "node:util";
-import { ROOT, sharedServer } from "./helpers.mjs";
+import { ROOT, sharedServer } from "../helpers.mjs";
 
 const run = promisify(execFile);
 const docs = readFileSync(`${ROOT}docs/clients.md`, "utf8");
