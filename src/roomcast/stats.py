@@ -29,6 +29,8 @@ __all__ = ["TOP_ROOMS", "Measured", "StatsPublisher", "cluster_view"]
 
 TOP_ROOMS = 20
 """Rooms a node reports (its busiest) and the cluster view lists."""
+DROP_TIMEOUT = 1.0
+"""Seconds a stopping node waits for the broker to drop its message."""
 
 
 class Measured(Protocol):
@@ -117,13 +119,20 @@ class StatsPublisher:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop measuring (the last message expires by itself)."""
+        """Stop measuring and drop this node's message, so that the view loses it at once
+        (when the broker cannot be reached, it expires by itself)."""
         task, self._task = self._task, None
         self.node.publish_counts = None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        broker = self.node.broker
+        if isinstance(broker, StatsStore):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(DROP_TIMEOUT):
+                    await broker.drop_stats(self.node.node_id)
 
     def measure(self) -> dict[str, Any]:
         """Measure the node since the previous measure: its stats message."""

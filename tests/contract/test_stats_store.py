@@ -33,3 +33,14 @@ async def test_a_message_disappears_after_its_ttl(make_broker: Factory) -> None:
     assert set(await broker.all_stats()) == {"alive"}
     await broker.put_stats("dead", b'{"back":1}', 30)  # a node that comes back is listed again
     assert await broker.all_stats() == {"alive": b"{}", "dead": b'{"back":1}'}
+
+
+async def test_a_stopping_node_drops_its_message(make_broker: Factory) -> None:
+    """drop_stats removes the node at once; dropping an absent node is harmless."""
+    broker, _ = await make_broker()
+    assert isinstance(broker, StatsStore)
+    await broker.put_stats("n1", b"{}", 30)
+    await broker.put_stats("n2", b"{}", 30)
+    await broker.drop_stats("n1")
+    await broker.drop_stats("never-put")
+    assert set(await broker.all_stats()) == {"n2"}

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import websockets
 
-from tests.harness import RECV_TIMEOUT, Client, ServerProcess
+from tests.harness import RECV_TIMEOUT, Client, RedisProcess, ServerProcess
 from tests.integration.test_cli import run_cli
 
 StartServer = Callable[..., ServerProcess]
@@ -220,3 +220,41 @@ async def test_feed_without_key_answers_loopback(start_server: StartServer) -> N
         assert (await client.recv_topic("ready"))["payload"]["node"]
         stats = await client.recv_topic("stats")
         assert orjson.dumps(stats["payload"]["totals"])
+
+
+async def view_nodes(http: httpx.AsyncClient) -> list[str]:
+    view = (await http.get("/api/v1/admin/stats", headers=BEARER)).json()
+    return [node["node"] for node in view["nodes"]]
+
+
+async def test_a_node_that_shuts_down_leaves_the_view_at_once(
+    start_server: StartServer, redis_server: RedisProcess
+) -> None:
+    """Both nodes of a cluster are in either node's view; one stopped with SIGTERM is gone
+    from the other's as soon as it has exited, long before --presence-ttl (60 s here)."""
+    flags = ("--broker", redis_server.url, "--api-key", KEY, "--presence-ttl", "60")
+    one = start_server("--node-id", "one", *flags)
+    two = start_server("--node-id", "two", *flags)
+    async with httpx.AsyncClient(base_url=one.url, timeout=RECV_TIMEOUT) as http:
+        # Each node puts its first message as it starts: read until both are there.
+        async with asyncio.timeout(10):
+            while await view_nodes(http) != ["one", "two"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        two.stop()
+        assert await view_nodes(http) == ["one"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--admin", "maybe"], "--admin"),
+        (["serve", "--stats-interval", "-1"], "stats-interval"),
+        (["serve", "--stats-interval", "soon"], "--stats-interval"),
+        (["top", "--interval", "0"], "--interval"),
+    ],
+)
+def test_bad_admin_flags_exit_2(args: list[str], message: str) -> None:
+    """A bad value of an admin flag stops the command with a message and exit code 2."""
+    result = run_cli(*args)
+    assert result.returncode == 2, result
+    assert message in result.stderr

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.harness import ROOT, Client, RedisProcess, ServerProcess
+from tests.harness import ROOT, Client, RedisProcess, ServerProcess, free_port
 
 StartServer = Callable[..., ServerProcess]
 KEY = "top-test-key-0123456789"
@@ -132,3 +132,22 @@ def test_top_with_a_wrong_key_exits_1(
     terminals.append(top)
     assert top.exit_code() == 1
     assert b"unauthenticated" in top.output
+
+
+def test_top_shows_an_unreachable_server_until_q(terminals: list[Terminal]) -> None:
+    """A server that does not answer is shown as such (and asked again); q still quits."""
+    top = Terminal("--url", f"http://127.0.0.1:{free_port()}", "--interval", "0.2")
+    terminals.append(top)
+    top.read_until("cannot reach")
+    os.write(top.master, b"q")
+    assert top.exit_code() == 0
+
+
+def test_top_against_a_server_with_the_admin_off_exits_1(
+    server: ServerProcess, terminals: list[Terminal]
+) -> None:
+    """A server without the admin (no key, no --admin) answers 404: top says so, exits 1."""
+    top = Terminal("--url", server.url)
+    terminals.append(top)
+    assert top.exit_code() == 1
+    assert b"404" in top.output

@@ -182,8 +182,9 @@ class Broker(Protocol):
 class StatsStore(Protocol):
     """An optional broker capability: each node's latest stats message, cluster-wide.
 
-    A node puts a small message every `--stats-interval` seconds; one that stops (a dead node)
-    is gone from :meth:`all_stats` once `ttl` seconds have passed since its last put. A broker
+    A node puts a small message every `--stats-interval` seconds and drops it when it stops;
+    one that dies is gone from :meth:`all_stats` once `ttl` seconds have passed since its
+    last put. A broker
     without it leaves the admin page with the local node only.
     """
 
@@ -192,3 +193,6 @@ class StatsStore(Protocol):
 
     async def all_stats(self) -> dict[str, bytes]:
         """The live stats message of every node, by node id."""
+
+    async def drop_stats(self, node_id: str) -> None:
+        """Remove this node's stats message at once (a node that stops cleanly)."""

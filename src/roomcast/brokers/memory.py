@@ -218,3 +218,7 @@ class MemoryBroker:
         for node_id in [n for n, (until, _) in self._stats.items() if until <= now]:
             del self._stats[node_id]
         return {node_id: stats for node_id, (_, stats) in self._stats.items()}
+
+    async def drop_stats(self, node_id: str) -> None:
+        """Forget this node's stats message."""
+        self._stats.pop(node_id, None)

@@ -32,7 +32,7 @@ from . import wire
 from .calls import Calls, unavailable
 from .presence import Presence
 from .publishing import Deliveries, Publishing
-from .stats import all_stats, put_stats
+from .stats import all_stats, drop_stats, put_stats
 from .subscriber import Subscriber
 
 __all__ = ["RedisBroker"]
@@ -217,6 +217,11 @@ class RedisBroker:
         """Every live node's stats message; see `StatsStore`."""
         redis = self._calls.redis
         return await self._calls.call(lambda: all_stats(redis))
+
+    async def drop_stats(self, node_id: str) -> None:
+        """Remove this node's stats message; see `StatsStore`."""
+        redis = self._calls.redis
+        await self._calls.call(lambda: drop_stats(redis, node_id))
 
     async def publish(self, room: str, prefix: str, to: str | None = None) -> Publication:
         """Assign the next offset, retain and announce, in one script; see `Broker.publish`.

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from . import wire
 
-__all__ = ["all_stats", "put_stats"]
+__all__ = ["all_stats", "drop_stats", "put_stats"]
 
 
 async def put_stats(redis: Redis, node_id: str, stats: bytes, ttl: float) -> None:
@@ -37,3 +37,11 @@ async def all_stats(redis: Redis) -> dict[str, bytes]:
         # A node that puts again right after this keeps its key; its next put re-adds it.
         await redis.srem(wire.STATS_KEY, *gone)
     return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+
+
+async def drop_stats(redis: Redis, node_id: str) -> None:
+    """Remove `node_id`'s message and its name."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(wire.stats_key(node_id))
+        pipe.srem(wire.STATS_KEY, node_id)
+        await pipe.execute()
