@@ -24,7 +24,7 @@ from .node import Node
 from .protocol import dumps, loads, parse_offset, validate_name, validate_topic
 from .settings import Settings
 
-__all__ = ["api_routes", "json_error", "log_api_policy"]
+__all__ = ["api_key_valid", "api_routes", "guard", "json_error", "json_response", "log_api_policy"]
 
 _STATUS = {
     ErrorCode.BAD_REQUEST: 400,
@@ -64,6 +64,16 @@ def json_error(code: ErrorCode, message: str, status: int | None = None) -> Resp
     )
 
 
+def api_key_valid(keys: list[bytes], given: str) -> bool:
+    """Whether `given` is one of `keys`, compared with every key in constant time, so that
+    the time taken says neither which key nearly matched nor how much of it."""
+    given_b = given.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given_b, key)
+    return matched
+
+
 def _is_loopback(request: Request) -> bool:
     host = request.client.host if request.client else ""
     try:
@@ -83,19 +93,14 @@ def log_api_policy(settings: Settings) -> None:
         )
 
 
-def _guard(node: Node, endpoint: Endpoint) -> Endpoint:
+def guard(node: Node, endpoint: Endpoint) -> Endpoint:
     """API key check, then error mapping: every failure becomes a JSON error."""
     keys = [k.encode() for k in node.settings.api_keys]
 
     async def guarded(request: Request) -> Response:
         if keys:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            given_b = given.strip().encode()
-            # Compare with every key, so the time taken does not say which one nearly matched.
-            matched = False
-            for key in keys:
-                matched |= hmac.compare_digest(given_b, key)
-            if scheme.lower() != "bearer" or not matched:
+            if scheme.lower() != "bearer" or not api_key_valid(keys, given):
                 return json_error(
                     ErrorCode.UNAUTHENTICATED,
                     "missing or wrong API key: send Authorization: Bearer <key>",
@@ -269,7 +274,7 @@ def api_routes(node: Node) -> list[Route]:
         )
 
     def guarded(endpoint: Endpoint) -> Endpoint:
-        return _guard(node, endpoint)
+        return guard(node, endpoint)
 
     return [
         Route("/api/v1/rooms", guarded(rooms), methods=["GET"]),

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Match, Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .admin import admin_routes
 from .api import api_routes, json_error
 from .auth import IdentityResolver
 from .brokers import Broker
@@ -87,6 +88,7 @@ class Roomcast:
         routes: list[BaseRoute] = [
             WebSocketRoute(_WS_PATH, self._websocket),
             *api_routes(self.node),
+            *admin_routes(self.node),
         ]
         if demo:
             static = resources.files("roomcast") / "static"
@@ -171,10 +173,12 @@ class Roomcast:
 
 class _DemoMount(Mount):
     """The demo page's files at `/`, never matching `/api/` paths: a wrong method on an API
-    route stays a 405 and an unknown API path a 404, instead of a file lookup."""
+    route stays a 405 and an unknown API path a 404, instead of a file lookup. Nor does it
+    serve the admin page's files, which only the admin routes serve (when it is on)."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if _route_path(scope).startswith("/api/"):
+        path = _route_path(scope)
+        if path.startswith("/api/") or path == "/admin" or path.startswith("/admin/"):
             return Match.NONE, {}
         return super().matches(scope)
 

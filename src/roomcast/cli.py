@@ -53,7 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         "from the environment (e.g. ROOMCAST_BROKER).",
     )
     for opt in OPTIONS:
-        serve.add_argument(f"--{opt.flag}", dest=opt.name, metavar=opt.metavar, help=opt.help)
+        serve.add_argument(
+            f"--{opt.flag}",
+            dest=opt.name,
+            metavar=opt.metavar,
+            help=opt.help,
+            nargs=None if opt.const is None else "?",
+            const=opt.const,
+        )
     add_client_commands(commands)
     for sub in commands.choices.values():
         sub.set_defaults(subparser=sub)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from typing import Any
 
 from .auth import IdentityResolver
@@ -26,6 +27,7 @@ from .protocol import message_prefix
 from .registry import TopicRegistry
 from .rooms import LocalRooms, Member, MemberHandle
 from .settings import Settings
+from .stats import StatsPublisher
 
 __all__ = ["Node"]
 
@@ -88,6 +90,9 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publishing = 0
         self._published: asyncio.Future[None] | None = None
+        self.publish_counts: Counter[str] | None = None
+        """Messages published from this node per room, while the stats publisher counts."""
+        self.stats = StatsPublisher(self, settings.stats_interval or 1.0)
         self.commands.register(PublishToRoom, self._publish_to_room)
         self.commands.register(SendToMember, self._send_to_member)
         self.commands.register(KickMember, self._kick_member)
@@ -105,6 +110,8 @@ class Node:
             if not self._started:
                 await self.broker.start(self.node_id, self.delivery)
                 self._started = True
+                if self.settings.stats_interval is not None:
+                    self.stats.start()
                 log_event(
                     "node.started", node_id=self.node_id, broker=redact_url(self.settings.broker)
                 )
@@ -140,6 +147,7 @@ class Node:
             self._published = loop.create_future()
             await _wait_all([asyncio.shield(self._published)], share(0.5))
         await self.events.drain(share(1.0))
+        await self.stats.stop()
         if self._started:
             with contextlib.suppress(Exception):
                 await self.broker.close()
@@ -230,6 +238,8 @@ class Node:
             if not self._publishing and published is not None and not published.done():
                 published.set_result(None)
         self.metrics.publications.inc()
+        if self.publish_counts is not None:
+            self.publish_counts[room] += 1
         if self.events.wants(MessagePublished):
             self.events.publish(
                 MessagePublished(room, topic, payload, sender, publication.offset, to)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import signal
 import socket
@@ -18,7 +17,7 @@ from .app import Roomcast
 from .auth import AnonymousResolver
 from .limits import ConnectionLimits
 from .log import configure_logging, log_event, redact_url
-from .settings import OPTIONS, Option, Settings
+from .settings import OPTIONS, Option, Settings, is_loopback_host
 
 __all__ = ["serve"]
 
@@ -108,7 +107,9 @@ def _log_ready(roomcast: Roomcast, url: str) -> None:
 def _log_security(roomcast: Roomcast) -> None:
     """Say at startup what is open to whom (docs/security.md)."""
     settings = roomcast.settings
-    if isinstance(roomcast.node.resolver, AnonymousResolver) and not _is_loopback(settings.host):
+    if isinstance(roomcast.node.resolver, AnonymousResolver) and not is_loopback_host(
+        settings.host
+    ):
         log_event(
             "roomcast.insecure",
             level=30,
@@ -117,13 +118,6 @@ def _log_security(roomcast: Roomcast) -> None:
             "room under any username; set --jwt-secret, --jwt-public-key or --jwks-url",
         )
     log_api_policy(settings)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 try:

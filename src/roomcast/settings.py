@@ -7,6 +7,7 @@ variable (`ROOMCAST_HISTORY_SIZE`); a flag wins over the variable, the variable 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -16,7 +17,14 @@ from typing import Any, Literal
 from .brokers import check_url, is_shared
 from .errors import ConfigError
 
-__all__ = ["DUPLICATE_POLICIES", "OPTIONS", "DuplicatePolicy", "Option", "Settings"]
+__all__ = [
+    "DUPLICATE_POLICIES",
+    "OPTIONS",
+    "DuplicatePolicy",
+    "Option",
+    "Settings",
+    "is_loopback_host",
+]
 
 DuplicatePolicy = Literal["reject", "replace", "share"]
 DUPLICATE_POLICIES: tuple[DuplicatePolicy, ...] = ("reject", "replace", "share")
@@ -59,6 +67,10 @@ class Settings:
     """Seconds of clock skew tolerated on `exp` and `nbf`."""
     api_keys: tuple[str, ...] = ()
     """Keys accepted by the HTTP API as `Authorization: Bearer <key>`."""
+    admin: bool | None = None
+    """Serve the admin page at `/admin`; `None` serves it when an API key is configured."""
+    stats_interval: float | None = 1.0
+    """Seconds between this node's stats messages to the cluster (the admin page's data)."""
     allowed_origins: tuple[str, ...] = ()
     """Origins allowed to open a WebSocket; empty allows same-host and non-browser clients."""
     allowed_hosts: tuple[str, ...] = ()
@@ -153,6 +165,13 @@ class Settings:
             raise ConfigError("rate-limit must be > 0 and rate-burst >= 1")
         if self.handshake_timeout <= 0:
             raise ConfigError(f"handshake-timeout must be > 0, got {self.handshake_timeout}")
+        if self.stats_interval is not None and self.stats_interval <= 0:
+            raise ConfigError(f"stats-interval must be > 0, got {self.stats_interval}")
+        if self.admin and not self.api_keys and not is_loopback_host(self.host):
+            raise ConfigError(
+                f"--admin without --api-key on --host {self.host}: the admin page would be "
+                "open to the network; configure an API key (it logs the page in)"
+            )
         if sum(x is not None for x in (self.jwt_secret, self.jwt_public_key, self.jwks_url)) > 1:
             raise ConfigError("use only one of --jwt-secret, --jwt-public-key, --jwks-url")
         if not self.node_id:
@@ -171,6 +190,11 @@ class Settings:
         if self.on_duplicate is not None:
             return self.on_duplicate
         return "share" if self.auth_enabled else "reject"
+
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether `/admin` is served: `--admin`, or else whenever an API key is configured."""
+        return bool(self.api_keys) if self.admin is None else self.admin
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied (and validated)."""
@@ -232,6 +256,18 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
+def _auto_bool(raw: str) -> bool | None:
+    return None if raw.lower() == "auto" else _bool(raw)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (an address or `localhost`) is reachable from this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -244,6 +280,8 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     metavar: str = "VALUE"
+    const: str | None = None
+    """The value of the flag given without one (`--admin` alone), when it may be."""
 
     @property
     def flag(self) -> str:
@@ -279,6 +317,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("jwt_issuer", str, "required token issuer (iss)", "ISS"),
     Option("jwt_leeway", _float, "seconds of clock skew allowed (default 5)", "SECONDS"),
     Option("api_keys", _list, "HTTP API key(s), comma-separated", "KEY,..."),
+    Option(
+        "admin",
+        _auto_bool,
+        "serve the admin page at /admin: true, false or auto (default auto: on when an API "
+        "key is configured)",
+        "BOOL",
+        const="true",
+    ),
+    Option(
+        "stats_interval",
+        _optional(_float),
+        "seconds between this node's stats messages, none for off (default 1)",
+        "SECONDS",
+    ),
     Option("allowed_origins", _list, "allowed WebSocket origins, comma-separated", "ORIGIN,..."),
     Option(
         "allowed_hosts",

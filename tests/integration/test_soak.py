@@ -62,9 +62,12 @@ async def _assert_only_history_keys(redis: RedisProcess, node_ids: list[str]) ->
     try:
         keys = sorted(await store.keys("*"))
         history = re.compile(r"^rc:\{soak-\d+\}:[oes]$")
-        nodes = {f"rc:node:{n}" for n in node_ids} | {"rc:nodes"}
+        stats = {f"rc:stats:{n}" for n in node_ids}
+        nodes = {f"rc:node:{n}" for n in node_ids} | {"rc:nodes", "rc:stats"} | stats
         leftovers = [k for k in keys if not history.match(k) and k not in nodes]
         assert leftovers == [], leftovers
+        for key in stats:  # the live nodes' stats messages expire by themselves
+            assert await store.pttl(key) > 0, key
         for key in keys:
             if history.match(key):
                 assert await store.ttl(key) > 0, key

@@ -7,7 +7,15 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Broker, BrokerListener, DuplicateMember, HistoryPage, Publication, Signal
+from .base import (
+    Broker,
+    BrokerListener,
+    DuplicateMember,
+    HistoryPage,
+    Publication,
+    Signal,
+    StatsStore,
+)
 from .memory import MemoryBroker
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "MemoryBroker",
     "Publication",
     "Signal",
+    "StatsStore",
     "check_url",
     "from_url",
     "is_shared",

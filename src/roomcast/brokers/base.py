@@ -7,7 +7,7 @@ holds to the same contract, proven by one test suite run against both (tests/con
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
     "Broker",
@@ -17,6 +17,7 @@ __all__ = [
     "Publication",
     "Signal",
     "SignalKind",
+    "StatsStore",
 ]
 
 
@@ -175,3 +176,23 @@ class Broker(Protocol):
 
     async def ping(self) -> None:
         """Check the broker answers; raises `BrokerUnavailable` when it does not."""
+
+
+@runtime_checkable
+class StatsStore(Protocol):
+    """An optional broker capability: each node's latest stats message, cluster-wide.
+
+    A node puts a small message every `--stats-interval` seconds and drops it when it stops;
+    one that dies is gone from :meth:`all_stats` once `ttl` seconds have passed since its
+    last put. A broker
+    without it leaves the admin page with the local node only.
+    """
+
+    async def put_stats(self, node_id: str, stats: bytes, ttl: float) -> None:
+        """Replace this node's stats message, kept for `ttl` seconds."""
+
+    async def all_stats(self) -> dict[str, bytes]:
+        """The live stats message of every node, by node id."""
+
+    async def drop_stats(self, node_id: str) -> None:
+        """Remove this node's stats message at once (a node that stops cleanly)."""

@@ -43,6 +43,7 @@ class MemoryBroker:
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, str]] = {}
         self._publishes = 0
+        self._stats: dict[str, tuple[float, bytes]] = {}
 
     @property
     def available(self) -> bool:
@@ -206,3 +207,18 @@ class MemoryBroker:
 
     async def ping(self) -> None:
         """Memory always answers."""
+
+    async def put_stats(self, node_id: str, stats: bytes, ttl: float) -> None:
+        """Keep this node's stats message for `ttl` seconds."""
+        self._stats[node_id] = (time.monotonic() + ttl, stats)
+
+    async def all_stats(self) -> dict[str, bytes]:
+        """The stats messages whose `ttl` has not run out."""
+        now = time.monotonic()
+        for node_id in [n for n, (until, _) in self._stats.items() if until <= now]:
+            del self._stats[node_id]
+        return {node_id: stats for node_id, (_, stats) in self._stats.items()}
+
+    async def drop_stats(self, node_id: str) -> None:
+        """Forget this node's stats message."""
+        self._stats.pop(node_id, None)

@@ -1,4 +1,4 @@
-"""`roomcast connect`, `roomcast publish` and `roomcast rooms`: the client side of the CLI."""
+"""`roomcast connect`, `publish`, `rooms` and `top`: the client side of the CLI."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def add_client_commands(commands: Any) -> None:
-    """Add `connect`, `publish` and `rooms` to the `roomcast` subcommands."""
+    """Add `connect`, `publish`, `rooms` and `top` to the `roomcast` subcommands."""
     connect = commands.add_parser(
         "connect",
         help="chat in a room from the terminal",
@@ -37,6 +37,7 @@ def add_client_commands(commands: Any) -> None:
     for name, text in (
         ("publish", "publish a message through the HTTP API; prints its offset"),
         ("rooms", "list the rooms and their members through the HTTP API"),
+        ("top", "watch the cluster's nodes, rooms and closes, refreshed in place (q quits)"),
     ):
         sub = commands.add_parser(name, help=text, description=text + ".")
         sub.add_argument(
@@ -61,6 +62,14 @@ def add_client_commands(commands: Any) -> None:
                 help='the payload as JSON, e.g. \'{"text": "hi"}\'',
             )
             sub.add_argument("--to", default=None, help="send to this member only")
+        elif name == "top":
+            sub.add_argument(
+                "--interval",
+                type=float,
+                default=1.0,
+                metavar="SECONDS",
+                help="seconds between refreshes (default 1)",
+            )
         else:
             sub.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
@@ -78,13 +87,19 @@ def run_client_command(parser: argparse.ArgumentParser, args: argparse.Namespace
             parser.exit(2, f"roomcast connect: error: {exc}\n")
         except KeyboardInterrupt:
             return 130
-    if args.command not in ("publish", "rooms"):
+    if args.command not in ("publish", "rooms", "top"):
         return None
     prog = f"roomcast {args.command}"
     try:
         api = HttpApi(args.url, api_key=args.api_key)
     except ValueError as exc:
         parser.exit(2, f"{prog}: error: {exc}\n")
+    if args.command == "top":
+        from ._top import run_top
+
+        if not args.interval > 0:
+            parser.exit(2, f"{prog}: error: --interval must be > 0\n")
+        return run_top(api, args.interval)
     try:
         if args.command == "publish":
             try:

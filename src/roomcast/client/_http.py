@@ -61,6 +61,11 @@ class HttpApi:
         """Disconnect member `username` of `room` wherever it is connected (4499)."""
         self._call("DELETE", f"/api/v1/rooms/{_seg(room)}/members/{_seg(username)}")
 
+    def cluster_stats(self) -> dict[str, Any]:
+        """The cluster view of the admin page: nodes, totals, busiest rooms, closes by code
+        (`GET /api/v1/admin/stats`, served when the server's admin is on; docs/admin.md)."""
+        return dict(self._call("GET", "/api/v1/admin/stats"))
+
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         headers = {"Accept": "application/json"}
         data = None

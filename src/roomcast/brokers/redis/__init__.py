@@ -7,7 +7,8 @@
 - calls.py: the command connections (a bounded pool) and the registered scripts;
 - publishing.py: batched, pipelined publishes and the wait for a node's own delivery;
 - subscriber.py: the subscription connection, its reader loop and heartbeat;
-- presence.py: presence entries, the node's lease, the sweeper, orphans.
+- presence.py: presence entries, the node's lease, the sweeper, orphans;
+- stats.py: each node's stats message (the admin page's data).
 
 See docs/architecture.md ("Cluster") for the keys, channels, message format and faults.
 """
@@ -31,6 +32,7 @@ from . import wire
 from .calls import Calls, unavailable
 from .presence import Presence
 from .publishing import Deliveries, Publishing
+from .stats import all_stats, drop_stats, put_stats
 from .subscriber import Subscriber
 
 __all__ = ["RedisBroker"]
@@ -205,6 +207,21 @@ class RedisBroker:
                 await redis.ping()
 
         await self._calls.call(ping)
+
+    async def put_stats(self, node_id: str, stats: bytes, ttl: float) -> None:
+        """Replace this node's stats message, kept `ttl` seconds; see `StatsStore`."""
+        redis = self._calls.redis
+        await self._calls.call(lambda: put_stats(redis, node_id, stats, ttl))
+
+    async def all_stats(self) -> dict[str, bytes]:
+        """Every live node's stats message; see `StatsStore`."""
+        redis = self._calls.redis
+        return await self._calls.call(lambda: all_stats(redis))
+
+    async def drop_stats(self, node_id: str) -> None:
+        """Remove this node's stats message; see `StatsStore`."""
+        redis = self._calls.redis
+        await self._calls.call(lambda: drop_stats(redis, node_id))
 
     async def publish(self, room: str, prefix: str, to: str | None = None) -> Publication:
         """Assign the next offset, retain and announce, in one script; see `Broker.publish`.

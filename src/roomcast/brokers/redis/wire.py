@@ -32,6 +32,7 @@ __all__ = [
     "LUA_PUBLICATION",
     "NODES_KEY",
     "ROOMS_KEY",
+    "STATS_KEY",
     "WireError",
     "channel",
     "channel_prefix",
@@ -47,6 +48,7 @@ __all__ = [
     "presence_keys",
     "presence_value",
     "room_keys",
+    "stats_key",
     "stream_id",
     "stream_offset",
     "stream_publication",
@@ -57,6 +59,8 @@ NODES_KEY = f"{KEY_PREFIX}nodes"
 """Every node id that holds (or held) a lease: what the sweeper looks at."""
 ROOMS_KEY = f"{KEY_PREFIX}rooms"
 """Rooms with at least one member (for the rooms listing)."""
+STATS_KEY = f"{KEY_PREFIX}stats"
+"""Node ids that put a stats message (see stats.py)."""
 
 _PUBLICATION = b"p"
 _SIGNAL = b"s"
@@ -105,6 +109,11 @@ def presence_keys(room: str, node_id: str) -> list[str]:
         _room_key(room, "o"),
         _room_key(room, "e"),
     ]
+
+
+def stats_key(node_id: str) -> str:
+    """The node's latest stats message, with a time to live."""
+    return f"{KEY_PREFIX}stats:{node_id}"
 
 
 def lease_key(node_id: str) -> str:
