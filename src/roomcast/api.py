@@ -109,12 +109,12 @@ def guard(node: Node, endpoint: Endpoint) -> Endpoint:
             return json_error(
                 ErrorCode.FORBIDDEN, "no API key is configured: the API answers loopback only"
             )
-        elif _from_a_web_page(request):
+        elif _from_another_site(request):
             # Any page in a browser on this machine could send it (no preflight for a simple
-            # request): without a key, only programs on this machine may call the API.
+            # request): without a key, only programs and same-origin pages may call the API.
             return json_error(
                 ErrorCode.FORBIDDEN,
-                "no API key is configured: the API does not answer requests from web pages",
+                "no API key is configured: the API does not answer requests from other sites",
             )
         elif not host_allowed(request.headers.get("host"), node.settings.allowed_hosts) and (
             not _is_test_client(request)
@@ -175,10 +175,18 @@ def _is_test_client(request: Request) -> bool:
     return client == "testclient" or request.headers.get("host") == "testserver"
 
 
-def _from_a_web_page(request: Request) -> bool:
-    """Whether a browser sent the request on a page's behalf (not a typed-in address)."""
+def _from_another_site(request: Request) -> bool:
+    """Whether a browser sent the request on behalf of a page of another origin. A page that
+    roomcast served itself (the demo, the admin page) is same-origin and may call the API; a
+    rebound name is stopped by the Host allow-list after this check."""
     headers = request.headers
-    return "origin" in headers or headers.get("sec-fetch-site", "none") != "none"
+    if headers.get("sec-fetch-site", "none") not in ("none", "same-origin"):
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    host = headers.get("host", "")
+    return origin not in (f"http://{host}", f"https://{host}")
 
 
 async def _read_json(request: Request, max_size: int, timeout: float) -> Any:

@@ -93,6 +93,12 @@ class Roomcast:
         if demo:
             static = resources.files("roomcast") / "static"
             routes.append(_DemoMount("/", StaticFiles(directory=str(static), html=True)))
+        # Other WebSocket routes (the admin feed) go through Starlette's routing.
+        self._routed_ws_paths = frozenset(
+            route.path
+            for route in routes
+            if isinstance(route, WebSocketRoute) and route.path != _WS_PATH
+        )
         return routes
 
     # the ASGI app
@@ -104,6 +110,8 @@ class Roomcast:
                 # Straight to the endpoint: Starlette's middleware and routing would hold a
                 # coroutine frame each for the whole life of every connection.
                 await self._websocket(scope, receive, send)
+            elif _route_path(scope) in self._routed_ws_paths:
+                await self._app(scope, receive, send)
             else:
                 await _websocket_not_found(scope, receive, send)
             return

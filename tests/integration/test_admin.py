@@ -55,10 +55,10 @@ def test_admin_is_off_without_flag_or_key(server: ServerProcess) -> None:
 
 
 async def test_feed_is_off_without_flag_or_key(server: ServerProcess) -> None:
-    """By default the feed's upgrade is refused (no such WebSocket route)."""
+    """By default the feed's upgrade is refused with 404 (no such WebSocket route)."""
     with pytest.raises(websockets.InvalidStatus) as refused:
         await websockets.connect(feed_url(server), open_timeout=RECV_TIMEOUT)
-    assert refused.value.response.status_code == 403
+    assert refused.value.response.status_code == 404
 
 
 def test_page_and_assets_are_served_with_a_strict_policy(keyed: ServerProcess) -> None:

@@ -32,17 +32,29 @@ def test_text_plain_body_is_415(server: ServerProcess) -> None:
         {"Origin": "http://evil.example"},
         {"Origin": "null"},
         {"Sec-Fetch-Site": "cross-site"},
-        {"Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "same-origin", "Origin": "http://evil.example"},
     ],
-    ids=["origin", "origin-null", "cross-site", "same-origin"],
+    ids=["origin", "origin-null", "cross-site", "same-site", "same-origin-foreign-origin"],
 )
 def test_requests_from_web_pages_are_403(server: ServerProcess, headers: dict[str, str]) -> None:
-    """Without an API key, a request a browser sent for a page is refused (403)."""
+    """Without an API key, a request a browser sent for a page of another site is refused
+    (403)."""
     with server.http() as http:
         response = http.post("/api/v1/rooms/page-room/messages", json=MESSAGE, headers=headers)
         assert response.status_code == 403
         assert response.json()["error"]["code"] == "forbidden"
         assert http.get("/api/v1/rooms/page-room/members", headers=headers).status_code == 403
+
+
+def test_pages_of_the_server_itself_are_answered(server: ServerProcess) -> None:
+    """A page roomcast served (the demo, the admin page) calls the key-less API same-origin."""
+    host = server.url.removeprefix("http://").rstrip("/")
+    headers = {"Sec-Fetch-Site": "same-origin", "Origin": f"http://{host}"}
+    with server.http() as http:
+        response = http.post("/api/v1/rooms/page-room/messages", json=MESSAGE, headers=headers)
+        assert response.status_code == 202
+        assert http.get("/api/v1/rooms/page-room/members", headers=headers).status_code == 200
 
 
 def test_typed_in_address_is_answered(server: ServerProcess) -> None:
