@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from .app import Roomcast
     from .auth import AnonymousResolver, ConnectRequest, Identity, IdentityResolver
     from .codes import CloseCode, ErrorCode
-    from .commands import Command, KickMember, PublishToRoom, SendToMember, SendWsMessage
+    from .commands import (
+        Command,
+        KickMember,
+        PublishEphemeral,
+        PublishToRoom,
+        SendToMember,
+        SendWsMessage,
+    )
     from .context import Context
     from .errors import (
         BrokerTimeout,
@@ -55,6 +62,7 @@ _LAZY: dict[str, str] = {
     "MemberLeft": "events",
     "MemberNotFound": "errors",
     "MessagePublished": "events",
+    "PublishEphemeral": "commands",
     "PublishToRoom": "commands",
     "Publisher": "publisher",
     "Refused": "errors",
@@ -86,6 +94,7 @@ __all__ = [
     "MemberLeft",
     "MemberNotFound",
     "MessagePublished",
+    "PublishEphemeral",
     "PublishToRoom",
     "Publisher",
     "Refused",

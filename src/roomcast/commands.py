@@ -16,6 +16,7 @@ __all__ = [
     "Command",
     "CommandBus",
     "KickMember",
+    "PublishEphemeral",
     "PublishToRoom",
     "SendToMember",
     "SendWsMessage",
@@ -32,12 +33,16 @@ class Command(Generic[R]):
 
 @dataclass(frozen=True, slots=True)
 class PublishToRoom(Command[int]):
-    """Publish a message to every member of `room`; returns its offset."""
+    """Publish a message to every member of `room`; returns its offset.
+
+    `exclude` names a connection that does not get it (its sender's, for `"echo": false`).
+    """
 
     room: str
     topic: str
     payload: Any
     sender: str = SERVER_SENDER
+    exclude: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,23 @@ class SendToMember(Command[int]):
     topic: str
     payload: Any
     sender: str = SERVER_SENDER
+    exclude: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishEphemeral(Command[None]):
+    """Deliver a message of an ephemeral topic to `room` (or to its member `to`): no offset,
+    not retained, not replayed (docs/protocol.md, section 10).
+
+    Raises `MemberNotFound` when `to` is given and connected nowhere.
+    """
+
+    room: str
+    topic: str
+    payload: Any
+    sender: str = SERVER_SENDER
+    to: str | None = None
+    exclude: str | None = None
 
 
 SendWsMessage = SendToMember

@@ -99,6 +99,10 @@ class Delivery:
         local = self.rooms.get(publication.room)
         if local is None:
             return
+        if publication.ephemeral:
+            # Outside the room's order: no gap to notice, nothing to repair.
+            self._deliver(publication)
+            return
         position = self._positions.get(publication.room)
         if position is not None and publication.epoch:
             if position.pending is not None:
@@ -117,12 +121,20 @@ class Delivery:
         local = self.rooms.get(publication.room)
         if local is None:
             return
-        if publication.to is None:
-            self.metrics.frames_out.inc(local.fan_out(publication.offset, publication.frame))
+        exclude = publication.exclude
+        if publication.ephemeral:
+            sent = local.fan_out_ephemeral(publication.frame, publication.to, exclude)
+            self.metrics.frames_out.inc(sent)
+        elif publication.to is None:
+            sent = local.fan_out(publication.offset, publication.frame, exclude)
+            self.metrics.frames_out.inc(sent)
         else:
             for member in local.all_of(publication.to):
-                member.deliver(publication.offset, publication.frame)
-                self.metrics.frames_out.inc()
+                if member.connection_id == exclude:
+                    member.skip(publication.offset)
+                else:
+                    member.deliver(publication.offset, publication.frame)
+                    self.metrics.frames_out.inc()
 
     def on_signal(self, signal: Signal) -> None:
         """Apply a presence change or a close order to local members."""

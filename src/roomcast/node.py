@@ -11,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from .auth import IdentityResolver
-from .brokers import Broker, HistoryPage, Signal, from_url
+from .brokers import Broker, HistoryPage, Publication, Signal, from_url
 from .codes import CloseCode, ErrorCode
-from .commands import CommandBus, KickMember, PublishToRoom, SendToMember
+from .commands import CommandBus, KickMember, PublishEphemeral, PublishToRoom, SendToMember
 from .delivery import Delivery
 from .errors import MemberNotFound
 from .events import EventBus, MessagePublished
 from .limits import ConnectionLimits
 from .log import log_event, redact_url
 from .metrics import Metrics
-from .protocol import message_prefix
+from .protocol import ephemeral_frame, message_prefix
 from .registry import TopicRegistry
 from .rooms import LocalRooms, Member, MemberHandle
 from .settings import Settings
@@ -41,6 +42,8 @@ class Node:
         resolver: resolves identities; the JWT resolver when `settings` configure a key,
             else the anonymous one.
         registry: the topic registry; a new one (relaying per `settings.relay`) when None.
+        ephemeral_topics: the ephemeral topics of a room (docs/protocol.md, section 10);
+            none in any room when None.
     """
 
     def __init__(
@@ -50,8 +53,13 @@ class Node:
         broker: Broker | None = None,
         resolver: IdentityResolver | None = None,
         registry: TopicRegistry | None = None,
+        ephemeral_topics: Callable[[str], frozenset[str]] | None = None,
     ) -> None:
         self.settings = settings
+        self.ephemeral_topics: Callable[[str], frozenset[str]] = (
+            ephemeral_topics or _no_ephemeral_topics
+        )
+        """The ephemeral topics of a room: relayed without an offset, never retained."""
         self.node_id = settings.node_id
         self.broker: Broker = (
             broker
@@ -95,6 +103,7 @@ class Node:
         self.stats = StatsPublisher(self, settings.stats_interval or 1.0)
         self.commands.register(PublishToRoom, self._publish_to_room)
         self.commands.register(SendToMember, self._send_to_member)
+        self.commands.register(PublishEphemeral, self._publish_ephemeral)
         self.commands.register(KickMember, self._kick_member)
 
     # lifecycle
@@ -223,12 +232,18 @@ class Node:
     # commands
 
     async def _publish(
-        self, room: str, topic: str, payload: Any, sender: str, to: str | None
+        self,
+        room: str,
+        topic: str,
+        payload: Any,
+        sender: str,
+        to: str | None,
+        exclude: str | None = None,
     ) -> int:
         prefix = message_prefix(topic, payload, room, sender, to)
         self._publishing += 1
         try:
-            publication = await self.broker.publish(room, prefix, to)
+            publication = await self.broker.publish(room, prefix, to, exclude)
         except Exception:
             self.metrics.broker_errors.inc()
             raise
@@ -248,17 +263,37 @@ class Node:
 
     async def _publish_to_room(self, command: PublishToRoom) -> int:
         return await self._publish(
-            command.room, command.topic, command.payload, command.sender, None
+            command.room, command.topic, command.payload, command.sender, None, command.exclude
         )
 
     async def _send_to_member(self, command: SendToMember) -> int:
-        if self.rooms.find(command.room, command.username) is None and not (
-            await self.broker.has_member(command.room, command.username)
-        ):
-            raise MemberNotFound(f"{command.username!r} is not connected to room {command.room!r}")
+        await self._find_member(command.room, command.username)
         return await self._publish(
-            command.room, command.topic, command.payload, command.sender, command.username
+            command.room,
+            command.topic,
+            command.payload,
+            command.sender,
+            command.username,
+            command.exclude,
         )
+
+    async def _publish_ephemeral(self, command: PublishEphemeral) -> None:
+        room, to = command.room, command.to
+        if to is not None:
+            await self._find_member(room, to)
+        frame = ephemeral_frame(command.topic, command.payload, room, command.sender, to)
+        try:
+            await self.broker.publish_ephemeral(room, frame, to, command.exclude)
+        except Exception:
+            self.metrics.broker_errors.inc()
+            raise
+
+    async def _find_member(self, room: str, username: str) -> None:
+        """Raises `MemberNotFound` when `username` is connected to `room` on no node."""
+        if self.rooms.find(room, username) is None and not (
+            await self.broker.has_member(room, username)
+        ):
+            raise MemberNotFound(f"{username!r} is not connected to room {room!r}")
 
     async def _kick_member(self, command: KickMember) -> None:
         if not await self.broker.has_member(command.room, command.username):
@@ -276,6 +311,40 @@ class Node:
     ) -> HistoryPage:
         """Retained messages of `room` after `since`."""
         return await self.broker.history(room, since, limit)
+
+    async def history_before(
+        self, room: str, before: int | None, limit: int, reader: str
+    ) -> tuple[str, list[Publication]]:
+        """`(epoch, messages)`: at most `limit` retained messages of `room` with an offset
+        below `before` (None: all), the latest of them, oldest first, as member `reader`
+        received them (messages `to` another member left out).
+
+        Offsets are dense, so the page is read by offset windows of `limit`, going back
+        until `limit` messages are found or nothing older is retained.
+        """
+        broker = self.broker
+        page = await broker.history(room, None, 0)
+        epoch, end = page.epoch, page.offset
+        if before is not None:
+            end = min(end, before - 1)
+        found: list[Publication] = []
+        while end >= 1 and len(found) < limit:
+            start = max(1, end - limit + 1)
+            page = await broker.history(room, start - 1, end - start + 1)
+            if page.epoch != epoch:
+                break  # the history was lost meanwhile: what was found is of the old one
+            chunk = [
+                p for p in page.publications if p.offset <= end and (p.to is None or p.to == reader)
+            ]
+            found[:0] = chunk[max(0, len(chunk) - (limit - len(found))) :]
+            if not page.complete:
+                break  # retention dropped what came before
+            end = start - 1
+        return epoch, found
+
+
+def _no_ephemeral_topics(room: str) -> frozenset[str]:
+    return frozenset()
 
 
 async def _wait_all(awaitables: list[Any], timeout: float) -> None:

@@ -17,7 +17,9 @@ from .errors import FrameError
 
 __all__ = [
     "BUILTIN_TOPICS",
+    "DEFAULT_HISTORY_LIMIT",
     "MAX_CLOSE_REASON_BYTES",
+    "MAX_HISTORY_LIMIT",
     "MAX_JSON_DEPTH",
     "MAX_NAME_LENGTH",
     "MAX_TOPIC_LENGTH",
@@ -25,6 +27,7 @@ __all__ = [
     "SERVER_SENDER",
     "ClientFrame",
     "FrameId",
+    "HistoryRequest",
     "JoinRequest",
     "RoomID",
     "Topic",
@@ -33,7 +36,9 @@ __all__ = [
     "check_limits",
     "close_reason",
     "dumps",
+    "ephemeral_frame",
     "error_frame",
+    "history_frame",
     "is_builtin",
     "joined_frame",
     "left_frame",
@@ -41,6 +46,7 @@ __all__ = [
     "message_frame",
     "message_prefix",
     "parse_client_frame",
+    "parse_history",
     "parse_join",
     "parse_offset",
     "parse_room_payload",
@@ -61,7 +67,9 @@ MAX_TOPIC_LENGTH = 128
 SERVER_SENDER = "$server"
 """The `from` of messages sent through the HTTP API or a command."""
 
-BUILTIN_TOPICS = frozenset({"ping", "presence", "auth.refresh", "room.join", "room.leave"})
+BUILTIN_TOPICS = frozenset(
+    {"ping", "presence", "auth.refresh", "room.join", "room.leave", "room.history"}
+)
 """Client topics the server answers itself; never relayed (see :func:`is_builtin`)."""
 ROOM_TOPIC_PREFIX = "room."
 """Every topic starting with it is built-in (v1.1): `room.join`, `room.leave`, and those to
@@ -212,7 +220,7 @@ def parse_offset(value: str | None, what: str = "since") -> int | None:
     """
     if value is None:
         return None
-    if not value.isascii() or not value.isdigit() or len(value) > 19:
+    if not value.isascii() or not value.isdigit() or len(value) > 19 or int(value) >= 2**63:
         raise FrameError(ErrorCode.INVALID_FRAME, f"{what} must be a non-negative integer")
     return int(value)
 
@@ -227,6 +235,8 @@ class ClientFrame:
     to: Username | None = None
     room: RoomID | None = None
     """The room the frame is for; None for the connection's first room."""
+    echo: bool = True
+    """False (`"echo": false`): the message is not delivered back to the sending connection."""
 
 
 def parse_client_frame(text: str | bytes) -> ClientFrame:
@@ -234,8 +244,8 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
 
     Raises:
         FrameError: `invalid_json` when the text is not JSON; `invalid_frame` when it is not an
-            object with a valid topic, a non-null payload, and well-typed `id` and `to`. The
-            error carries the frame's `id` whenever that could be read.
+            object with a valid topic, a non-null payload, and well-typed `id`, `to`, `room`
+            and `echo`. The error carries the frame's `id` whenever that could be read.
     """
     try:
         data = orjson.loads(text)
@@ -258,10 +268,13 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         room = data.get("room")
         if room is not None:
             room = RoomID(validate_name(room, "room"))
+        echo = data.get("echo", True)
+        if not isinstance(echo, bool):
+            raise FrameError(ErrorCode.INVALID_FRAME, "echo must be true or false")
     except FrameError as exc:
         exc.frame_id = frame_id
         raise
-    return ClientFrame(topic=topic, payload=payload, id=frame_id, to=to, room=room)
+    return ClientFrame(topic=topic, payload=payload, id=frame_id, to=to, room=room, echo=echo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +323,45 @@ def parse_join(payload: object) -> JoinRequest:
     return JoinRequest(room, since, epoch if since is not None else None, backlog)
 
 
+DEFAULT_HISTORY_LIMIT = 50
+"""Messages a `room.history` answer holds at most when the request gives no `limit`."""
+MAX_HISTORY_LIMIT = 100
+"""The largest `limit` a `room.history` request may ask for."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """A validated `room.history` payload (docs/protocol.md, section 10)."""
+
+    room: RoomID | None
+    """None for the frame's room (or the connection's first room)."""
+    before: int | None
+    """Only messages with a lower offset; None for the room's latest offset + 1."""
+    limit: int = DEFAULT_HISTORY_LIMIT
+
+
+def parse_history(payload: object) -> HistoryRequest:
+    """Validate a `room.history` payload `{"roomID"?, "before"?, "limit"?}`.
+
+    Raises:
+        FrameError: `bad_request` when the payload is not an object, or for an invalid
+            roomID, a `before` that is not a non-negative integer, or a `limit` that is not
+            an integer from 1 to :data:`MAX_HISTORY_LIMIT`.
+    """
+    if not isinstance(payload, dict):
+        raise _bad_request('room.history needs a payload {"roomID"?, "before"?, "limit"?}')
+    room = parse_room_payload(payload)
+    before = _count(payload.get("before"), "before")
+    limit = payload.get("limit")
+    if limit is None:
+        limit = DEFAULT_HISTORY_LIMIT
+    elif (
+        not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_HISTORY_LIMIT
+    ):
+        raise _bad_request(f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+    return HistoryRequest(room, before, limit)
+
+
 def parse_room_payload(payload: object) -> RoomID | None:
     """The `roomID` of a `room.leave` or `presence` payload; None when it names none.
 
@@ -335,10 +387,15 @@ def message_prefix(topic: str, payload: Any, room: str, sender: str, to: str | N
     The broker assigns the offset; encoding everything else once, here, lets every node and
     every member receive the same bytes without re-encoding.
     """
+    return ephemeral_frame(topic, payload, room, sender, to)[:-1] + ',"offset":'
+
+
+def ephemeral_frame(topic: str, payload: Any, room: str, sender: str, to: str | None = None) -> str:
+    """Encode a message of an ephemeral topic: a room message without an offset."""
     frame: dict[str, Any] = {"topic": topic, "payload": payload, "room": room, "from": sender}
     if to is not None:
         frame["to"] = to
-    return dumps(frame)[:-1] + ',"offset":'
+    return dumps(frame)
 
 
 def message_frame(prefix: str, offset: int) -> str:
@@ -360,6 +417,15 @@ def error_frame(code: ErrorCode, message: str, frame_id: FrameId | None = None) 
     if frame_id is not None:
         payload["id"] = frame_id
     return server_frame("error", payload)
+
+
+def history_frame(room: str, epoch: str, frames: list[str]) -> str:
+    """The answer to `room.history`: retained frames (encoded), oldest first, as they are."""
+    messages = ",".join(frames)
+    return (
+        f'{{"topic":"room.history","payload":{{"epoch":{dumps(epoch)},"messages":[{messages}]}},'
+        f'"room":{dumps(room)}}}'
+    )
 
 
 def presence_frame(kind: str, room: str, username: str) -> str:

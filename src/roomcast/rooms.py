@@ -57,6 +57,7 @@ class Member:
         handle: the session this membership belongs to (None for a bare member in tests).
         held: while joining, live frames are held here and sent after the welcome and the
             replay; offset 0 marks a frame without offset (presence).
+        last_offset: the room's offset up to which this connection has every message.
     """
 
     username: str
@@ -74,6 +75,17 @@ class Member:
             self.held.append((offset, frame))
         elif offset > self.last_offset:
             self.last_offset = offset
+            self.connection.send(frame)
+
+    def skip(self, offset: int) -> None:
+        """A room message this connection does not get (it sent it with `"echo": false`)."""
+        if self.held is None and offset > self.last_offset:
+            self.last_offset = offset
+
+    def deliver_ephemeral(self, frame: str) -> None:
+        """Send a message of an ephemeral topic; dropped while joining or recovering, so that
+        a replay holds stored messages only (it would be stale after the replay anyway)."""
+        if self.held is None:
             self.connection.send(frame)
 
     def notify(self, frame: str) -> None:
@@ -109,8 +121,18 @@ class LocalRoom:
         self.members: dict[str, Member] = {}
         self.shared: dict[str, list[Member]] | None = None
 
-    def fan_out(self, offset: int, frame: str) -> int:
-        """Deliver one encoded room message to every local member; returns how many."""
+    def fan_out(self, offset: int, frame: str, exclude: str | None = None) -> int:
+        """Deliver one encoded room message to every local member but connection `exclude`;
+        returns how many got it."""
+        if exclude is not None:
+            count = 0
+            for member in self.all():
+                if member.connection_id == exclude:
+                    member.skip(offset)
+                else:
+                    member.deliver(offset, frame)
+                    count += 1
+            return count
         for member in self.members.values():
             member.deliver(offset, frame)
         count = len(self.members)
@@ -119,6 +141,16 @@ class LocalRoom:
                 for member in more:
                     member.deliver(offset, frame)
                 count += len(more)
+        return count
+
+    def fan_out_ephemeral(self, frame: str, to: str | None, exclude: str | None) -> int:
+        """Deliver a message of an ephemeral topic to the room (or to member `to`) but
+        connection `exclude`; returns how many got it."""
+        count = 0
+        for member in self.all() if to is None else self.all_of(to):
+            if member.connection_id != exclude:
+                member.deliver_ephemeral(frame)
+                count += 1
         return count
 
     def broadcast(self, frame: str, *, exclude: str | None = None) -> int:

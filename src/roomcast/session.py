@@ -18,7 +18,7 @@ from typing import Any
 from . import membership
 from .auth import ConnectRequest, Identity, RefreshingResolver, RoomAuthorizer
 from .codes import CloseCode, ErrorCode
-from .commands import PublishToRoom, SendToMember
+from .commands import PublishEphemeral, PublishToRoom, SendToMember
 from .connection import Connection
 from .context import Context
 from .errors import BrokerUnavailable, FrameError, MemberNotFound, Refused, RoomcastError
@@ -28,12 +28,15 @@ from .node import Node
 from .protocol import (
     ClientFrame,
     JoinRequest,
+    RoomID,
     ack_frame,
     error_frame,
+    history_frame,
     is_builtin,
     joined_frame,
     left_frame,
     parse_client_frame,
+    parse_history,
     parse_join,
     parse_room_payload,
     server_frame,
@@ -160,12 +163,15 @@ class Session:
             self._more = None
         return True
 
-    def _frame_member(self, frame: ClientFrame) -> Member:
-        """The membership a frame is for: its `room`, or the first room.
+    def _frame_member(self, frame: ClientFrame, room: str | None = None) -> Member:
+        """The membership a frame is for: `room` (a built-in's payload `roomID`), else the
+        frame's `room`, else the first room.
 
         Raises:
             RoomcastError: `not_joined` when the connection is not in that room (or in none).
         """
+        if room is not None:
+            frame = dataclasses.replace(frame, room=RoomID(room))
         if frame.room is None:
             if self.member is None:
                 raise RoomcastError(
@@ -467,9 +473,7 @@ class Session:
         offset: int | None = None
         error: RoomcastError | None = None
         try:
-            offset = await self.node.commands.send(
-                PublishToRoom(member.room, frame.topic, frame.payload, sender=member.username)
-            )
+            offset = await self._publish(frame, member)
         except RoomcastError as exc:
             error = exc
         except Exception:
@@ -539,19 +543,27 @@ class Session:
         if handlers:
             self._ack(frame, await self._run_handlers(frame, member, handlers))
         elif self.node.registry.relays(topic):
-            if frame.to is None:
-                offset = await self.node.commands.send(
-                    PublishToRoom(member.room, topic, frame.payload, sender=member.username)
-                )
-            else:
-                offset = await self.node.commands.send(
-                    SendToMember(
-                        member.room, frame.to, topic, frame.payload, sender=member.username
-                    )
-                )
-            self._ack(frame, offset)
+            self._ack(frame, await self._publish(frame, member))
         else:
             raise RoomcastError(f"no handler for topic {topic!r}", code=ErrorCode.UNKNOWN_TOPIC)
+
+    async def _publish(self, frame: ClientFrame, member: Member) -> int | None:
+        """The default relay of `frame` to its room (or to its `to` member); returns the
+        message's offset, None for an ephemeral topic (docs/protocol.md, section 10)."""
+        node, room, sender = self.node, member.room, member.username
+        exclude = None if frame.echo else self.connection_id
+        if frame.topic in node.ephemeral_topics(room):
+            await node.commands.send(
+                PublishEphemeral(room, frame.topic, frame.payload, sender, frame.to, exclude)
+            )
+            return None
+        if frame.to is None:
+            command: PublishToRoom | SendToMember = PublishToRoom(
+                room, frame.topic, frame.payload, sender, exclude
+            )
+        else:
+            command = SendToMember(room, frame.to, frame.topic, frame.payload, sender, exclude)
+        return await node.commands.send(command)
 
     async def _builtin(self, frame: ClientFrame) -> None:
         """The topics the server answers itself (other than `ping`)."""
@@ -562,6 +574,8 @@ class Session:
             await self.room_leave(frame)
         elif topic == "presence":
             await self.presence(frame)
+        elif topic == "room.history":
+            await self.room_history(frame)
         elif topic == "auth.refresh":
             await self.refresh(frame)
         else:
@@ -576,11 +590,24 @@ class Session:
         except FrameError as exc:
             self.send_error(exc.code, exc.message, frame.id)
             return
-        member = self._frame_member(
-            frame if room is None else dataclasses.replace(frame, room=room)
-        )
+        member = self._frame_member(frame, room)
         members = await self.node.broker.members(member.room)
         self.connection.send(server_frame("presence", {"members": members}, room=member.room))
+        self._ack(frame)
+
+    async def room_history(self, frame: ClientFrame) -> None:
+        """`room.history`: a page of the room's retained messages below `before`, oldest
+        first, as its members received them (messages `to` another member left out)."""
+        try:
+            wanted = parse_history(frame.payload)
+        except FrameError as exc:
+            self.send_error(exc.code, exc.message, frame.id)
+            return
+        member = self._frame_member(frame, wanted.room)
+        epoch, messages = await self.node.history_before(
+            member.room, wanted.before, wanted.limit, member.username
+        )
+        self.connection.send(history_frame(member.room, epoch, [m.frame for m in messages]))
         self._ack(frame)
 
     async def _run_handlers(

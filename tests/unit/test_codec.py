@@ -11,11 +11,15 @@ from roomcast.codes import ErrorCode
 from roomcast.errors import FrameError
 from roomcast.protocol import (
     ClientFrame,
+    HistoryRequest,
     ack_frame,
+    ephemeral_frame,
     error_frame,
+    history_frame,
     message_frame,
     message_prefix,
     parse_client_frame,
+    parse_history,
     parse_offset,
     presence_frame,
     server_frame,
@@ -137,9 +141,49 @@ def test_parse_offset() -> None:
     assert parse_offset(None) is None
     assert parse_offset("0") == 0
     assert parse_offset("42") == 42
-    for bad in ("", "-1", "1.5", "x", "1e3", " 1", "9" * 20):
+    assert parse_offset(str(2**63 - 1)) == 2**63 - 1
+    for bad in ("", "-1", "1.5", "x", "1e3", " 1", "9" * 20, str(2**63)):
         with pytest.raises(FrameError):
             parse_offset(bad)
+
+
+def test_echo_is_parsed_as_a_boolean() -> None:
+    """`echo` defaults to true; false is kept; anything but a boolean is invalid_frame."""
+    assert parse_client_frame('{"topic":"t","payload":1}').echo is True
+    assert parse_client_frame('{"topic":"t","payload":1,"echo":false}').echo is False
+    error = parse_error('{"topic":"t","payload":1,"echo":0,"id":3}')
+    assert (error.code, error.frame_id) == (ErrorCode.INVALID_FRAME, 3)
+
+
+def test_parse_history_defaults_and_bounds() -> None:
+    """room.history: roomID and before default to None, limit to 50; limit is 1-100 and
+    before a non-negative integer; null means the default."""
+    assert parse_history({}) == HistoryRequest(None, None, 50)
+    assert parse_history({"roomID": "r1", "before": 0, "limit": 1}) == HistoryRequest("r1", 0, 1)
+    assert parse_history({"before": None, "limit": None}) == HistoryRequest(None, None, 50)
+    assert parse_history({"limit": 100}).limit == 100
+    for bad in ({"limit": 0}, {"limit": 101}, {"limit": "2"}, {"before": -1}, {"before": 1.0}):
+        with pytest.raises(FrameError) as info:
+            parse_history(bad)
+        assert info.value.code == ErrorCode.BAD_REQUEST
+
+
+def test_ephemeral_and_history_frames() -> None:
+    """An ephemeral frame is a room message without offset; a history answer embeds the
+    retained frames as they are."""
+    frame = ephemeral_frame("typing", {"on": True}, "r1", "alice")
+    assert orjson.loads(frame) == {
+        "topic": "typing",
+        "payload": {"on": True},
+        "room": "r1",
+        "from": "alice",
+    }
+    stored = message_frame(message_prefix("chat", "hi", "r1", "bob"), 4)
+    assert orjson.loads(history_frame("r1", "E", [stored, stored])) == {
+        "topic": "room.history",
+        "payload": {"epoch": "E", "messages": [orjson.loads(stored)] * 2},
+        "room": "r1",
+    }
 
 
 def test_message_prefix_and_frame() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from roomcast.rooms import LocalRooms, Member
+from roomcast.rooms import LocalRoom, LocalRooms, Member
 
 
 class Sink:
@@ -117,3 +117,37 @@ def test_broadcast_skips_the_excluded_member() -> None:
     assert local.broadcast("p", exclude="bob") == 1
     assert a_sink.sent == ["p"]
     assert b_sink.sent == []
+
+
+def two_members(*, bob_joining: bool = False) -> tuple[LocalRoom, Member, Sink, Member, Sink]:
+    """A local room with alice and bob (bob still joining, when asked)."""
+    rooms = LocalRooms()
+    alice, alice_sink = member("alice")
+    bob, bob_sink = member("bob")
+    if bob_joining:
+        bob.held = []
+    rooms.add(alice)
+    rooms.add(bob)
+    local = rooms.get("r1")
+    assert local is not None
+    return local, alice, alice_sink, bob, bob_sink
+
+
+def test_fan_out_skips_the_excluded_connection_and_keeps_its_offset() -> None:
+    """`exclude` (echo false): that connection gets nothing but has the offset, so a later
+    copy of an older offset is still dropped."""
+    local, alice, alice_sink, _, bob_sink = two_members()
+    assert local.fan_out(1, "m1", exclude="c-alice") == 1
+    assert (alice_sink.sent, bob_sink.sent, alice.last_offset) == ([], ["m1"], 1)
+    alice.deliver(1, "m1")
+    assert alice_sink.sent == []
+
+
+def test_ephemeral_frames_are_dropped_while_joining() -> None:
+    """An ephemeral frame reaches members not joining; one that is joining never gets it,
+    not even after its release (its replay holds stored messages only)."""
+    local, _, alice_sink, bob, bob_sink = two_members(bob_joining=True)
+    assert local.fan_out_ephemeral("e1", None, None) == 2
+    assert local.fan_out_ephemeral("e2", "alice", "c-alice") == 0
+    bob.release()
+    assert (alice_sink.sent, bob_sink.sent) == (["e1"], [])

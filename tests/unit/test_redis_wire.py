@@ -57,3 +57,27 @@ def test_member_entries_parse_back() -> None:
     entry = wire.member_entry("r1", "bob", "c1").encode()
     assert wire.parse_member_entry(entry) == ("r1", "bob", "c1")
     assert wire.parse_member_entry(b"r1\nbob") is None
+
+
+def test_targets_round_trip() -> None:
+    """A target holds `to` and the excluded connection; either may be absent."""
+    for to, exclude in [(None, None), ("bob", None), (None, "c1"), ("bob", "c1")]:
+        assert wire.decode_target(wire.encode_target(to, exclude)) == (to, exclude)
+    assert wire.encode_target(None, None) == ""
+    assert wire.encode_target("bob", None) == "bob"
+
+
+def test_echo_false_publication_decodes_with_its_exclusion() -> None:
+    """A publication whose target names an excluded connection decodes with `exclude`."""
+    frame = '{"topic":"t","payload":1,"room":"r1","from":"x","offset":3}'
+    data = f"pE1\n3\n c9\n{frame}".encode()
+    assert wire.decode("r1", data) == Publication("r1", 3, frame, None, "E1", "c9")
+
+
+def test_ephemeral_message_round_trips_without_offset() -> None:
+    """An ephemeral message decodes to a publication with offset 0, its frame untouched."""
+    frame = '{"topic":"typing","payload":"a\\nb","room":"r1","from":"x"}'
+    decoded = wire.decode("r1", wire.encode_ephemeral(frame, "bob", "c2"))
+    assert decoded == Publication("r1", 0, frame, "bob", "", "c2")
+    assert isinstance(decoded, Publication)
+    assert decoded.ephemeral

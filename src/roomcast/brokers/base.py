@@ -27,11 +27,14 @@ class Publication:
 
     Attributes:
         room: the room id.
-        offset: the room's offset for this message (one order per room, cluster-wide).
+        offset: the room's offset for this message (one order per room, cluster-wide);
+            0 for a message of an ephemeral topic, which has none (:attr:`ephemeral`).
         frame: the complete server frame, encoded once by the publisher.
         to: the one member it is for, or `None` for the whole room.
         epoch: the incarnation of the room's history the offset belongs to (empty when the
             broker does not say); a node that sees it change knows history was lost.
+        exclude: the connection it is not delivered to (its sender's, for `"echo": false`),
+            or `None`.
     """
 
     room: str
@@ -39,6 +42,13 @@ class Publication:
     frame: str
     to: str | None = None
     epoch: str = ""
+    exclude: str | None = None
+
+    @property
+    def ephemeral(self) -> bool:
+        """Whether it is a message of an ephemeral topic: no offset, never retained, outside
+        the room's order (delivered as it comes)."""
+        return self.offset == 0
 
 
 SignalKind = Literal["join", "leave", "kick", "replace"]
@@ -126,9 +136,19 @@ class Broker(Protocol):
     async def unsubscribe(self, room: str) -> None:
         """Stop receiving the room's traffic on this node (last local member left)."""
 
-    async def publish(self, room: str, prefix: str, to: str | None = None) -> Publication:
+    async def publish(
+        self, room: str, prefix: str, to: str | None = None, exclude: str | None = None
+    ) -> Publication:
         """Give a message the room's next offset, retain it, and deliver it to every node
-        subscribed to the room; the frame is `prefix + str(offset) + "}"`."""
+        subscribed to the room; the frame is `prefix + str(offset) + "}"`. With `exclude`,
+        that connection does not get it live."""
+
+    async def publish_ephemeral(
+        self, room: str, frame: str, to: str | None = None, exclude: str | None = None
+    ) -> None:
+        """Deliver a complete frame to every node subscribed to the room, without an offset
+        and without retaining it (an ephemeral topic: a :class:`Publication` with offset 0);
+        with `exclude`, that connection does not get it."""
 
     async def signal(self, signal: Signal) -> None:
         """Deliver a signal to every node subscribed to its room."""

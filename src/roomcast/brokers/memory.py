@@ -104,14 +104,16 @@ class MemoryBroker:
         while entries and entries[0][0] < cutoff:
             entries.popleft()
 
-    async def publish(self, room: str, prefix: str, to: str | None = None) -> Publication:
+    async def publish(
+        self, room: str, prefix: str, to: str | None = None, exclude: str | None = None
+    ) -> Publication:
         """Assign the next offset, retain, and deliver synchronously (one order per room)."""
         now = time.monotonic()
         stream = self._stream(room, now)
         stream.offset += 1
         stream.touched = now
         publication = Publication(
-            room, stream.offset, message_frame(prefix, stream.offset), to, stream.epoch
+            room, stream.offset, message_frame(prefix, stream.offset), to, stream.epoch, exclude
         )
         if self.history_size:
             entries = stream.entries
@@ -124,6 +126,13 @@ class MemoryBroker:
         if self._publishes % 1024 == 0:
             self._sweep(now)
         return publication
+
+    async def publish_ephemeral(
+        self, room: str, frame: str, to: str | None = None, exclude: str | None = None
+    ) -> None:
+        """Deliver synchronously, with no offset and nothing retained."""
+        if room in self._subscribed and self._listener is not None:
+            self._listener.on_publication(Publication(room, 0, frame, to, exclude=exclude))
 
     def _sweep(self, now: float) -> None:
         """Drop the state of rooms whose history was lost (see the class)."""

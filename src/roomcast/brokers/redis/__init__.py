@@ -223,19 +223,31 @@ class RedisBroker:
         redis = self._calls.redis
         await self._calls.call(lambda: drop_stats(redis, node_id))
 
-    async def publish(self, room: str, prefix: str, to: str | None = None) -> Publication:
+    async def publish(
+        self, room: str, prefix: str, to: str | None = None, exclude: str | None = None
+    ) -> Publication:
         """Assign the next offset, retain and announce, in one script; see `Broker.publish`.
 
         When this node serves the room, it returns once the message reached the local
         members (so a sender's `ack` follows its own message), or after a bounded wait.
         """
-        return await self._publishing.publish(room, prefix, to)
+        return await self._publishing.publish(room, prefix, to, exclude)
+
+    async def publish_ephemeral(
+        self, room: str, frame: str, to: str | None = None, exclude: str | None = None
+    ) -> None:
+        """Announce a message of an ephemeral topic on the room's channel (a plain PUBLISH:
+        no offset, nothing retained); see `Broker.publish_ephemeral`."""
+        await self._announce(room, wire.encode_ephemeral(frame, to, exclude))
 
     async def signal(self, signal: Signal) -> None:
         """Announce a signal on the room's channel."""
+        await self._announce(signal.room, wire.encode_signal(signal))
+
+    async def _announce(self, room: str, payload: bytes) -> None:
+        """PUBLISH a message without offset on the room's channel."""
         redis = self._calls.redis
-        channel = wire.channel(wire.channel_prefix(self._calls.db), signal.room)
-        payload = wire.encode_signal(signal)
+        channel = wire.channel(wire.channel_prefix(self._calls.db), room)
         await self._calls.call(lambda: redis.publish(channel, payload))
 
     async def history(

@@ -126,7 +126,9 @@ class Publishing:
         self._flushing = False
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def publish(self, room: str, prefix: str, to: str | None) -> Publication:
+    async def publish(
+        self, room: str, prefix: str, to: str | None, exclude: str | None = None
+    ) -> Publication:
         """Publish one message (see `Broker.publish`); waits for its own delivery when this
         node serves the room, at most `DELIVERY_WAIT` seconds."""
         if not self._calls.available:
@@ -135,7 +137,7 @@ class Publishing:
         args = (
             *wire.room_keys(room),
             prefix,
-            to or "",
+            wire.encode_target(to, exclude),
             self._history_size,
             self._history_ttl_ms,
             wire.channel(self._channel_prefix, room),
@@ -151,7 +153,7 @@ class Publishing:
         offset, epoch = int(result[0]), result[1].decode()
         if self._serves(room):
             await self._deliveries.wait(room, offset, DELIVERY_WAIT)
-        return Publication(room, offset, message_frame(prefix, offset), to, epoch)
+        return Publication(room, offset, message_frame(prefix, offset), to, epoch, exclude)
 
     async def _flush(self) -> None:
         """Send the publishes queued meanwhile in one pipeline: one round trip, not one each.

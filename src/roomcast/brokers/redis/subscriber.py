@@ -263,7 +263,8 @@ class Subscriber:
             return
         if isinstance(message, Publication):
             listener.on_publication(message)
-            self._deliveries.delivered(room, message.offset)
+            if not message.ephemeral:
+                self._deliveries.delivered(room, message.offset)
         elif not (
             message.kind == "leave"
             and message.reason == "node_lost"

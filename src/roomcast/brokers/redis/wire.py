@@ -10,10 +10,15 @@ another to read is named or encoded here, and nowhere else:
   part of the name);
 - presence values (`node_id:connection_id`) and a node's member entries
   (`room\\nusername\\nconnection_id`);
-- the two messages a room channel carries, told apart by their first byte: a publication
-  `p<epoch>\\n<offset>\\n<to>\\n<frame>` (encoded inside the PUBLISH script, the only place
-  that knows the offset, by the Lua expression :data:`LUA_PUBLICATION`), and a signal `s` +
-  a JSON array `[kind, username, connection_id, node_id, reason]` (:func:`encode_signal`).
+- the three messages a room channel carries, told apart by their first byte: a publication
+  `p<epoch>\\n<offset>\\n<target>\\n<frame>` (encoded inside the PUBLISH script, the only
+  place that knows the offset, by the Lua expression :data:`LUA_PUBLICATION`), a message of an
+  ephemeral topic `e<target>\\n<frame>` (:func:`encode_ephemeral`: no offset, not retained),
+  and a signal `s` + a JSON array `[kind, username, connection_id, node_id, reason]`
+  (:func:`encode_signal`);
+- a message's target (:func:`encode_target`), in a publication and in its stream entry: the
+  `to` member (empty for the whole room), then, for a message sent with `"echo": false`, a
+  space and the sender's connection id (names and connection ids hold no whitespace).
 
 The table of keys and their lifetimes is in docs/architecture.md ("Cluster").
 """
@@ -38,7 +43,10 @@ __all__ = [
     "channel_prefix",
     "connection_of",
     "decode",
+    "decode_target",
+    "encode_ephemeral",
     "encode_signal",
+    "encode_target",
     "lease_key",
     "member_entry",
     "member_set_key",
@@ -63,6 +71,7 @@ STATS_KEY = f"{KEY_PREFIX}stats"
 """Node ids that put a stats message (see stats.py)."""
 
 _PUBLICATION = b"p"
+_EPHEMERAL = b"e"
 _SIGNAL = b"s"
 _SIGNAL_KINDS = frozenset(get_args(SignalKind))
 
@@ -70,7 +79,7 @@ LUA_FRAME = "ARGV[1] .. id .. '}'"
 """The PUBLISH script's completion of a frame with its offset (as `protocol.message_frame`)."""
 LUA_PUBLICATION = "'p' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[2] .. '\\n' .. frame"
 """The PUBLISH script's encoding of a publication (`epoch`, `id` and `frame` are locals of
-the script, `ARGV[2]` the `to` member); :func:`decode` reads it."""
+the script, `ARGV[2]` the target, :func:`encode_target`); :func:`decode` reads it."""
 
 
 class WireError(ValueError):
@@ -179,13 +188,30 @@ def stream_offset(entry_id: bytes) -> int:
 
 
 def stream_publication(room: str, entry_id: bytes, fields: list[bytes], epoch: str) -> Publication:
-    """A retained message from its stream entry (fields `f`: the frame, `t`: the member)."""
+    """A retained message from its stream entry (fields `f`: the frame, `t`: the target)."""
     values = dict(zip(fields[::2], fields[1::2], strict=True))
-    to = values.get(b"t", b"").decode() or None
-    return Publication(room, stream_offset(entry_id), values[b"f"].decode(), to, epoch)
+    to, exclude = decode_target(values.get(b"t", b"").decode())
+    return Publication(room, stream_offset(entry_id), values[b"f"].decode(), to, epoch, exclude)
 
 
 # messages between nodes
+
+
+def encode_target(to: str | None, exclude: str | None) -> str:
+    """A message's target: `to` (empty: the whole room), then ` <connection id>` when that
+    connection does not get it."""
+    return (to or "") if exclude is None else f"{to or ''} {exclude}"
+
+
+def decode_target(target: str) -> tuple[str | None, str | None]:
+    """`(to, exclude)` of a target made by :func:`encode_target`."""
+    to, _, exclude = target.partition(" ")
+    return to or None, exclude or None
+
+
+def encode_ephemeral(frame: str, to: str | None, exclude: str | None) -> bytes:
+    """A message of an ephemeral topic as it travels on its room's channel."""
+    return _EPHEMERAL + f"{encode_target(to, exclude)}\n{frame}".encode()
 
 
 def encode_signal(signal: Signal) -> bytes:
@@ -196,7 +222,7 @@ def encode_signal(signal: Signal) -> bytes:
 
 
 def decode(room: str, data: bytes) -> Publication | Signal:
-    """Parse a message of the room's channel.
+    """Parse a message of the room's channel (an ephemeral one is a publication with offset 0).
 
     Raises:
         WireError: `data` is not a publication or a signal in roomcast's format.
@@ -204,8 +230,13 @@ def decode(room: str, data: bytes) -> Publication | Signal:
     kind = data[:1]
     try:
         if kind == _PUBLICATION:
-            epoch, offset, to, frame = data[1:].decode().split("\n", 3)
-            return Publication(room, int(offset), frame, to or None, epoch)
+            epoch, offset, target, frame = data[1:].decode().split("\n", 3)
+            to, exclude = decode_target(target)
+            return Publication(room, int(offset), frame, to, epoch, exclude)
+        if kind == _EPHEMERAL:
+            target, frame = data[1:].decode().split("\n", 1)
+            to, exclude = decode_target(target)
+            return Publication(room, 0, frame, to, exclude=exclude)
         if kind == _SIGNAL:
             fields: Any = orjson.loads(data[1:])
             if (
