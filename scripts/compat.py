@@ -26,7 +26,15 @@ VENVS = ROOT / ".venv-compat"
 OLDEST_FASTAPI = "0.125.0"
 """The oldest FastAPI supported: the README names it too."""
 
-TOOLS = ("pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "httpx", "django")
+TOOLS = (
+    "pytest",
+    "pytest-asyncio",
+    "pytest-timeout",
+    "pytest-xdist",
+    "hypothesis",
+    "httpx",
+    "django",
+)
 """The dev tools the embedding tests need, installed at the dev extra's pins."""
 
 TESTS = (
@@ -116,7 +124,9 @@ def main() -> int:
             flush=True,
         )
         result = subprocess.run(
-            [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", *TESTS], cwd=ROOT, check=False
+            [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2", *TESTS],
+            cwd=ROOT,
+            check=False,
         )
         print(
             f"compat {leg}: pytest exit {result.returncode} in {time.monotonic() - started:.0f} s"

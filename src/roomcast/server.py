@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import socket
@@ -127,6 +128,12 @@ except ImportError as exc:  # a uvicorn or websockets without the modules the fa
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 
+def _plain_ws() -> str:
+    """uvicorn's own WebSocket protocol: its sans-I/O one where this uvicorn has it."""
+    sansio = importlib.util.find_spec("uvicorn.protocols.websockets.websockets_sansio_impl")
+    return "websockets-sansio" if sansio is not None else "auto"
+
+
 def _protocols(settings: Settings, limits: ConnectionLimits | None) -> dict[str, Any]:
     """uvicorn's `ws` and `http` protocol classes: roomcast's fast path when the installed
     uvicorn has everything it relies on (transports/uvicorn.py), else uvicorn's own."""
@@ -139,7 +146,7 @@ def _protocols(settings: Settings, limits: ConnectionLimits | None) -> dict[str,
             reason="this uvicorn lacks what the fast path relies on: running uvicorn's own "
             "protocols on the plain ASGI path (correct, slower, no handshake timeout)",
         )
-        return {"ws": "websockets-sansio", "http": "h11"}
+        return {"ws": _plain_ws(), "http": "h11"}
     assert _fast is not None
     http = _fast.handshake_protocol(settings.handshake_timeout, limits)
     if not settings.fast_path:
