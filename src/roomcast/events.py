@@ -1,7 +1,12 @@
 """Events (what happened) and the event bus that application code subscribes to.
 
 Events are published on the node where they happen; a dead node's member-left events are
-published once, by the surviving node that removed its members.
+published once, by the surviving node that removed its members. `RoomOccupied` and
+`RoomVacated` are cluster-wide too: published once, by the node whose member event opened or
+closed the room's occupancy (webhooks.py decides it, in the broker, beside the outbox).
+
+The same events are what webhooks send (docs/webhooks.md): `webhooks.record` gives each its
+JSON form.
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ from typing import Any, TypeVar
 
 from .log import log_event
 
-__all__ = ["Event", "EventBus", "MemberJoined", "MemberLeft", "MessagePublished"]
+__all__ = [
+    "Event",
+    "EventBus",
+    "MemberJoined",
+    "MemberLeft",
+    "MessagePublished",
+    "RoomOccupied",
+    "RoomVacated",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +66,22 @@ class MessagePublished(Event):
     to: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RoomOccupied(Event):
+    """`room` got its first member, cluster-wide (published once, on node `node_id`)."""
+
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomVacated(Event):
+    """`room` lost its last member, cluster-wide (published once, on node `node_id`)."""
+
+    node_id: str
+
+
 E = TypeVar("E", bound=Event)
+EventSink = Callable[[Event], None]
 Subscriber = Callable[[Any], Awaitable[None]]
 
 
@@ -68,6 +96,16 @@ class EventBus:
         self._subscribers: dict[type[Event], list[Subscriber]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wants: dict[type[Event], bool] = {}
+        self._sink: EventSink | None = None
+        self._sink_types: frozenset[type[Event]] = frozenset()
+
+    def tap(self, sink: EventSink | None, types: frozenset[type[Event]] = frozenset()) -> None:
+        """Hand every event of `types` to `sink`, synchronously and in publish order, before
+        the subscribers (the webhooks outbox: it must see events in the order they
+        happened); None removes the tap."""
+        self._sink = sink
+        self._sink_types = types if sink is not None else frozenset()
+        self._wants.clear()
 
     def subscribe(
         self, event_type: type[E], handler: Callable[[E], Awaitable[None]]
@@ -99,13 +137,15 @@ class EventBus:
         """Whether anything subscribes to `event_type` (lets the hot path skip building it)."""
         wanted = self._wants.get(event_type)
         if wanted is None:
-            wanted = self._wants[event_type] = any(
+            wanted = self._wants[event_type] = event_type in self._sink_types or any(
                 self._subscribers.get(t) for t in event_type.__mro__ if issubclass(t, Event)
             )
         return wanted
 
     def publish(self, event: Event) -> None:
         """Schedule every subscriber of `event`; returns at once."""
+        if self._sink is not None and type(event) in self._sink_types:
+            self._sink(event)
         for cls in type(event).__mro__:
             for handler in self._subscribers.get(cls, ()):
                 task = asyncio.get_running_loop().create_task(self._run(handler, event))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
 
@@ -46,6 +46,45 @@ class Metrics:
         )
         self.broker_errors = Counter(
             "roomcast_broker_errors", "Broker operations that failed", registry=self.registry
+        )
+        self.webhook_requests = Counter(
+            "roomcast_webhook_requests",
+            "Webhook requests sent, by result (ok, status_4xx, status_5xx, timeout, error)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.webhook_delivered = Counter(
+            "roomcast_webhook_events_delivered",
+            "Webhook events delivered (a 2xx answer)",
+            registry=self.registry,
+        )
+        self.webhook_retries = Counter(
+            "roomcast_webhook_retries", "Webhook requests sent again", registry=self.registry
+        )
+        self.webhook_dropped = Counter(
+            "roomcast_webhook_events_dropped",
+            "Webhook events given up on, by reason (expired: retried for --webhook-retry-for; "
+            "overflow: past --webhook-max-pending)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.webhook_seconds = Histogram(
+            "roomcast_webhook_request_seconds",
+            "Time the receiver took to answer a webhook request",
+            registry=self.registry,
+        )
+        self.proxy_calls = Counter(
+            "roomcast_proxy_calls",
+            "Proxy calls to the backend, by kind (connect, join, publish) and result "
+            "(allowed, unauthenticated, forbidden, unavailable)",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.proxy_seconds = Histogram(
+            "roomcast_proxy_call_seconds",
+            "Time the backend took to answer a proxy call, by kind",
+            ["kind"],
+            registry=self.registry,
         )
 
         self.tasks = Gauge(

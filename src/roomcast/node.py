@@ -12,15 +12,15 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .auth import IdentityResolver
-from .brokers import Broker, HistoryPage, Publication, Signal, from_url
+from .brokers import Broker, HistoryPage, Publication, Signal, WebhookOutbox, from_url
 from .codes import CloseCode, ErrorCode
 from .commands import CommandBus, KickMember, PublishEphemeral, PublishToRoom, SendToMember
 from .delivery import Delivery
-from .errors import MemberNotFound
-from .events import EventBus, MessagePublished
+from .errors import ConfigError, MemberNotFound
+from .events import EventBus, MessagePublished, RoomOccupied, RoomVacated
 from .limits import ConnectionLimits
 from .log import log_event, redact_url
 from .metrics import Metrics
@@ -29,6 +29,9 @@ from .registry import TopicRegistry
 from .rooms import LocalRooms, Member, MemberHandle
 from .settings import Settings
 from .stats import StatsPublisher
+
+if TYPE_CHECKING:
+    from .webhooks import Webhooks
 
 __all__ = ["Node"]
 
@@ -101,6 +104,9 @@ class Node:
         self.publish_counts: Counter[str] | None = None
         """Messages published from this node per room, while the stats publisher counts."""
         self.stats = StatsPublisher(self, settings.stats_interval or 1.0)
+        self.webhooks: Webhooks | None = None
+        """The webhook outbox writer and sender, while the node runs with webhooks on (or
+        with subscribers of `RoomOccupied`/`RoomVacated`)."""
         self.commands.register(PublishToRoom, self._publish_to_room)
         self.commands.register(SendToMember, self._send_to_member)
         self.commands.register(PublishEphemeral, self._publish_ephemeral)
@@ -118,12 +124,28 @@ class Node:
         async with self._start_lock:
             if not self._started:
                 await self.broker.start(self.node_id, self.delivery)
+                self._start_webhooks()
                 self._started = True
                 if self.settings.stats_interval is not None:
                     self.stats.start()
                 log_event(
                     "node.started", node_id=self.node_id, broker=redact_url(self.settings.broker)
                 )
+
+    def _start_webhooks(self) -> None:
+        """Webhooks (and the cluster-wide room events) need the broker's outbox; nothing
+        runs when neither `--webhook-url` nor a room event subscriber asks for them."""
+        events = self.events
+        if not (
+            self.settings.webhook_url or events.wants(RoomOccupied) or events.wants(RoomVacated)
+        ):
+            return
+        if not isinstance(self.broker, WebhookOutbox):
+            raise ConfigError(f"the broker {type(self.broker).__name__} has no webhook outbox")
+        from .webhooks import Webhooks
+
+        self.webhooks = Webhooks(self.node_id, self.settings, self.broker, events, self.metrics)
+        self.webhooks.start()
 
     async def shutdown(
         self, code: CloseCode = CloseCode.SERVICE_RESTART, timeout: float | None = None
@@ -155,6 +177,9 @@ class Node:
         if self._publishing:
             self._published = loop.create_future()
             await _wait_all([asyncio.shield(self._published)], share(0.5))
+        if self.webhooks is not None:
+            await self.webhooks.stop(share(0.5))
+            self.webhooks = None
         await self.events.drain(share(1.0))
         await self.stats.stop()
         if self._started:

@@ -20,6 +20,7 @@ from .errors import ConfigError
 __all__ = [
     "DUPLICATE_POLICIES",
     "OPTIONS",
+    "WEBHOOK_EVENTS",
     "DuplicatePolicy",
     "Option",
     "Settings",
@@ -28,6 +29,14 @@ __all__ = [
 
 DuplicatePolicy = Literal["reject", "replace", "share"]
 DUPLICATE_POLICIES: tuple[DuplicatePolicy, ...] = ("reject", "replace", "share")
+WEBHOOK_EVENTS = (
+    "room.occupied",
+    "room.vacated",
+    "member.joined",
+    "member.left",
+    "message.published",
+)
+"""Every webhook event type (docs/webhooks.md); `message.published` is opt-in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +128,26 @@ class Settings:
     """Logging level: debug, info, warning, error."""
     log_format: Literal["text", "json"] = "text"
     """`text` (key=value) or `json` lines."""
+    # webhooks and the backend proxy (docs/webhooks.md)
+    webhook_url: str | None = None
+    """URL that receives batches of events as POSTs; None sends none."""
+    webhook_secret: str | None = None
+    """Key of the `X-Roomcast-Signature` HMAC-SHA256; None sends no signature."""
+    webhook_events: tuple[str, ...] = WEBHOOK_EVENTS[:4]
+    """Event types sent (`message.published` only when listed)."""
+    webhook_retry_for: float = 3600.0
+    """Seconds a batch is retried (from its first attempt) before it is dropped and counted."""
+    webhook_retry_min: float = 1.0
+    """Seconds before the first retry; each further one waits up to twice as long (jittered)."""
+    webhook_retry_max: float = 60.0
+    """Longest wait between two attempts, in seconds."""
+    webhook_timeout: float = 10.0
+    """Seconds the receiver has to answer one request (no answer is retried)."""
+    webhook_batch_size: int = 100
+    """Events sent in one request at most."""
+    webhook_max_pending: int = 100000
+    """Events kept for delivery at most (in Redis on `redis://`, split over the outbox's
+    shards); past it the oldest are dropped and counted."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Free-form settings for application code."""
 
@@ -174,8 +203,34 @@ class Settings:
             )
         if sum(x is not None for x in (self.jwt_secret, self.jwt_public_key, self.jwks_url)) > 1:
             raise ConfigError("use only one of --jwt-secret, --jwt-public-key, --jwks-url")
+        self._check_backend()
         if not self.node_id:
             object.__setattr__(self, "node_id", f"{socket.gethostname()}-{os.getpid()}")
+
+    def _check_backend(self) -> None:
+        """Validate the webhook and proxy settings."""
+        for name in ("webhook_url",):
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("http://", "https://")):
+                flag = name.replace("_", "-")
+                raise ConfigError(f"{flag} must be an http:// or https:// URL, got {url!r}")
+        unknown = [e for e in self.webhook_events if e not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ConfigError(
+                f"webhook-events: unknown event type {unknown[0]!r}; "
+                f"known: {', '.join(WEBHOOK_EVENTS)}"
+            )
+        for name in ("webhook_retry_min", "webhook_retry_max", "webhook_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                )
+        if self.webhook_retry_for < 0:
+            raise ConfigError(f"webhook-retry-for must be >= 0, got {self.webhook_retry_for}")
+        if self.webhook_retry_max < self.webhook_retry_min:
+            raise ConfigError("webhook-retry-max must be >= webhook-retry-min")
+        if self.webhook_batch_size < 1 or self.webhook_max_pending < 1:
+            raise ConfigError("webhook-batch-size and webhook-max-pending must be >= 1")
 
     @property
     def auth_enabled(self) -> bool:
@@ -390,6 +445,31 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "shutdown_timeout", _float, "seconds a graceful shutdown may take (default 5)", "SECONDS"
+    ),
+    Option("webhook_url", str, "URL that receives event batches (POST)", "URL"),
+    Option("webhook_secret", str, "key of the X-Roomcast-Signature HMAC", "SECRET"),
+    Option(
+        "webhook_events",
+        _list,
+        "event types sent, comma-separated (default room.occupied,room.vacated,"
+        "member.joined,member.left; message.published is opt-in)",
+        "TYPE,...",
+    ),
+    Option(
+        "webhook_retry_for",
+        _float,
+        "seconds a batch is retried before it is dropped (default 3600)",
+        "SECONDS",
+    ),
+    Option("webhook_retry_min", _float, "seconds before the first retry (default 1)", "SECONDS"),
+    Option("webhook_retry_max", _float, "longest wait between retries (default 60)", "SECONDS"),
+    Option("webhook_timeout", _float, "seconds the receiver has to answer (default 10)", "SECONDS"),
+    Option("webhook_batch_size", _int, "events per request at most (default 100)", "N"),
+    Option(
+        "webhook_max_pending",
+        _int,
+        "events kept for delivery at most; the oldest are dropped past it (default 100000)",
+        "N",
     ),
     Option("log_level", str, "debug, info (default), warning or error", "LEVEL"),
     Option("log_format", str, "text (default) or json", "FORMAT"),

@@ -12,9 +12,11 @@ from .base import (
     BrokerListener,
     DuplicateMember,
     HistoryPage,
+    OutboxEntry,
     Publication,
     Signal,
     StatsStore,
+    WebhookOutbox,
 )
 from .memory import MemoryBroker
 
@@ -24,9 +26,11 @@ __all__ = [
     "DuplicateMember",
     "HistoryPage",
     "MemoryBroker",
+    "OutboxEntry",
     "Publication",
     "Signal",
     "StatsStore",
+    "WebhookOutbox",
     "check_url",
     "from_url",
     "is_shared",

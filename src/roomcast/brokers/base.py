@@ -14,10 +14,12 @@ __all__ = [
     "BrokerListener",
     "DuplicateMember",
     "HistoryPage",
+    "OutboxEntry",
     "Publication",
     "Signal",
     "SignalKind",
     "StatsStore",
+    "WebhookOutbox",
 ]
 
 
@@ -216,3 +218,63 @@ class StatsStore(Protocol):
 
     async def drop_stats(self, node_id: str) -> None:
         """Remove this node's stats message at once (a node that stops cleanly)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One event handed to a :class:`WebhookOutbox`.
+
+    Attributes:
+        kind: `joined` and `left` move the room's occupancy count (`joined` 0 -> 1 opens
+            an occupancy, `left` 1 -> 0 closes it); `other` only is kept.
+        room: the event's room (it picks the shard).
+        record: the event's JSON, to keep for delivery; empty when it is not delivered.
+        room_record: the JSON of the `room.occupied` (kept before `record`) or
+            `room.vacated` (kept after it) this entry would cause; empty when not delivered.
+    """
+
+    kind: Literal["joined", "left", "other"]
+    room: str
+    record: bytes = b""
+    room_record: bytes = b""
+
+
+@runtime_checkable
+class WebhookOutbox(Protocol):
+    """An optional broker capability: the webhook outbox, split in `outbox_shards` shards.
+
+    A room's events go to one shard (:meth:`shard_of`), in the order they are appended, and
+    are delivered in that order by the one node holding the shard's lease. Entries stay
+    until acknowledged (`ack_events`), or until the shard holds more than its bound (the
+    oldest are dropped then, and counted).
+    """
+
+    outbox_shards: int
+    """How many shards; every node of a cluster uses the same number."""
+
+    def shard_of(self, room: str) -> int:
+        """The shard of `room`'s events."""
+
+    async def append_events(
+        self, entries: list[OutboxEntry], max_pending: int
+    ) -> tuple[list[int], int]:
+        """Keep `entries` in order (one atomic step per shard) and keep each shard at most
+        `max_pending` entries long.
+
+        Returns:
+            The entries that opened (`i + 1` for entry `i`) or closed (`-(i + 1)`) a room's
+            occupancy, in order, and how many older entries were dropped to stay within
+            the bound.
+        """
+
+    async def claim_shard(self, shard: int, token: str, ttl: float) -> bool:
+        """Take or renew the lease of `shard` for `ttl` seconds; False when another holds it."""
+
+    async def release_shard(self, shard: int, token: str) -> None:
+        """Give the lease of `shard` back, if `token` holds it."""
+
+    async def read_events(self, shard: int, count: int) -> list[tuple[str, bytes]]:
+        """The oldest `count` kept entries of `shard`: (entry id, record)."""
+
+    async def ack_events(self, shard: int, ids: list[str]) -> None:
+        """Forget the entries `ids` of `shard` (delivered, or dropped after retrying)."""

@@ -6,9 +6,10 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 
 from ..protocol import message_frame
-from .base import BrokerListener, DuplicateMember, HistoryPage, Publication, Signal
+from .base import BrokerListener, DuplicateMember, HistoryPage, OutboxEntry, Publication, Signal
 
 __all__ = ["MemoryBroker"]
 
@@ -44,6 +45,9 @@ class MemoryBroker:
         self._presence: dict[str, dict[str, str]] = {}
         self._publishes = 0
         self._stats: dict[str, tuple[float, bytes]] = {}
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox_seq = 0
+        self._occupancy: dict[str, int] = {}
 
     @property
     def available(self) -> bool:
@@ -231,3 +235,71 @@ class MemoryBroker:
     async def drop_stats(self, node_id: str) -> None:
         """Forget this node's stats message."""
         self._stats.pop(node_id, None)
+
+    # the webhook outbox (WebhookOutbox): one shard, in this process
+
+    outbox_shards = 1
+    """One shard: this process holds every room."""
+
+    def shard_of(self, room: str) -> int:
+        """Every room's events are in shard 0."""
+        return 0
+
+    def _keep(self, record: bytes) -> None:
+        if record:
+            self._outbox_seq += 1
+            self._outbox.append((str(self._outbox_seq), record))
+
+    async def append_events(
+        self, entries: list[OutboxEntry], max_pending: int
+    ) -> tuple[list[int], int]:
+        """Keep the entries, counting each room's members; see `WebhookOutbox`."""
+        changes: list[int] = []
+        occupancy = self._occupancy
+        for index, entry in enumerate(entries):
+            room = entry.room
+            if entry.kind == "joined":
+                count = occupancy[room] = occupancy.get(room, 0) + 1
+                if count == 1:
+                    changes.append(index + 1)
+                    self._keep(entry.room_record)
+                self._keep(entry.record)
+            elif entry.kind == "left":
+                self._keep(entry.record)
+                count = occupancy.get(room, 0) - 1
+                if count > 0:
+                    occupancy[room] = count
+                else:
+                    # Below zero: a leave whose join was not counted (webhooks turned on
+                    # while the member was in), which closes nothing.
+                    occupancy.pop(room, None)
+                    if count == 0:
+                        changes.append(-(index + 1))
+                        self._keep(entry.room_record)
+            else:
+                self._keep(entry.record)
+        dropped = 0
+        while len(self._outbox) > max_pending:
+            self._outbox.popleft()
+            dropped += 1
+        return changes, dropped
+
+    async def claim_shard(self, shard: int, token: str, ttl: float) -> bool:
+        """The one process always holds its one shard."""
+        return True
+
+    async def release_shard(self, shard: int, token: str) -> None:
+        """Nothing to give back."""
+
+    async def read_events(self, shard: int, count: int) -> list[tuple[str, bytes]]:
+        """The oldest `count` entries."""
+        return list(islice(self._outbox, count))
+
+    async def ack_events(self, shard: int, ids: list[str]) -> None:
+        """Forget the entries `ids` (the oldest ones, as read)."""
+        wanted = set(ids)
+        outbox = self._outbox
+        while outbox and outbox[0][0] in wanted:
+            wanted.discard(outbox.popleft()[0])
+        if wanted:
+            self._outbox = deque(e for e in outbox if e[0] not in wanted)

@@ -8,7 +8,8 @@
 - publishing.py: batched, pipelined publishes and the wait for a node's own delivery;
 - subscriber.py: the subscription connection, its reader loop and heartbeat;
 - presence.py: presence entries, the node's lease, the sweeper, orphans;
-- stats.py: each node's stats message (the admin page's data).
+- stats.py: each node's stats message (the admin page's data);
+- outbox.py: the webhook outbox, a stream per shard with its lease.
 
 See docs/architecture.md ("Cluster") for the keys, channels, message format and faults.
 """
@@ -27,9 +28,10 @@ from redis.exceptions import RedisError
 
 from ...errors import BrokerUnavailable
 from ...log import log_event, redact_url
-from ..base import BrokerListener, HistoryPage, Publication, Signal
+from ..base import BrokerListener, HistoryPage, OutboxEntry, Publication, Signal
 from . import wire
 from .calls import Calls, unavailable
+from .outbox import OUTBOX_SHARDS, Outbox
 from .presence import Presence
 from .publishing import Deliveries, Publishing
 from .stats import all_stats, drop_stats, put_stats
@@ -106,6 +108,7 @@ class RedisBroker:
             deliveries=deliveries,
             serves=self._subscriber.serves,
         )
+        self._outbox = Outbox(self._calls)
         self._listener: BrokerListener | None = None
         self._address = redact_url(url)
         self._tried = asyncio.Event()
@@ -275,6 +278,37 @@ class RedisBroker:
             wire.stream_publication(room, entry_id, fields, epoch) for entry_id, fields in entries
         ]
         return HistoryPage(epoch, offset, publications, after >= first - 1)
+
+    # the webhook outbox (WebhookOutbox, see outbox.py)
+
+    outbox_shards = OUTBOX_SHARDS
+    """Shards of the webhook outbox, the same on every node."""
+
+    def shard_of(self, room: str) -> int:
+        """The outbox shard of `room`'s events."""
+        return self._outbox.shard_of(room)
+
+    async def append_events(
+        self, entries: list[OutboxEntry], max_pending: int
+    ) -> tuple[list[int], int]:
+        """Keep events in their shards' streams; see `WebhookOutbox`."""
+        return await self._outbox.append_events(entries, max_pending)
+
+    async def claim_shard(self, shard: int, token: str, ttl: float) -> bool:
+        """Take or renew a shard's lease; see `WebhookOutbox`."""
+        return await self._outbox.claim_shard(shard, token, ttl)
+
+    async def release_shard(self, shard: int, token: str) -> None:
+        """Give a shard's lease back; see `WebhookOutbox`."""
+        await self._outbox.release_shard(shard, token)
+
+    async def read_events(self, shard: int, count: int) -> list[tuple[str, bytes]]:
+        """A shard's oldest entries; see `WebhookOutbox`."""
+        return await self._outbox.read_events(shard, count)
+
+    async def ack_events(self, shard: int, ids: list[str]) -> None:
+        """Delete delivered entries; see `WebhookOutbox`."""
+        await self._outbox.ack_events(shard, ids)
 
     # presence
 

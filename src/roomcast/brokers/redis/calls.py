@@ -81,6 +81,9 @@ class Calls:
         self.script_remove = register(scripts.REMOVE_MEMBER)
         self.script_sweep = register(scripts.SWEEP_NODE)
         self.script_lease = register(scripts.LEASE)
+        self.script_append_events = register(scripts.APPEND_EVENTS)
+        self.script_claim_shard = register(scripts.CLAIM_SHARD)
+        self.script_release_shard = register(scripts.RELEASE_SHARD)
 
     async def call(self, what: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis call for a client of the node; refused at once while unavailable.

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from .wire import LUA_FRAME, LUA_PUBLICATION
 
-__all__ = ["ADD_MEMBER", "HISTORY", "LEASE", "PUBLISH", "REMOVE_MEMBER", "SWEEP_NODE"]
+__all__ = [
+    "ADD_MEMBER",
+    "APPEND_EVENTS",
+    "CLAIM_SHARD",
+    "HISTORY",
+    "LEASE",
+    "PUBLISH",
+    "RELEASE_SHARD",
+    "REMOVE_MEMBER",
+    "SWEEP_NODE",
+]
 
 PUBLISH = (
     """
@@ -209,5 +219,79 @@ if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
   return 1
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 0
+"""
+
+# The webhook outbox (webhooks.py, brokers/redis/outbox.py): every key of one shard shares
+# the shard's hash tag, so each script stays in one slot.
+
+APPEND_EVENTS = """
+-- KEYS: outbox stream, occupancy hash, lease (of one shard)
+-- ARGV: max entries kept, then for each event: kind ('j' joined, 'l' left, 'o' other),
+--       room, record ('' when not kept), room record ('' when not kept)
+-- Counts each room's members: a join that makes 1 opens an occupancy (its room record, a
+-- room.occupied, is kept before it), a leave that makes 0 closes it (its room.vacated is
+-- kept after it). Returns the entries that opened (i) or closed (-i) an occupancy, 1-based,
+-- then how many of the oldest entries were dropped to keep the bound.
+local changes = {}
+local function keep(record)
+  if record ~= '' then
+    redis.call('XADD', KEYS[1], '*', 'e', record)
+  end
+end
+for i = 0, (#ARGV - 1) / 4 - 1 do
+  local kind, room = ARGV[2 + 4 * i], ARGV[3 + 4 * i]
+  local record, room_record = ARGV[4 + 4 * i], ARGV[5 + 4 * i]
+  if kind == 'j' then
+    if redis.call('HINCRBY', KEYS[2], room, 1) == 1 then
+      changes[#changes + 1] = i + 1
+      keep(room_record)
+    end
+    keep(record)
+  elseif kind == 'l' then
+    keep(record)
+    local count = redis.call('HINCRBY', KEYS[2], room, -1)
+    if count <= 0 then
+      -- Below zero: a leave whose join was not counted, which closes nothing.
+      redis.call('HDEL', KEYS[2], room)
+      if count == 0 then
+        changes[#changes + 1] = -(i + 1)
+        keep(room_record)
+      end
+    end
+  else
+    keep(record)
+  end
+end
+local dropped = 0
+if redis.call('XLEN', KEYS[1]) > tonumber(ARGV[1]) then
+  dropped = redis.call('XTRIM', KEYS[1], 'MAXLEN', tonumber(ARGV[1]))
+end
+changes[#changes + 1] = dropped
+return changes
+"""
+
+CLAIM_SHARD = """
+-- KEYS: outbox stream, occupancy hash, lease (of one shard)
+-- ARGV: token, lease milliseconds
+-- Returns 1 when the caller holds the lease (renewed, or taken because it was free).
+local holder = redis.call('GET', KEYS[3])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_SHARD = """
+-- KEYS: outbox stream, occupancy hash, lease (of one shard)
+-- ARGV: token
+if redis.call('GET', KEYS[3]) == ARGV[1] then
+  redis.call('DEL', KEYS[3])
+end
 return 0
 """

@@ -51,6 +51,7 @@ __all__ = [
     "member_entry",
     "member_set_key",
     "node_keys",
+    "outbox_keys",
     "parse_member_entry",
     "presence_key",
     "presence_keys",
@@ -133,6 +134,14 @@ def lease_key(node_id: str) -> str:
 def node_keys(node_id: str) -> list[str]:
     """The first KEYS of SWEEP_NODE: lease, member set, nodes set, rooms set."""
     return [lease_key(node_id), member_set_key(node_id), NODES_KEY, ROOMS_KEY]
+
+
+def outbox_keys(shard: int) -> list[str]:
+    """The KEYS of the webhook outbox scripts for one shard: its stream (the events waiting
+    for delivery), its occupancy hash (room -> members counted) and its lease (the node
+    that delivers it). The shard is the hash tag: one slot per shard, none per room."""
+    tag = f"{KEY_PREFIX}{{wh{shard}}}"
+    return [f"{tag}:events", f"{tag}:occupancy", f"{tag}:lease"]
 
 
 # channels
