@@ -31,6 +31,7 @@ from .settings import Settings
 from .stats import StatsPublisher
 
 if TYPE_CHECKING:
+    from .proxy import Proxy
     from .webhooks import Webhooks
 
 __all__ = ["Node"]
@@ -74,11 +75,17 @@ class Node:
                 presence_ttl=settings.presence_ttl,
             )
         )
-        self.resolver: IdentityResolver = resolver or _default_resolver(settings)
+        self.metrics = Metrics()
+        self.proxy: Proxy | None = None
+        """The backend proxy's calls, with any `--proxy-*-url` (proxy.py)."""
+        if settings.proxy_connect_url or settings.proxy_join_url or settings.proxy_publish_url:
+            from .proxy import Proxy
+
+            self.proxy = Proxy(settings, self.metrics)
+        self.resolver: IdentityResolver = resolver or _default_resolver(settings, self.proxy)
         self.registry = registry if registry is not None else TopicRegistry(relay=settings.relay)
         self.commands = CommandBus()
         self.events = EventBus()
-        self.metrics = Metrics()
         self.rooms = LocalRooms()
         """Local members by room: written only by :meth:`attach` and :meth:`detach`."""
         self.connections: dict[str, MemberHandle] = {}
@@ -181,6 +188,9 @@ class Node:
             await self.webhooks.stop(share(0.5))
             self.webhooks = None
         await self.events.drain(share(1.0))
+        if self.proxy is not None:
+            with contextlib.suppress(Exception):
+                await self.proxy.close()
         await self.stats.stop()
         if self._started:
             with contextlib.suppress(Exception):
@@ -379,7 +389,11 @@ async def _wait_all(awaitables: list[Any], timeout: float) -> None:
         await asyncio.wait(tasks, timeout=timeout)
 
 
-def _default_resolver(settings: Settings) -> IdentityResolver:
+def _default_resolver(settings: Settings, proxy: Proxy | None) -> IdentityResolver:
+    if proxy is not None and proxy.connect_url is not None:
+        from .proxy import ProxyResolver
+
+        return ProxyResolver(proxy)
     # PyJWT and cryptography are imported only by a node that was not given a resolver.
     from .jwt import resolver_from_settings
 

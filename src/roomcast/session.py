@@ -95,7 +95,11 @@ class Session:
         self._idle: asyncio.Future[None] | None = None
         # With a broker that batches publishes, default relays run as tasks, several at once
         # (`_relay`), so that one connection's frames share the broker's round trips.
-        self._pipelined = bool(getattr(node.broker, "batches_publishes", False))
+        # A publish proxy asks about each frame first: frames then go one after another, so
+        # that a slow answer cannot let a later frame of the connection overtake.
+        self._pipelined = bool(getattr(node.broker, "batches_publishes", False)) and (
+            node.proxy is None or node.proxy.publish_url is None
+        )
         # A list, not a deque: an empty deque costs 700 bytes per idle connection.
         self._relays: list[asyncio.Task[None]] = []
         self._left: asyncio.Future[None] | None = None
@@ -219,6 +223,8 @@ class Session:
         node = self.node
         if backlog is not None:
             backlog = min(backlog, node.settings.history_size)
+        if node.proxy is not None:
+            await node.proxy.join(self.identity.username, room, self.connection_id)
         member = await membership.join(
             node,
             self,
@@ -539,6 +545,13 @@ class Session:
             raise RoomcastError(
                 f"not allowed to publish to topic {topic!r}", code=ErrorCode.FORBIDDEN
             )
+        proxy = self.node.proxy
+        if proxy is not None and proxy.publish_url is not None:
+            payload = await proxy.publish(
+                member.username, member.room, topic, frame.payload, self.connection_id
+            )
+            if payload is not frame.payload:
+                frame = dataclasses.replace(frame, payload=payload)
         handlers = self.node.registry.handlers(topic)
         if handlers:
             self._ack(frame, await self._run_handlers(frame, member, handlers))

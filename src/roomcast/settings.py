@@ -148,6 +148,14 @@ class Settings:
     webhook_max_pending: int = 100000
     """Events kept for delivery at most (in Redis on `redis://`, split over the outbox's
     shards); past it the oldest are dropped and counted."""
+    proxy_connect_url: str | None = None
+    """Backend URL asked before a connection is admitted (its answer gives the identity)."""
+    proxy_join_url: str | None = None
+    """Backend URL asked before a connection joins a room."""
+    proxy_publish_url: str | None = None
+    """Backend URL asked before a client frame is published (it may rewrite the payload)."""
+    proxy_timeout: float = 5.0
+    """Seconds the backend has to answer a proxy call (then `unavailable`)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Free-form settings for application code."""
 
@@ -209,7 +217,7 @@ class Settings:
 
     def _check_backend(self) -> None:
         """Validate the webhook and proxy settings."""
-        for name in ("webhook_url",):
+        for name in ("webhook_url", "proxy_connect_url", "proxy_join_url", "proxy_publish_url"):
             url = getattr(self, name)
             if url is not None and not url.startswith(("http://", "https://")):
                 flag = name.replace("_", "-")
@@ -220,11 +228,16 @@ class Settings:
                 f"webhook-events: unknown event type {unknown[0]!r}; "
                 f"known: {', '.join(WEBHOOK_EVENTS)}"
             )
-        for name in ("webhook_retry_min", "webhook_retry_max", "webhook_timeout"):
+        for name in ("webhook_retry_min", "webhook_retry_max", "webhook_timeout", "proxy_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(
                     f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
                 )
+        if self.proxy_connect_url is not None and self.auth_enabled:
+            raise ConfigError(
+                "use either --proxy-connect-url (the backend checks the token) or a JWT key "
+                "(--jwt-secret, --jwt-public-key, --jwks-url), not both"
+            )
         if self.webhook_retry_for < 0:
             raise ConfigError(f"webhook-retry-for must be >= 0, got {self.webhook_retry_for}")
         if self.webhook_retry_max < self.webhook_retry_min:
@@ -471,6 +484,10 @@ OPTIONS: tuple[Option, ...] = (
         "events kept for delivery at most; the oldest are dropped past it (default 100000)",
         "N",
     ),
+    Option("proxy_connect_url", str, "backend URL asked before admitting a connection", "URL"),
+    Option("proxy_join_url", str, "backend URL asked before a room join", "URL"),
+    Option("proxy_publish_url", str, "backend URL asked before publishing a client frame", "URL"),
+    Option("proxy_timeout", _float, "seconds the backend has to answer (default 5)", "SECONDS"),
     Option("log_level", str, "debug, info (default), warning or error", "LEVEL"),
     Option("log_format", str, "text (default) or json", "FORMAT"),
 )

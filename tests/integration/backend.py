@@ -7,7 +7,9 @@ answered by the first rule that matches it (default: 200 `{}`):
 - `POST /_control` with `{"rules": [{"path": "/hook", "contains": "bob", "status": 500,
   "body": "...", "delay": 2.0}, ...]}` replaces the rules (`contains` matches the body);
 - `GET /_requests` answers every recorded request: `{"path", "headers", "body", "status"}`,
-  with the status it was answered with.
+  with the status it was answered with;
+- a rule with `"hold": true` keeps its requests waiting (logged `backend holding held=N`)
+  until `POST /_release`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 _lock = threading.Lock()
 _rules: list[dict[str, Any]] = []
 _requests: list[dict[str, Any]] = []
+_released = threading.Event()
+_held = 0
 _delivered = 0
 """Webhook events answered with a 2xx so far (logged, so tests wait on the log)."""
 
@@ -44,12 +48,20 @@ class Handler(BaseHTTPRequestHandler):
             with _lock:
                 body = json.dumps(_requests).encode()
             self._answer(200, body)
+        elif self.path == "/_held":
+            with _lock:
+                body = json.dumps({"held": _held}).encode()
+            self._answer(200, body)
         else:
             self._answer(404, b"{}")
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length)
+        if self.path == "/_release":
+            _released.set()
+            self._answer(200, b"{}")
+            return
         if self.path == "/_control":
             global _rules
             with _lock:
@@ -66,6 +78,15 @@ class Handler(BaseHTTPRequestHandler):
                 ),
                 {},
             )
+        if rule.get("hold"):
+            global _held
+            with _lock:
+                _held += 1
+                line = f"backend holding held={_held}"
+            print(line, file=sys.stderr, flush=True)
+            _released.wait(60)
+            with _lock:
+                _held -= 1
         delay = float(rule.get("delay", 0))
         if delay:
             time.sleep(delay)  # a slow backend, as the test asked for

@@ -83,6 +83,18 @@ class Backend:
                         raise AssertionError(f"timed out; delivered so far: {events}")
                     log._cond.wait(left)
 
+    def wait_held(self, count: int, timeout: float = 20.0) -> None:
+        """Wait until `count` requests are held by a `hold` rule."""
+        self.log.wait_for(rf"backend holding held={count}\b", timeout)
+
+    def held(self) -> int:
+        """How many requests a `hold` rule holds now."""
+        return int(httpx.get(f"{self.url}/_held", timeout=5).json()["held"])
+
+    def release(self) -> None:
+        """Let every held request (and every later one) through."""
+        httpx.post(f"{self.url}/_release", timeout=5).raise_for_status()
+
     def wait_answered(self, pattern: str, timeout: float = 20.0) -> None:
         """Wait for an answer line matching `pattern` (`path=/hook status=500`)."""
         self.log.wait_for(pattern, timeout)

@@ -277,10 +277,16 @@ async def test_events_are_dropped_and_counted_after_retry_for(
         (("--webhook-url", "ftp://x/hook"), "webhook-url must be an http:// or https:// URL"),
         (("--webhook-events", "member.joined,room.exploded"), "unknown event type"),
         (("--webhook-retry-min", "0"), "webhook-retry-min must be > 0"),
+        (("--proxy-timeout", "-1"), "proxy-timeout must be > 0"),
+        (("--proxy-join-url", "backend:9000"), "proxy-join-url must be an http"),
+        (
+            ("--proxy-connect-url", "http://b/c", "--jwt-secret", "k"),
+            "use either --proxy-connect-url",
+        ),
     ],
 )
-def test_bad_webhook_flags_stop_serve(flags: tuple[str, ...], message: str) -> None:
-    """A malformed webhook flag stops `roomcast serve` with exit code 2 and a
+def test_bad_webhook_and_proxy_flags_stop_serve(flags: tuple[str, ...], message: str) -> None:
+    """A malformed webhook or proxy flag stops `roomcast serve` with exit code 2 and a
     message naming it."""
     result = subprocess.run(
         [sys.executable, "-m", "roomcast", "serve", "--port", "0", *flags],
