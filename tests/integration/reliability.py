@@ -26,6 +26,7 @@ from tests.harness import (
     Client,
     ServerProcess,
 )
+from tests.security.raw import client_frame
 
 
 def broker_args(broker: str) -> list[str]:
@@ -291,16 +292,7 @@ class RawClient:
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
         """Send one masked frame."""
-        mask = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        elif length < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await asyncio.get_running_loop().sock_sendall(self.sock, header + mask + masked)
+        await asyncio.get_running_loop().sock_sendall(self.sock, client_frame(opcode, payload))
 
     async def send_text(self, frame: Any) -> None:
         """Send a JSON text frame."""
