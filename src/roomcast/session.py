@@ -218,7 +218,7 @@ class Session:
     ) -> Member:
         node = self.node
         if backlog is not None:
-            backlog = min(backlog, node.settings.history_size)
+            backlog = min(backlog, node.classes.resolve(room).history_size)
         member = await membership.join(
             node,
             self,
@@ -292,7 +292,7 @@ class Session:
         """A `room.join` of a room the connection is in: a fresh `joined`, nothing else."""
         broker = self.node.broker
         page = await broker.history(member.room, None, 0)
-        members = await broker.members(member.room)
+        members = await self._members_of(member.room)
         recovered = None if wanted.since is None else page.epoch == wanted.epoch
         self.connection.send(
             joined_frame(
@@ -448,7 +448,9 @@ class Session:
             and registry.relays(topic)
         ):
             room = frame.room
-            return self.member if room is None else self.membership(room)
+            member = self.member if room is None else self.membership(room)
+            if member is not None and self.node.classes.resolve(member.room).client_publish:
+                return member
         return None
 
     async def _start_relay(self, frame: ClientFrame, member: Member) -> None:
@@ -539,6 +541,11 @@ class Session:
             raise RoomcastError(
                 f"not allowed to publish to topic {topic!r}", code=ErrorCode.FORBIDDEN
             )
+        if not self.node.classes.resolve(member.room).client_publish:
+            raise RoomcastError(
+                f"clients may not publish to room {member.room!r} (client_publish = false)",
+                code=ErrorCode.FORBIDDEN,
+            )
         handlers = self.node.registry.handlers(topic)
         if handlers:
             self._ack(frame, await self._run_handlers(frame, member, handlers))
@@ -591,7 +598,7 @@ class Session:
             self.send_error(exc.code, exc.message, frame.id)
             return
         member = self._frame_member(frame, room)
-        members = await self.node.broker.members(member.room)
+        members = await self._members_of(member.room)
         self.connection.send(server_frame("presence", {"members": members}, room=member.room))
         self._ack(frame)
 
@@ -609,6 +616,12 @@ class Session:
         )
         self.connection.send(history_frame(member.room, epoch, [m.frame for m in messages]))
         self._ack(frame)
+
+    async def _members_of(self, room: str) -> list[str]:
+        """The room's cluster-wide member list; empty for a class without presence."""
+        if not self.node.classes.resolve(room).presence:
+            return []
+        return await self.node.broker.members(room)
 
     async def _run_handlers(
         self, frame: ClientFrame, member: Member, handlers: list[Any]

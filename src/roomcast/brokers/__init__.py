@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
+from ..room_classes import RoomClasses
 from .base import (
     Broker,
     BrokerListener,
     DuplicateMember,
     HistoryPage,
     Publication,
+    RoomFull,
     Signal,
     StatsStore,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "HistoryPage",
     "MemoryBroker",
     "Publication",
+    "RoomFull",
     "Signal",
     "StatsStore",
     "check_url",
@@ -58,6 +61,7 @@ def from_url(
     history_ttl: float = 300.0,
     presence_ttl: float = 15.0,
     presence: bool = True,
+    classes: RoomClasses | None = None,
 ) -> Broker:
     """The broker `url` names; the Redis client is imported only when used.
 
@@ -67,13 +71,15 @@ def from_url(
         history_ttl: seconds retained messages live.
         presence_ttl: bound on how long a dead node's members stay listed (shared brokers).
         presence: False for a process that only publishes (holds no members, no lease).
+        classes: the room classes, whose history settings apply per room (else
+            `history_size` and `history_ttl` apply to every room).
 
     Raises:
         ConfigError: for a URL scheme roomcast does not know.
     """
     check_url(url)
     if url.startswith(_MEMORY):
-        return MemoryBroker(history_size=history_size, history_ttl=history_ttl)
+        return MemoryBroker(history_size=history_size, history_ttl=history_ttl, classes=classes)
     from .redis import RedisBroker
 
     return RedisBroker(
@@ -82,4 +88,5 @@ def from_url(
         history_ttl=history_ttl,
         presence_ttl=presence_ttl,
         presence=presence,
+        classes=classes,
     )
