@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
+from roomcast import Publisher, RoomClass, Settings
 from roomcast.brokers.redis import wire
 from tests.harness import RECV_TIMEOUT, RedisProcess, ServerProcess
 from tests.integration.client_support import poll
@@ -45,6 +46,14 @@ join_leave = false
 
 [rooms.small]
 max_members = 2
+
+[rooms.fulltabs]
+max_members = 1
+on_duplicate = "share"
+
+[rooms.fullsolo]
+max_members = 1
+on_duplicate = "replace"
 
 [rooms.user]
 personal = true
@@ -451,6 +460,43 @@ async def test_max_members_cluster_wide_race(
     assert len(admitted) == 2
     members = (await get(classes.b.url, f"/api/v1/rooms/{room}/members")).json()
     assert members == {"members": admitted}
+
+
+async def test_max_members_counts_usernames(classes: Pair) -> None:
+    """A full room still admits its members' own names: another tab under `share`, a
+    `replace` of the name; a new name is refused."""
+    tabs, solo = rid("fulltabs"), rid("fullsolo")
+    alice = await connect(classes.a, "alice", tabs)
+    second = await connect(classes.b, "alice", tabs)
+    assert second.welcome["payload"]["members"] == ["alice"]  # type: ignore[attr-defined]
+    bob = await RoomsClient.connect(classes.a.ws_url, "bob", tabs)
+    code, frames = await bob.closed()
+    assert (code, frames[0]["payload"]["code"]) == (4429, "room_full")
+    first = await connect(classes.a, "carol", solo)
+    await connect(classes.b, "carol", solo)  # takes the place over
+    code, _ = await first.closed()
+    assert code == 4409
+    dave = await RoomsClient.connect(classes.b.ws_url, "dave", solo)
+    code, frames = await dave.closed()
+    assert (code, frames[0]["payload"]["code"]) == (4429, "room_full")
+    await alice.barrier()
+
+
+async def test_publisher_applies_the_classes(redis_server: RedisProcess) -> None:
+    """A Publisher given the servers' classes keeps a `chat:` room's 3 messages for 600 s,
+    as the servers do (the history a publish keeps is the publisher's)."""
+    room = rid("chat")
+    settings = Settings(room_classes={"chat": RoomClass(history_size=3, history_ttl=600)})
+    async with Publisher(redis_server.url, settings=settings) as publisher:
+        for i in range(5):
+            await publisher.publish(room, "m", i)
+    redis = aioredis.from_url(redis_server.url)
+    try:
+        stream = wire.room_keys(room)[2]
+        assert await redis.xlen(stream) == 3
+        assert 300_000 < await redis.pttl(stream) <= 600_000
+    finally:
+        await redis.aclose()
 
 
 # personal
