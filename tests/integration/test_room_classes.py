@@ -23,6 +23,7 @@ CLASSES = """
 [rooms.chat]
 history_size = 3
 history_ttl = 600
+ephemeral_topics = ["typing"]
 
 [rooms.brief]
 history_ttl = 1
@@ -214,6 +215,30 @@ async def test_history_ttl_per_class(classes: Pair) -> None:
     await poll(lambda: history_empty(classes.b.url, brief), 10)
     kept = (await get(classes.b.url, f"/api/v1/rooms/{plain}/history")).json()["messages"]
     assert [m["payload"] for m in kept] == [1]
+
+
+# ephemeral_topics
+
+
+async def test_ephemeral_topics_of_the_class(classes: Pair) -> None:
+    """A `chat:` room's `typing` frames go out without an offset and take no place in its
+    order; in a default room the same topic is a stored message with an offset."""
+    chat, plain = rid("chat"), rid()
+    alice = await connect(classes.a, "alice", chat)
+    bob = await connect(classes.b, "bob", chat)
+    await alice.recv_topic("presence.join")
+    await alice.send({"topic": "typing", "payload": True, "id": 1})
+    own = await alice.recv()
+    assert own == {"topic": "typing", "payload": True, "room": chat, "from": "alice"}
+    assert await alice.recv() == {"topic": "ack", "payload": {"id": 1}}
+    assert await bob.recv() == own
+    assert await publish(classes.b.url, chat, "m", 1) == 1
+    assert (await alice.recv())["offset"] == 1
+    await alice.join_room(plain)
+    await alice.send({"topic": "typing", "payload": True, "room": plain, "id": 2})
+    stored = await alice.recv()
+    assert (stored["topic"], stored["offset"]) == ("typing", 1)
+    assert (await alice.acked(2))["payload"]["offset"] == 1
 
 
 # presence = false
