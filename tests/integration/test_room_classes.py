@@ -228,9 +228,13 @@ async def test_ephemeral_topics_of_the_class(classes: Pair) -> None:
     bob = await connect(classes.b, "bob", chat)
     await alice.recv_topic("presence.join")
     await alice.send({"topic": "typing", "payload": True, "id": 1})
-    own = await alice.recv()
-    assert own == {"topic": "typing", "payload": True, "room": chat, "from": "alice"}
-    assert await alice.recv() == {"topic": "ack", "payload": {"id": 1}}
+    own = {"topic": "typing", "payload": True, "room": chat, "from": "alice"}
+    answers = [await alice.recv(), await alice.recv()]
+    # Without an offset to wait for, the ack may overtake the sender's own copy on Redis.
+    assert sorted(answers, key=lambda f: f["topic"]) == [
+        {"topic": "ack", "payload": {"id": 1}},
+        own,
+    ]
     assert await bob.recv() == own
     assert await publish(classes.b.url, chat, "m", 1) == 1
     assert (await alice.recv())["offset"] == 1
@@ -275,8 +279,9 @@ async def test_presence_false_lists_and_announces_nobody(
             for node in ("a", "b"):
                 entries = await redis.smembers(wire.member_set_key(node))
                 assert not [e for e in entries if e.decode().startswith(f"{room}\n")]
+            # Offset, epoch, stream, and the hold key that the serving nodes renew.
             keys = [k.decode() async for k in redis.scan_iter(match=f"*{{{room}}}*")]
-            assert sorted(keys) == sorted(wire.room_keys(room)[:3])
+            assert sorted(keys) == sorted(wire.room_keys(room, listed=False))
         finally:
             await redis.aclose()
     await bob.leave_room(room)

@@ -110,6 +110,7 @@ class RedisBroker:
             self._calls,
             channel_prefix=channel_prefix,
             retention=self._retention,
+            keys=self._room_keys,
             deliveries=deliveries,
             serves=self._subscriber.serves,
         )
@@ -133,6 +134,9 @@ class RedisBroker:
 
     def _ttl_ms(self, room: str) -> int:
         return _ms(self._classes.resolve(room).history_ttl)
+
+    def _room_keys(self, room: str) -> list[str]:
+        return wire.room_keys(room, listed=self._classes.resolve(room).presence)
 
     # lifecycle
 
@@ -280,7 +284,8 @@ class RedisBroker:
             start,
             -1 if limit is None else limit,
         ]
-        result = await self._calls.call(lambda: script(keys=wire.room_keys(room), args=args))
+        keys = self._room_keys(room)
+        result = await self._calls.call(lambda: script(keys=keys, args=args))
         epoch, offset, first_id, entries = (
             result[0].decode(),
             int(result[1]),
@@ -337,6 +342,8 @@ class RedisBroker:
         await self._subscriber.subscribe(room)
         if not self._classes.resolve(room).presence:
             self._unlisted.add(room)
+            # Held before its history is first read: an epoch it creates gets no early TTL.
+            await self._calls.call(lambda: self._hold([room]))
 
     async def unsubscribe(self, room: str) -> None:
         """Stop receiving the room's channel."""
@@ -350,26 +357,28 @@ class RedisBroker:
             if not self._unlisted or not self._calls.available:
                 continue
             try:
-                await self._calls.run(self._hold)
+                await self._calls.run(lambda: self._hold(list(self._unlisted)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log_event("broker.hold_failed", level=30, node_id=self.node_id, error=repr(exc))
 
-    async def _hold(self) -> None:
-        """Keep the offset and epoch of this node's rooms without presence from expiring.
-
-        A room with members is held by its presence hash (the scripts persist its offset
-        and epoch); a room without presence has none, so each node serving it renews them
-        for at least three lease ticks, and they expire after the room's `history_ttl` (or
-        those ticks) once no node serves it. PEXPIRE leaves a missing key missing.
+    async def _hold(self, rooms: list[str]) -> None:
+        """Hold `rooms` (of classes without presence, served by this node) for three lease
+        ticks: their hold key stands for a presence hash in the scripts (a publish then
+        leaves the offset and epoch alone, as for a room with members), and their offset
+        and epoch get at least that long. Once no node serves a room, the hold key expires
+        and its offset and epoch follow within the room's `history_ttl` (PEXPIRE leaves a
+        missing key missing).
         """
         floor = math.ceil(self._presence.tick * 3000)
         async with self._calls.redis.pipeline(transaction=False) as pipe:
-            for room in list(self._unlisted):
+            for room in rooms:
+                offset, epoch, _, hold = wire.room_keys(room, listed=False)
+                pipe.set(hold, b"1", px=floor)
                 ttl = max(self._ttl_ms(room), floor)
-                for key in wire.room_keys(room)[:2]:
-                    pipe.pexpire(key, ttl)
+                pipe.pexpire(offset, ttl)
+                pipe.pexpire(epoch, ttl)
             await pipe.execute()
 
 

@@ -100,6 +100,7 @@ class Publishing:
         calls: the node's command connections.
         channel_prefix: the start of the room channels (wire.channel_prefix).
         retention: a room's history size and ttl in milliseconds (its class's).
+        keys: a room's keys for the PUBLISH script (wire.room_keys, as its class has them).
         deliveries: where the subscription reports what it delivered.
         serves: whether this node receives a room (then `publish` waits for its own copy).
     """
@@ -110,12 +111,14 @@ class Publishing:
         *,
         channel_prefix: str,
         retention: Callable[[str], tuple[int, int]],
+        keys: Callable[[str], list[str]],
         deliveries: Deliveries,
         serves: Callable[[str], bool],
     ) -> None:
         self._calls = calls
         self._channel_prefix = channel_prefix
         self._retention = retention
+        self._keys = keys
         self._serves = serves
         self._deliveries = deliveries
         self._batch: _Batch = []
@@ -133,7 +136,7 @@ class Publishing:
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         size, ttl_ms = self._retention(room)
         args = (
-            *wire.room_keys(room),
+            *self._keys(room),
             prefix,
             wire.encode_target(to, exclude),
             size,
