@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     )
     from .events import Event, MemberJoined, MemberLeft, MessagePublished
     from .publisher import Publisher
+    from .room_classes import RoomClass
     from .settings import Settings
 
 __version__ = "0.1.0"
@@ -66,6 +67,7 @@ _LAZY: dict[str, str] = {
     "PublishToRoom": "commands",
     "Publisher": "publisher",
     "Refused": "errors",
+    "RoomClass": "room_classes",
     "Roomcast": "app",
     "RoomcastError": "errors",
     "SendToMember": "commands",
@@ -98,6 +100,7 @@ __all__ = [
     "PublishToRoom",
     "Publisher",
     "Refused",
+    "RoomClass",
     "Roomcast",
     "RoomcastError",
     "SendToMember",

@@ -245,7 +245,10 @@ def api_routes(node: Node) -> list[Route]:
         return json_response({"rooms": [{"roomID": r, "members": m} for r, m in listing.items()]})
 
     async def members(request: Request) -> Response:
-        return json_response({"members": await node.broker.members(_room(request))})
+        room = _room(request)
+        if not node.classes.resolve(room).presence:
+            return json_response({"members": []})
+        return json_response({"members": await node.broker.members(room)})
 
     async def history(request: Request) -> Response:
         room = _room(request)

@@ -4,7 +4,7 @@ commands, subscribe to events."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from .commands import Command
 from .events import Event
 from .node import Node
 from .registry import Handler
+from .room_classes import RoomClass
 from .settings import Settings
 from .transports.asgi import WebSocketEndpoint
 
@@ -59,6 +60,8 @@ class Roomcast:
         relay: relay topics with no handler to the room: True, False, or the topics to relay;
             defaults to `settings.relay`.
         demo: serve the demo chat page at `/`.
+        room_classes: room classes by name (rooms `<class>:<rest>`, docs/configuration.md),
+            added to (and over) those of `settings`.
     """
 
     def __init__(
@@ -69,8 +72,13 @@ class Roomcast:
         resolver: IdentityResolver | None = None,
         relay: bool | Collection[str] | None = None,
         demo: bool = False,
+        room_classes: Mapping[str, RoomClass] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        if room_classes:
+            self.settings = self.settings.replace(
+                room_classes={**self.settings.room_classes, **room_classes}
+            )
         self.node = Node(self.settings, broker=broker, resolver=resolver)
         if relay is not None:
             self.node.registry.set_relay(relay)

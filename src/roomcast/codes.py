@@ -66,3 +66,5 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     NOT_JOINED = "not_joined"
     TOO_MANY_ROOMS = "too_many_rooms"
+    ROOM_FULL = "room_full"
+    """The room holds its class's `max_members` (4429 at connect)."""

@@ -30,6 +30,7 @@ from .events import EventBus, MemberLeft
 from .log import log_event
 from .metrics import Metrics
 from .protocol import presence_frame
+from .room_classes import RoomClasses
 from .rooms import LocalRooms, MemberHandle
 
 __all__ = ["Delivery", "RoomCursor"]
@@ -60,6 +61,7 @@ class Delivery:
         metrics: the node's counters.
         events: the node's event bus (`MemberLeft` of a dead node's members).
         spawn: runs a coroutine in the background on the node.
+        classes: the room classes (a class may send no presence frames).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Delivery:
         metrics: Metrics,
         events: EventBus,
         spawn: Callable[[Any], None],
+        classes: RoomClasses | None = None,
     ) -> None:
         self.node_id = node_id
         self.broker = broker
@@ -79,6 +82,7 @@ class Delivery:
         self.metrics = metrics
         self.events = events
         self.spawn = spawn
+        self.classes = RoomClasses() if classes is None else classes
         self._positions: dict[str, RoomCursor] = {}
         self.broker_up = asyncio.Event()
         """Set while the broker says it is available (`on_broker_state`)."""
@@ -142,6 +146,8 @@ class Delivery:
         if local is None:
             return
         if signal.kind in ("join", "leave"):
+            if not self.classes.resolve(signal.room).announces:
+                return
             frame = presence_frame(signal.kind, signal.room, signal.username)
             self.metrics.frames_out.inc(local.broadcast(frame, exclude=signal.username))
             return
@@ -161,6 +167,8 @@ class Delivery:
     def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
         """Announce the members of a dead node as gone (this node was chosen to do it)."""
         local = self.rooms.get(room)
+        if local is not None and not self.classes.resolve(room).announces:
+            local = None
         for username in usernames:
             if local is not None:
                 local.broadcast(presence_frame("leave", room, username), exclude=username)

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .auth import Identity
-from .brokers import DuplicateMember, HistoryPage, Publication, Signal
+from .brokers import DuplicateMember, HistoryPage, Publication, RoomFull, Signal
 from .codes import CloseCode, ErrorCode
 from .connection import Connection
 from .errors import Refused
 from .events import MemberJoined, MemberLeft
 from .log import log_event
 from .node import Node
+from .room_classes import DuplicatePolicy
 from .rooms import Member, MemberHandle
 
 __all__ = ["JoinPoint", "join", "leave", "resume_policy"]
@@ -37,12 +38,11 @@ class JoinPoint:
     """Only with `since`: whether every message after it is replayed."""
 
 
-def resume_policy(node: Node, since: int | None) -> tuple[bool, bool]:
-    """`(replace, share)` for a join: under `share` several connections of a user stay;
-    otherwise a resuming join (with `since`) takes over the user's name, because the
-    connection it left is most likely dead (a crashed node, a dropped network) and not yet
-    noticed as such."""
-    policy = node.settings.duplicate_policy
+def resume_policy(policy: DuplicatePolicy, since: int | None) -> tuple[bool, bool]:
+    """`(replace, share)` for a join under the room's `policy`: under `share` several
+    connections of a user stay; otherwise a resuming join (with `since`) takes over the
+    user's name, because the connection it left is most likely dead (a crashed node, a
+    dropped network) and not yet noticed as such."""
     if policy == "share":
         return False, True
     return policy == "replace" or since is not None, False
@@ -67,22 +67,49 @@ async def join(
     matches and none is missing); with `backlog`, the last `backlog` retained messages; live
     messages that arrive meanwhile are held and follow, without duplicates.
 
+    The room's class (room_classes.py) decides the rest: a personal room admits its owner
+    only; a room without presence keeps no member entry (every connection stays, nobody is
+    listed or announced); one without `join_leave` announces nobody.
+
     Raises:
-        Refused: `duplicate` (4409) when the username is in the room and the policy rejects.
+        Refused: `duplicate` (4409) when the username is in the room and the policy rejects;
+            `forbidden` (4403) for another user's personal room; `room_full` (4429) past the
+            class's `max_members`.
         BrokerUnavailable: presence or history cannot be reached (nothing is left behind).
     """
-    replace, share = resume_policy(node, since)
+    cls = node.classes.resolve(room)
     username = identity.username
-    try:
-        previous = await node.broker.add_member(
-            room, username, connection_id, replace=replace, share=share
-        )
-    except DuplicateMember:
+    owner = cls.owner(room)
+    if owner is not None and owner != username:
         raise Refused(
-            CloseCode.DUPLICATE,
-            ErrorCode.DUPLICATE,
-            f"username {username!r} is already connected in room {room!r}",
-        ) from None
+            CloseCode.FORBIDDEN,
+            ErrorCode.FORBIDDEN,
+            f"room {room!r} is a personal room of another user",
+        )
+    replace, share = resume_policy(cls.on_duplicate, since)
+    previous: str | None = None
+    if cls.presence:
+        try:
+            previous = await node.broker.add_member(
+                room,
+                username,
+                connection_id,
+                replace=replace,
+                share=share,
+                max_members=cls.max_members,
+            )
+        except DuplicateMember:
+            raise Refused(
+                CloseCode.DUPLICATE,
+                ErrorCode.DUPLICATE,
+                f"username {username!r} is already connected in room {room!r}",
+            ) from None
+        except RoomFull:
+            raise Refused(
+                CloseCode.RATE_LIMITED,
+                ErrorCode.ROOM_FULL,
+                f"room {room!r} is full: its class admits {cls.max_members} members",
+            ) from None
     replaced = previous if replace else None
     member = Member(
         username=username,
@@ -101,7 +128,7 @@ async def join(
         page = await node.broker.history(
             room, since, None if recovering or backlog is not None else 0
         )
-        members = await node.broker.members(room)
+        members = await node.broker.members(room) if cls.presence else []
     except BaseException:
         # Nothing was announced yet, so nothing is taken back: no presence.leave, no event.
         await leave(node, member, "join_failed", announce=False)
@@ -124,8 +151,9 @@ async def join(
         replaced=replaced is not None,
         shared=share and previous is not None,
     )
-    if previous is None:
-        await node.broker.signal(Signal("join", room, username, connection_id, node.node_id))
+    if previous is None and cls.presence:
+        if cls.join_leave:
+            await node.broker.signal(Signal("join", room, username, connection_id, node.node_id))
         node.events.publish(MemberJoined(room, username, connection_id, node.node_id))
     return member
 
@@ -162,12 +190,15 @@ async def leave(node: Node, member: Member, reason: str, *, announce: bool = Tru
     this node's lease.
     """
     await node.detach(member)
+    cls = node.classes.resolve(member.room)
+    if not cls.presence:
+        return False
     removed = False
     try:
         removed = await node.broker.remove_member(
             member.room, member.username, member.connection_id
         )
-        if removed and announce:
+        if removed and announce and cls.join_leave:
             await node.broker.signal(
                 Signal("leave", member.room, member.username, member.connection_id, node.node_id)
             )

@@ -47,7 +47,7 @@ class Node:
             else the anonymous one.
         registry: the topic registry; a new one (relaying per `settings.relay`) when None.
         ephemeral_topics: the ephemeral topics of a room (docs/protocol.md, section 10);
-            none in any room when None.
+            its room class's `ephemeral_topics` when None.
     """
 
     def __init__(
@@ -60,11 +60,14 @@ class Node:
         ephemeral_topics: Callable[[str], frozenset[str]] | None = None,
     ) -> None:
         self.settings = settings
-        self.ephemeral_topics: Callable[[str], frozenset[str]] = (
-            ephemeral_topics or _no_ephemeral_topics
-        )
-        """The ephemeral topics of a room: relayed without an offset, never retained."""
         self.node_id = settings.node_id
+        self.classes = settings.resolve_classes()
+        """The room classes: :meth:`RoomClasses.resolve` gives a room's settings."""
+        self.ephemeral_topics: Callable[[str], frozenset[str]] = (
+            ephemeral_topics or self._class_ephemeral_topics
+        )
+        """The ephemeral topics of a room (its class's, unless given): relayed without an
+        offset, never retained."""
         self.broker: Broker = (
             broker
             if broker is not None
@@ -73,6 +76,7 @@ class Node:
                 history_size=settings.history_size,
                 history_ttl=settings.history_ttl,
                 presence_ttl=settings.presence_ttl,
+                classes=self.classes,
             )
         )
         self.metrics = Metrics()
@@ -101,6 +105,7 @@ class Node:
             self.metrics,
             self.events,
             self.spawn,
+            self.classes,
         )
         """The node's BrokerListener: where broker traffic arrives (delivery.py)."""
         self._started = False
@@ -118,6 +123,9 @@ class Node:
         self.commands.register(SendToMember, self._send_to_member)
         self.commands.register(PublishEphemeral, self._publish_ephemeral)
         self.commands.register(KickMember, self._kick_member)
+
+    def _class_ephemeral_topics(self, room: str) -> frozenset[str]:
+        return self.classes.resolve(room).ephemeral_topics
 
     # lifecycle
 
@@ -324,14 +332,22 @@ class Node:
             raise
 
     async def _find_member(self, room: str, username: str) -> None:
-        """Raises `MemberNotFound` when `username` is connected to `room` on no node."""
-        if self.rooms.find(room, username) is None and not (
-            await self.broker.has_member(room, username)
+        """Raises `MemberNotFound` when `username` is connected to `room` on no node.
+
+        A room whose class has no presence lists nobody: there the message goes to wherever
+        the member is, and nothing is raised.
+        """
+        if (
+            self.classes.resolve(room).presence
+            and self.rooms.find(room, username) is None
+            and not (await self.broker.has_member(room, username))
         ):
             raise MemberNotFound(f"{username!r} is not connected to room {room!r}")
 
     async def _kick_member(self, command: KickMember) -> None:
-        if not await self.broker.has_member(command.room, command.username):
+        if self.classes.resolve(command.room).presence and not await self.broker.has_member(
+            command.room, command.username
+        ):
             raise MemberNotFound(f"{command.username!r} is not connected to room {command.room!r}")
         await self.broker.signal(
             Signal(
@@ -376,10 +392,6 @@ class Node:
                 break  # retention dropped what came before
             end = start - 1
         return epoch, found
-
-
-def _no_ephemeral_topics(room: str) -> frozenset[str]:
-    return frozenset()
 
 
 async def _wait_all(awaitables: list[Any], timeout: float) -> None:

@@ -35,8 +35,8 @@ class Publisher:
 
     Args:
         broker: a `redis://HOST:PORT/DB` URL (the one the servers use), or a broker instance.
-        settings: the servers' settings; `history_size` and `history_ttl` apply to what this
-            publisher publishes, so they should match the servers'.
+        settings: the servers' settings; `history_size`, `history_ttl` and the room classes
+            apply to what this publisher publishes, so they should match the servers'.
     """
 
     def __init__(self, broker: str | Broker, *, settings: Settings | None = None) -> None:
@@ -57,6 +57,7 @@ class Publisher:
                 history_ttl=settings.history_ttl,
                 presence_ttl=settings.presence_ttl,
                 presence=False,
+                classes=settings.resolve_classes(),
             )
         else:
             instance = broker

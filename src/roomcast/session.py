@@ -222,7 +222,7 @@ class Session:
     ) -> Member:
         node = self.node
         if backlog is not None:
-            backlog = min(backlog, node.settings.history_size)
+            backlog = min(backlog, node.classes.resolve(room).history_size)
         if node.proxy is not None:
             await node.proxy.join(self.identity.username, room, self.connection_id)
         member = await membership.join(
@@ -298,7 +298,7 @@ class Session:
         """A `room.join` of a room the connection is in: a fresh `joined`, nothing else."""
         broker = self.node.broker
         page = await broker.history(member.room, None, 0)
-        members = await broker.members(member.room)
+        members = await self._members_of(member.room)
         recovered = None if wanted.since is None else page.epoch == wanted.epoch
         self.connection.send(
             joined_frame(
@@ -454,7 +454,9 @@ class Session:
             and registry.relays(topic)
         ):
             room = frame.room
-            return self.member if room is None else self.membership(room)
+            member = self.member if room is None else self.membership(room)
+            if member is not None and self.node.classes.resolve(member.room).client_publish:
+                return member
         return None
 
     async def _start_relay(self, frame: ClientFrame, member: Member) -> None:
@@ -545,6 +547,11 @@ class Session:
             raise RoomcastError(
                 f"not allowed to publish to topic {topic!r}", code=ErrorCode.FORBIDDEN
             )
+        if not self.node.classes.resolve(member.room).client_publish:
+            raise RoomcastError(
+                f"clients may not publish to room {member.room!r} (client_publish = false)",
+                code=ErrorCode.FORBIDDEN,
+            )
         proxy = self.node.proxy
         if proxy is not None and proxy.publish_url is not None:
             payload = await proxy.publish(
@@ -604,7 +611,7 @@ class Session:
             self.send_error(exc.code, exc.message, frame.id)
             return
         member = self._frame_member(frame, room)
-        members = await self.node.broker.members(member.room)
+        members = await self._members_of(member.room)
         self.connection.send(server_frame("presence", {"members": members}, room=member.room))
         self._ack(frame)
 
@@ -622,6 +629,12 @@ class Session:
         )
         self.connection.send(history_frame(member.room, epoch, [m.frame for m in messages]))
         self._ack(frame)
+
+    async def _members_of(self, room: str) -> list[str]:
+        """The room's cluster-wide member list; empty for a class without presence."""
+        if not self.node.classes.resolve(room).presence:
+            return []
+        return await self.node.broker.members(room)
 
     async def _run_handlers(
         self, frame: ClientFrame, member: Member, handlers: list[Any]

@@ -16,6 +16,14 @@ from typing import Any, Literal
 
 from .brokers import check_url, is_shared
 from .errors import ConfigError
+from .room_classes import (
+    DUPLICATE_POLICIES,
+    DuplicatePolicy,
+    RoomClass,
+    RoomClasses,
+    check_class_name,
+    load_room_classes,
+)
 
 __all__ = [
     "DUPLICATE_POLICIES",
@@ -27,8 +35,6 @@ __all__ = [
     "is_loopback_host",
 ]
 
-DuplicatePolicy = Literal["reject", "replace", "share"]
-DUPLICATE_POLICIES: tuple[DuplicatePolicy, ...] = ("reject", "replace", "share")
 WEBHOOK_EVENTS = (
     "room.occupied",
     "room.vacated",
@@ -95,6 +101,12 @@ class Settings:
     """What a second connection with the same username in a room does: `reject` it, `replace`
     the first, or `share` the room (several tabs of one user); None picks `share` with
     authentication on and `reject` without (see :attr:`duplicate_policy`)."""
+    config: str | None = None
+    """A TOML file of room classes (`[rooms.<class>]` tables, docs/configuration.md), read
+    into :attr:`room_classes` when those are not given."""
+    room_classes: Mapping[str, RoomClass] = field(default_factory=dict)
+    """Room classes by name: rooms `<class>:<rest>` take their settings (protocol section 9);
+    every other room has the flags'."""
     max_rooms_per_connection: int | None = 100
     """Rooms one connection may be in at once (`room.join` past it answers `too_many_rooms`)."""
     relay: bool = True
@@ -180,6 +192,12 @@ class Settings:
             raise ConfigError(
                 f"on-duplicate must be reject, replace or share, got {self.on_duplicate!r}"
             )
+        if self.config and not self.room_classes:
+            object.__setattr__(self, "room_classes", load_room_classes(self.config))
+        for name, cls in self.room_classes.items():
+            check_class_name(name)
+            if not isinstance(cls, RoomClass):
+                raise ConfigError(f"room class {name!r}: expected a RoomClass, got {cls!r}")
         if self.max_rooms_per_connection is not None and self.max_rooms_per_connection < 1:
             raise ConfigError(
                 f"max-rooms-per-connection must be >= 1, got {self.max_rooms_per_connection}"
@@ -258,6 +276,15 @@ class Settings:
         if self.on_duplicate is not None:
             return self.on_duplicate
         return "share" if self.auth_enabled else "reject"
+
+    def resolve_classes(self) -> RoomClasses:
+        """The room classes with the flags filled in where a class keeps the server's."""
+        return RoomClasses(
+            self.room_classes,
+            history_size=self.history_size,
+            history_ttl=self.history_ttl,
+            on_duplicate=self.duplicate_policy,
+        )
 
     @property
     def admin_enabled(self) -> bool:
@@ -421,6 +448,7 @@ OPTIONS: tuple[Option, ...] = (
         "(default share with authentication on, reject without)",
         "reject|replace|share",
     ),
+    Option("config", str, "TOML file of room classes ([rooms.<class>] tables)", "FILE"),
     Option(
         "max_rooms_per_connection",
         _optional(_int),

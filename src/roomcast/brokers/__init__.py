@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
+from ..room_classes import RoomClasses
 from .base import (
     Broker,
     BrokerListener,
@@ -14,6 +15,7 @@ from .base import (
     HistoryPage,
     OutboxEntry,
     Publication,
+    RoomFull,
     Signal,
     StatsStore,
     WebhookOutbox,
@@ -28,6 +30,7 @@ __all__ = [
     "MemoryBroker",
     "OutboxEntry",
     "Publication",
+    "RoomFull",
     "Signal",
     "StatsStore",
     "WebhookOutbox",
@@ -62,6 +65,7 @@ def from_url(
     history_ttl: float = 300.0,
     presence_ttl: float = 15.0,
     presence: bool = True,
+    classes: RoomClasses | None = None,
 ) -> Broker:
     """The broker `url` names; the Redis client is imported only when used.
 
@@ -71,13 +75,15 @@ def from_url(
         history_ttl: seconds retained messages live.
         presence_ttl: bound on how long a dead node's members stay listed (shared brokers).
         presence: False for a process that only publishes (holds no members, no lease).
+        classes: the room classes, whose history settings apply per room (else
+            `history_size` and `history_ttl` apply to every room).
 
     Raises:
         ConfigError: for a URL scheme roomcast does not know.
     """
     check_url(url)
     if url.startswith(_MEMORY):
-        return MemoryBroker(history_size=history_size, history_ttl=history_ttl)
+        return MemoryBroker(history_size=history_size, history_ttl=history_ttl, classes=classes)
     from .redis import RedisBroker
 
     return RedisBroker(
@@ -86,4 +92,5 @@ def from_url(
         history_ttl=history_ttl,
         presence_ttl=presence_ttl,
         presence=presence,
+        classes=classes,
     )

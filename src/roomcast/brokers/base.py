@@ -16,6 +16,7 @@ __all__ = [
     "HistoryPage",
     "OutboxEntry",
     "Publication",
+    "RoomFull",
     "Signal",
     "SignalKind",
     "StatsStore",
@@ -100,6 +101,10 @@ class DuplicateMember(Exception):
     """The username is already present in the room (and the policy is to reject)."""
 
 
+class RoomFull(Exception):
+    """The room holds its class's `max_members` already (and the username is not one)."""
+
+
 class BrokerListener(Protocol):
     """What a node gives its broker to receive what arrives for the rooms it serves."""
 
@@ -163,11 +168,14 @@ class Broker(Protocol):
         *,
         replace: bool = False,
         share: bool = False,
+        max_members: int | None = None,
     ) -> str | None:
         """Add connection `connection_id` of `username` to the room's presence for this node.
 
         With `share`, a username may hold several connections (on any nodes): presence lists
-        it once, from its first connection to the removal of its last.
+        it once, from its first connection to the removal of its last. With `max_members`,
+        a username that is not present yet is refused once the room lists that many, in the
+        same atomic step (cluster-wide).
 
         Returns:
             None when the username was not present (the room gets `presence.join`); else
@@ -175,6 +183,7 @@ class Broker(Protocol):
             value naming the connections it now shares the name with (`share`).
         Raises:
             DuplicateMember: the name is taken in the room and neither `replace` nor `share`.
+            RoomFull: the room lists `max_members` usernames and this one is not among them.
         """
 
     async def remove_member(self, room: str, username: str, connection_id: str) -> bool:

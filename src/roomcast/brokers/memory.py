@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from ..protocol import message_frame
-from .base import BrokerListener, DuplicateMember, HistoryPage, OutboxEntry, Publication, Signal
+from ..room_classes import RoomClasses
+from .base import (
+    BrokerListener,
+    DuplicateMember,
+    HistoryPage,
+    OutboxEntry,
+    Publication,
+    RoomFull,
+    Signal,
+)
 
 __all__ = ["MemoryBroker"]
 
@@ -17,6 +26,10 @@ __all__ = ["MemoryBroker"]
 @dataclass(slots=True)
 class _Stream:
     epoch: str
+    size: int
+    """Messages retained (the room class's `history_size`)."""
+    ttl: float
+    """Seconds they live (the room class's `history_ttl`)."""
     offset: int = 0
     entries: deque[tuple[float, Publication]] = field(default_factory=deque)
     touched: float = 0.0
@@ -34,11 +47,24 @@ class MemoryBroker:
     Args:
         history_size: messages retained per room.
         history_ttl: seconds retained messages live after their publish.
+        classes: the room classes, whose `history_size` and `history_ttl` apply per room
+            instead (their default class has the two above).
     """
 
-    def __init__(self, *, history_size: int = 100, history_ttl: float = 300.0) -> None:
+    def __init__(
+        self,
+        *,
+        history_size: int = 100,
+        history_ttl: float = 300.0,
+        classes: RoomClasses | None = None,
+    ) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self._classes = (
+            RoomClasses(history_size=history_size, history_ttl=history_ttl)
+            if classes is None
+            else classes
+        )
         self._listener: BrokerListener | None = None
         self._subscribed: set[str] = set()
         self._streams: dict[str, _Stream] = {}
@@ -83,7 +109,7 @@ class MemoryBroker:
             stream.touched = max(stream.touched, time.monotonic())
 
     def _lost(self, room: str, stream: _Stream, now: float) -> bool:
-        return now - stream.touched > self.history_ttl and not self._held(room)
+        return now - stream.touched > stream.ttl and not self._held(room)
 
     def _current(self, room: str, now: float) -> _Stream | None:
         """The room's state, None when it has none or its history was lost."""
@@ -99,12 +125,15 @@ class MemoryBroker:
         stream = self._current(room, now)
         if stream is None:
             # Nothing was ever published, or the history was lost: a new incarnation.
-            stream = self._streams[room] = _Stream(epoch=secrets.token_hex(6), touched=now)
+            cls = self._classes.resolve(room)
+            stream = self._streams[room] = _Stream(
+                secrets.token_hex(6), cls.history_size, cls.history_ttl, touched=now
+            )
         return stream
 
     def _expire(self, stream: _Stream, now: float) -> None:
         entries = stream.entries
-        cutoff = now - self.history_ttl
+        cutoff = now - stream.ttl
         while entries and entries[0][0] < cutoff:
             entries.popleft()
 
@@ -119,10 +148,10 @@ class MemoryBroker:
         publication = Publication(
             room, stream.offset, message_frame(prefix, stream.offset), to, stream.epoch, exclude
         )
-        if self.history_size:
+        if stream.size:
             entries = stream.entries
             entries.append((now, publication))
-            if len(entries) > self.history_size:
+            if len(entries) > stream.size:
                 entries.popleft()
         if room in self._subscribed and self._listener is not None:
             self._listener.on_publication(publication)
@@ -156,10 +185,14 @@ class MemoryBroker:
         *,
         replace: bool = False,
         share: bool = False,
+        max_members: int | None = None,
     ) -> str | None:
         """Add to presence; see `Broker.add_member`."""
         self._current(room, time.monotonic())  # a lost history is not taken over
-        members = self._presence.setdefault(room, {})
+        members = self._presence.get(room, {})
+        if max_members is not None and username not in members and len(members) >= max_members:
+            raise RoomFull(room)
+        members = self._presence.setdefault(room, members)
         # One connection id, or (under `share`) several separated by spaces: a plain string
         # keeps the entry as small as it was for the common one-connection case.
         previous = members.get(username)

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from ...errors import BrokerUnavailable
 from ...log import log_event, redact_url
+from ...room_classes import RoomClasses
 from ..base import BrokerListener, HistoryPage, OutboxEntry, Publication, Signal
 from . import wire
 from .calls import Calls, unavailable
@@ -62,6 +63,8 @@ class RedisBroker:
         presence_ttl: bound, in seconds, on how long a dead node's members stay in presence.
         presence: hold a node lease, keep presence and sweep dead nodes; False for a
             publisher that holds no connections (it then needs no subscription either).
+        classes: the room classes, whose `history_size` and `history_ttl` the scripts
+            apply per room instead (their default class has the two above).
     """
 
     batches_publishes = True
@@ -76,10 +79,14 @@ class RedisBroker:
         history_ttl: float = 300.0,
         presence_ttl: float = 15.0,
         presence: bool = True,
+        classes: RoomClasses | None = None,
     ) -> None:
         self.url = url
         self.history_size = history_size
-        self.history_ttl_ms = max(1, math.ceil(history_ttl * 1000))
+        self.history_ttl_ms = _ms(history_ttl)
+        if classes is None:
+            classes = RoomClasses(history_size=history_size, history_ttl=history_ttl)
+        self._classes = classes
         self.presence_ttl = presence_ttl
         self.presence = presence
         self.node_id = ""
@@ -90,7 +97,8 @@ class RedisBroker:
             self._calls,
             channel_prefix=channel_prefix,
             presence_ttl=presence_ttl,
-            history_ttl_ms=self.history_ttl_ms,
+            history_ttl_ms=self._ttl_ms,
+            longest_ttl_ms=_ms(classes.longest_ttl),
         )
         self._subscriber = Subscriber(
             url,
@@ -103,8 +111,8 @@ class RedisBroker:
         self._publishing = Publishing(
             self._calls,
             channel_prefix=channel_prefix,
-            history_size=history_size,
-            history_ttl_ms=self.history_ttl_ms,
+            retention=self._retention,
+            keys=self._room_keys,
             deliveries=deliveries,
             serves=self._subscriber.serves,
         )
@@ -119,6 +127,19 @@ class RedisBroker:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         """The reader loop and the lease loop."""
+        self._unlisted: set[str] = set()
+        """Subscribed rooms of a class without presence: this node holds them (`_hold`)."""
+
+    def _retention(self, room: str) -> tuple[int, int]:
+        """The room's history size and ttl in milliseconds (its class's)."""
+        cls = self._classes.resolve(room)
+        return cls.history_size, _ms(cls.history_ttl)
+
+    def _ttl_ms(self, room: str) -> int:
+        return _ms(self._classes.resolve(room).history_ttl)
+
+    def _room_keys(self, room: str) -> list[str]:
+        return wire.room_keys(room, listed=self._classes.resolve(room).presence)
 
     # lifecycle
 
@@ -143,6 +164,7 @@ class RedisBroker:
                 self._subscriber.run(lambda: self._closing), name="roomcast-redis-reader"
             ),
             loop.create_task(self._presence.lease_loop(), name="roomcast-redis-lease"),
+            loop.create_task(self._hold_loop(), name="roomcast-redis-hold"),
         ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(START_TIMEOUT):
@@ -261,11 +283,12 @@ class RedisBroker:
         script = self._calls.script_history
         args: list[str | int] = [
             secrets.token_hex(6),
-            self.history_ttl_ms,
+            self._ttl_ms(room),
             start,
             -1 if limit is None else limit,
         ]
-        result = await self._calls.call(lambda: script(keys=wire.room_keys(room), args=args))
+        keys = self._room_keys(room)
+        result = await self._calls.call(lambda: script(keys=keys, args=args))
         epoch, offset, first_id, entries = (
             result[0].decode(),
             int(result[1]),
@@ -320,10 +343,12 @@ class RedisBroker:
         *,
         replace: bool = False,
         share: bool = False,
+        max_members: int | None = None,
     ) -> str | None:
-        """Add to the room's presence (atomically unique); see `Broker.add_member`."""
+        """Add to the room's presence (atomically unique, and within `max_members`); see
+        `Broker.add_member`."""
         return await self._presence.add_member(
-            room, username, connection_id, replace=replace, share=share
+            room, username, connection_id, replace=replace, share=share, max_members=max_members
         )
 
     async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
@@ -349,10 +374,50 @@ class RedisBroker:
         if not self._calls.available:
             raise unavailable()
         await self._subscriber.subscribe(room)
+        if not self._classes.resolve(room).presence:
+            self._unlisted.add(room)
+            # Held before its history is first read: an epoch it creates gets no early TTL.
+            await self._calls.call(lambda: self._hold([room]))
 
     async def unsubscribe(self, room: str) -> None:
         """Stop receiving the room's channel."""
+        self._unlisted.discard(room)
         await self._subscriber.unsubscribe(room)
+
+    async def _hold_loop(self) -> None:
+        """Hold the rooms without presence that this node serves, every lease tick."""
+        while True:
+            await asyncio.sleep(self._presence.tick)
+            if not self._unlisted or not self._calls.available:
+                continue
+            try:
+                await self._calls.run(lambda: self._hold(list(self._unlisted)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log_event("broker.hold_failed", level=30, node_id=self.node_id, error=repr(exc))
+
+    async def _hold(self, rooms: list[str]) -> None:
+        """Hold `rooms` (of classes without presence, served by this node) for three lease
+        ticks: their hold key stands for a presence hash in the scripts (a publish then
+        leaves the offset and epoch alone, as for a room with members), and their offset
+        and epoch get at least that long. Once no node serves a room, the hold key expires
+        and its offset and epoch follow within the room's `history_ttl` (PEXPIRE leaves a
+        missing key missing).
+        """
+        floor = math.ceil(self._presence.tick * 3000)
+        async with self._calls.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                offset, epoch, _, hold = wire.room_keys(room, listed=False)
+                pipe.set(hold, b"1", px=floor)
+                ttl = max(self._ttl_ms(room), floor)
+                pipe.pexpire(offset, ttl)
+                pipe.pexpire(epoch, ttl)
+            await pipe.execute()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
 
 
 async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:

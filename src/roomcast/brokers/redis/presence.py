@@ -20,12 +20,13 @@ import asyncio
 import random
 import secrets
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from ...errors import BrokerUnavailable
 from ...log import log_event
-from ..base import BrokerListener, DuplicateMember, Signal
+from ..base import BrokerListener, DuplicateMember, RoomFull, Signal
 from . import wire
 from .calls import Calls
 
@@ -46,15 +47,27 @@ class Presence:
         calls: the node's command connections.
         channel_prefix: the start of the room channels, for the signals it announces.
         presence_ttl: bound, in seconds, on how long a dead node's members stay in presence.
-        history_ttl_ms: what a room's offset and epoch get when its last member leaves.
+        history_ttl_ms: what a room's offset and epoch get when its last member leaves (its
+            class's `history_ttl`, in milliseconds).
+        longest_ttl_ms: what they get when a sweep empties the room (one sweep takes the
+            rooms of many classes: the longest ttl, so that no room loses its offsets
+            before its stream; a stream that expired first makes a resume say
+            `recovered: false`, as it should).
     """
 
     def __init__(
-        self, calls: Calls, *, channel_prefix: str, presence_ttl: float, history_ttl_ms: int
+        self,
+        calls: Calls,
+        *,
+        channel_prefix: str,
+        presence_ttl: float,
+        history_ttl_ms: Callable[[str], int],
+        longest_ttl_ms: int,
     ) -> None:
         self._calls = calls
         self._channel_prefix = channel_prefix
-        self._history_ttl_ms = history_ttl_ms
+        self._room_ttl_ms = history_ttl_ms
+        self._history_ttl_ms = longest_ttl_ms
         # A lease of 2/3 of the bound, renewed and swept every 1/6: a dead node's members
         # are removed at most ~5/6 of `presence_ttl` after its last renewal.
         self.lease_ms = max(500, int(presence_ttl * 1000 * 2 / 3))
@@ -84,16 +97,26 @@ class Presence:
         ]
 
     async def add_member(
-        self, room: str, username: str, connection_id: str, *, replace: bool, share: bool = False
+        self,
+        room: str,
+        username: str,
+        connection_id: str,
+        *,
+        replace: bool,
+        share: bool = False,
+        max_members: int | None = None,
     ) -> str | None:
-        """Add to the room's presence (atomically unique); see `Broker.add_member`."""
+        """Add to the room's presence (atomically unique, within `max_members`); see
+        `Broker.add_member`."""
         mode = "2" if share else "1" if replace else "0"
-        args = [*self._entry_args(room, username, connection_id), mode, room]
+        args = [*self._entry_args(room, username, connection_id), mode, room, str(max_members or 0)]
         status, previous = await self._calls.call(
             lambda: self._calls.script_add(keys=self._keys(room), args=args)
         )
         if int(status) == 0:
             raise DuplicateMember(username)
+        if int(status) == 4:
+            raise RoomFull(room)
         self._members[(room, username, connection_id)] = share
         if int(status) == 3:
             return _text(previous)
@@ -115,7 +138,11 @@ class Presence:
     async def _remove(self, room: str, username: str, connection_id: str) -> Any:
         return await self._calls.script_remove(
             keys=self._keys(room),
-            args=[*self._entry_args(room, username, connection_id), room, self._history_ttl_ms],
+            args=[
+                *self._entry_args(room, username, connection_id),
+                room,
+                self._room_ttl_ms(room),
+            ],
         )
 
     async def has_member(self, room: str, username: str) -> bool:
@@ -204,7 +231,8 @@ class Presence:
         add = self._calls.script_add
         for (room, username, connection_id), shared in list(self._members.items()):
             mode = "2" if shared else "0"
-            args = [*self._entry_args(room, username, connection_id), mode, room]
+            # A member admitted once is not refused for a full room on its way back.
+            args = [*self._entry_args(room, username, connection_id), mode, room, "0"]
             status, _ = await self._calls.run(partial(add, keys=self._keys(room), args=args))
             if int(status) == 0:
                 # Someone took the name while this node was away: the newer one keeps it.

@@ -99,8 +99,8 @@ class Publishing:
     Args:
         calls: the node's command connections.
         channel_prefix: the start of the room channels (wire.channel_prefix).
-        history_size: messages retained per room.
-        history_ttl_ms: how long retained messages live.
+        retention: a room's history size and ttl in milliseconds (its class's).
+        keys: a room's keys for the PUBLISH script (wire.room_keys, as its class has them).
         deliveries: where the subscription reports what it delivered.
         serves: whether this node receives a room (then `publish` waits for its own copy).
     """
@@ -110,15 +110,15 @@ class Publishing:
         calls: Calls,
         *,
         channel_prefix: str,
-        history_size: int,
-        history_ttl_ms: int,
+        retention: Callable[[str], tuple[int, int]],
+        keys: Callable[[str], list[str]],
         deliveries: Deliveries,
         serves: Callable[[str], bool],
     ) -> None:
         self._calls = calls
         self._channel_prefix = channel_prefix
-        self._history_size = history_size
-        self._history_ttl_ms = history_ttl_ms
+        self._retention = retention
+        self._keys = keys
         self._serves = serves
         self._deliveries = deliveries
         self._batch: _Batch = []
@@ -134,12 +134,13 @@ class Publishing:
         if not self._calls.available:
             raise unavailable()
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        size, ttl_ms = self._retention(room)
         args = (
-            *wire.room_keys(room),
+            *self._keys(room),
             prefix,
             wire.encode_target(to, exclude),
-            self._history_size,
-            self._history_ttl_ms,
+            size,
+            ttl_ms,
             wire.channel(self._channel_prefix, room),
             secrets.token_hex(6),
         )

@@ -108,9 +108,10 @@ end
 ADD_MEMBER = """
 -- KEYS: presence hash, node member set, rooms set, offset, epoch
 -- ARGV: username, node_id:connection_id, node member entry, mode ('0' reject, '1' replace,
---       '2' share), room
+--       '2' share), room, max members ('0': no limit)
 -- Returns {status, previous value}: 0 taken, 1 added, 2 already this connection's,
--- 3 added beside the username's other connections (share).
+-- 3 added beside the username's other connections (share), 4 the room is full (a new
+-- username past max members).
 -- A room with members is held: its offset and epoch do not expire.
 redis.call('PERSIST', KEYS[4])
 redis.call('PERSIST', KEYS[5])
@@ -130,6 +131,10 @@ if previous and ARGV[4] == '2' then
 end
 if previous and ARGV[4] ~= '1' then
   return {0, previous}
+end
+local max = tonumber(ARGV[6] or '0')
+if not previous and max > 0 and redis.call('HLEN', KEYS[1]) >= max then
+  return {4, ''}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])

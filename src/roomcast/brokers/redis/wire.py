@@ -47,6 +47,7 @@ __all__ = [
     "encode_ephemeral",
     "encode_signal",
     "encode_target",
+    "hold_key",
     "lease_key",
     "member_entry",
     "member_set_key",
@@ -99,9 +100,18 @@ def presence_key(room: str) -> str:
     return _room_key(room, "p")
 
 
-def room_keys(room: str) -> list[str]:
-    """The KEYS of the PUBLISH and HISTORY scripts: offset, epoch, stream, presence."""
-    return [_room_key(room, "o"), _room_key(room, "e"), _room_key(room, "s"), presence_key(room)]
+def hold_key(room: str) -> str:
+    """What holds a room of a class without presence: set, with a short TTL, by each node
+    that serves the room (it stands for the presence hash in the scripts)."""
+    return _room_key(room, "h")
+
+
+def room_keys(room: str, *, listed: bool = True) -> list[str]:
+    """The KEYS of the PUBLISH and HISTORY scripts: offset, epoch, stream, and what holds
+    the room: its presence hash, or, in a class without presence (`listed` False), its
+    :func:`hold_key`."""
+    holder = presence_key(room) if listed else hold_key(room)
+    return [_room_key(room, "o"), _room_key(room, "e"), _room_key(room, "s"), holder]
 
 
 def member_set_key(node_id: str) -> str:
