@@ -96,7 +96,7 @@ _INT_MAX = 2**64 - 1
 # the exact alternatives (`-` and 19 digits, or 20 digits).
 _LONG_DIGITS = re.compile(r"[0-9]{19}")
 _LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
-_FRAME_KEYS = frozenset({"topic", "payload", "id", "to", "room"})
+_FRAME_KEYS = frozenset({"topic", "payload", "id", "to", "room", "echo"})
 _FLAT = (str, int, bool)
 
 
