@@ -552,12 +552,16 @@ async def main() -> int:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated names")
     parser.add_argument("--scenarios", default=",".join(FULL), help="comma-separated names")
     parser.add_argument("--repeat", type=int, default=1, help="runs per server (medians)")
+    parser.add_argument(
+        "--idle100k-connections", type=int, default=100_000, help="connections of idle100k"
+    )
     parser.add_argument("--out", default=str(BENCH / "results/results.json"))
     args = parser.parse_args()
     if shutil.which("taskset") is None or shutil.which("node") is None:
         print("bench needs taskset and node on PATH", file=sys.stderr)
         return 2
-    chosen = {**OPT_IN, **(QUICK if args.quick else FULL)}
+    many = idle_many(args.idle100k_connections, -(-args.idle100k_connections // 25_000))
+    chosen = {**OPT_IN, "idle100k": many, **(QUICK if args.quick else FULL)}
     scenarios = {k: chosen[k] for k in args.scenarios.split(",")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
