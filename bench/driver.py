@@ -1,14 +1,20 @@
 """The benchmark driver: every server, one after another, against the same load generator.
 
-    python bench/driver.py [--quick] [--servers NAME,...] [--out FILE]
+    python bench/driver.py [--quick] [--servers NAME,...] [--scenarios NAME,...] [--repeat N]
+                           [--out FILE]
 
 Each server runs pinned to CPU 0 (`taskset`), the Node load generator (bench/node/loadgen.mjs)
 pinned to CPU 1, everything on 127.0.0.1. For each server the scenarios run in a fixed order,
 each in a fresh generator process with fresh connections: "idle" (10,000 idle connections:
 memory and connection rate; first, so that the baseline is a fresh process), "room" (one room
-of 1,000: fan-out at saturation, then 20 and 40 messages per second) and "chat" (500 rooms of
-two, everyone publishing). Each measurement is the best of three windows, which drops the ones
-disturbed by other work on the machine. The server's CPU time is read from /proc at the edges
+of 1,000: fan-out at saturation, then 20 and 40 messages per second), "chat" (500 rooms of
+two, everyone publishing), "join" (1,000 members into one room, then 10,000 into rooms of 10,
+100 handshakes at a time) and "storm" (roomcast on Redis only: 10,000 clients in 1,000 rooms
+with history lose their node to a SIGKILL; it restarts and they resume with since+epoch).
+"idle100k" (100,000 idle connections from several 127.0.0.x source addresses) runs only when
+named. Each measurement is the best of three windows, which drops the ones disturbed by other
+work on the machine; with `--repeat N` every server runs N times (in turns) and each phase
+keeps its median run. The server's CPU time is read from /proc at the edges
 of each window, so the table shows both processes' CPU and whether the generator kept up.
 Prints a table and writes the results as JSON.
 """
@@ -51,13 +57,28 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def _has_room_classes() -> bool:
+    """Whether this roomcast reads room classes (`--config`): the join scenario then also
+    joins rooms of a class without presence."""
+    try:
+        import roomcast.room_classes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+ROOM_CLASSES = BENCH / "rooms.toml"
+"""The room classes `roomcast serve` gets in the benchmarks: `quiet:` rooms have no presence."""
+CLASSES = ["--config", str(ROOM_CLASSES)] if _has_room_classes() else []
+
+
 def roomcast_cmd(broker: str, *extra: str) -> list[str]:
     """`roomcast serve` with the per-connection limits that a load test would trip, off."""
     return [
         PYTHON, "-m", "roomcast", "serve", "--host", "127.0.0.1", "--port", "{port}",
         "--broker", broker, "--rate-limit", "off", "--max-connections", "off",
         "--max-connections-per-ip", "off", "--max-connections-per-user", "off",
-        "--log-level", "warning", *extra,
+        "--log-level", "warning", *CLASSES, *extra,
     ]  # fmt: skip
 
 
@@ -65,7 +86,10 @@ SERVERS = {
     s.name: s
     for s in [
         Server("roomcast", "roomcast", [roomcast_cmd("memory://")]),
-        Server("roomcast-redis-1", "roomcast", [roomcast_cmd("redis://127.0.0.1:{redis}/0")],
+        # A fixed node id: a node restarted under its own id takes its stale presence out at
+        # once (the storm scenario restarts it).
+        Server("roomcast-redis-1", "roomcast",
+               [roomcast_cmd("redis://127.0.0.1:{redis}/0", "--node-id", "bench-solo")],
                redis=True),
         Server("roomcast-redis-2", "roomcast",
                [roomcast_cmd("redis://127.0.0.1:{redis}/0", "--node-id", "bench-a"),
@@ -96,16 +120,61 @@ def room(members: int, warmup: float, duration: float, windows: int) -> dict[str
     }
 
 
+def join(*phases: tuple[str, int, int]) -> dict[str, Any]:
+    """Phases of fresh connections (name, connections, room size), 100 handshakes at a time;
+    with room classes, each phase again into rooms without presence (roomcast only)."""
+    quiet = [(f"{name}_no_presence", n, size, "quiet:") for name, n, size in phases]
+    return {
+        "phases": [
+            {"name": name, "connections": n, "room_size": size, "concurrency": min(100, n),
+             "room_prefix": prefix}
+            for name, n, size, prefix in [(*p, "") for p in phases] + (quiet if CLASSES else [])
+        ],
+        "timeout": 600,
+    }  # fmt: skip
+
+
+def storm(connections: int, room_size: int, recovery_timeout: float) -> dict[str, Any]:
+    """Every client loses its node (killed, restarted) and resumes with since+epoch."""
+    return {
+        "connections": connections,
+        "room_size": room_size,
+        "concurrency": 100,
+        "messages": 3,
+        "recovery_timeout": recovery_timeout,
+        "timeout": 240 + recovery_timeout,
+    }
+
+
+def idle_many(connections: int, sources: int) -> dict[str, Any]:
+    """Idle connections from several source addresses (each has about 28,000 ports)."""
+    return {
+        "connections": connections,
+        "room_size": 10,
+        "concurrency": 100,
+        "timeout": 900,
+        "source_addresses": [f"127.0.0.{2 + i}" for i in range(sources)],
+    }
+
+
 FULL = {
     "idle": {"connections": 10_000, "room_size": 10, "concurrency": 100, "timeout": 150},
     "room": room(1000, warmup=1.0, duration=1.5, windows=3),
     "chat": {"rooms": 500, "window": 2, "warmup": 1.0, "duration": 1.5, "windows": 3},
+    "join": join(("join_one_room", 1000, 1000), ("join_rooms_of_10", 10_000, 10)),
+    "storm": storm(10_000, 10, recovery_timeout=120),
 }
 QUICK = {
     "idle": {"connections": 100, "room_size": 10, "concurrency": 20, "timeout": 20},
     "room": room(50, warmup=0.2, duration=0.4, windows=1),
     "chat": {"rooms": 20, "window": 2, "warmup": 0.2, "duration": 0.4, "windows": 1},
+    "join": join(("join_one_room", 50, 50), ("join_rooms_of_10", 100, 10)),
+    "storm": storm(40, 10, recovery_timeout=30),
 }
+OPT_IN = {"idle100k": idle_many(100_000, 5)}
+"""Scenarios run only when named in --scenarios."""
+ONLY = {"storm": {"roomcast-redis-1"}}
+"""Scenarios that only some servers run (the storm needs history that survives a restart)."""
 # Which measured window a scenario keeps: the one least disturbed by other work.
 BEST = {
     "fanout": lambda w: -w["deliveries_per_s"],
@@ -130,6 +199,15 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
     return total / TICK
+
+
+def peak_rss_bytes(proc: subprocess.Popen[bytes]) -> int:
+    """The highest resident memory of a running process so far (VmHWM)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def rss_bytes(pids: list[int]) -> int:
@@ -178,6 +256,7 @@ class Run:
         self.logdir = logdir
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
+        self.args: list[list[str]] = []
         self.redis: subprocess.Popen[bytes] | None = None
 
     def stop(self) -> None:
@@ -203,7 +282,22 @@ class Run:
             proc = self._spawn(args, f"node{i}")
             self.procs.append(proc)
             self.ports.append(port)
+            self.args.append(args)
             await wait_port(port, proc, 30)
+
+    async def restart(self, index: int) -> float:
+        """SIGKILL node `index`, start it again on the same port; returns when it was started
+        (monotonic clock), once it listens. The restarted node goes last in `procs`."""
+        nodes = [p for p in self.procs if p is not self.redis]
+        victim = nodes[index]
+        victim.kill()
+        victim.wait(10)
+        self.procs.remove(victim)
+        started = time.monotonic()
+        proc = self._spawn(self.args[index], f"node{index}.restarted")
+        self.procs.append(proc)
+        await wait_port(self.ports[index], proc, 60)
+        return started
 
     def _spawn(self, args: list[str], tag: str) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{self.server.name}.{tag}.log", "wb")  # noqa: SIM115
@@ -220,6 +314,9 @@ class Run:
             "scenario": name,
             **self.scenarios[name],
         }
+        if self.server.proto != "roomcast" and "phases" in spec:
+            # Rooms of a class (`quiet:`) are roomcast's: the peers join each size once.
+            spec["phases"] = [p for p in spec["phases"] if not p.get("room_prefix")]
         pids = self.pids()
         gen = await asyncio.create_subprocess_exec(
             "taskset", "-c", LOADGEN_CPU, "node", str(BENCH / "node/loadgen.mjs"),
@@ -258,7 +355,15 @@ class Run:
                         out["kib_per_connection"] = (rss - rss0) / 1024 / line["connections"]
                         gen.stdin.write(b"go\n")
                         await gen.stdin.drain()
+                    elif event == "kill":
+                        # The storm: SIGKILL the first node, start it again on its port.
+                        started = await self.restart(0)
+                        pids = self.pids()
+                        gen.stdin.write(f"go {time.monotonic() - started:.3f}\n".encode())
+                        await gen.stdin.drain()
                     elif event == "result":
+                        if name == "storm":
+                            out["server_peak_rss_mib"] = peak_rss_bytes(self.procs[-1]) / 2**20
                         results[line["scenario"]] = {**out, **line}
                         out = {}
                     elif event == "error":
@@ -301,13 +406,16 @@ class Run:
 
     async def run(self) -> dict[str, Any]:
         result: dict[str, Any] = {}
+        names = [n for n in self.scenarios if self.server.name in ONLY.get(n, {self.server.name})]
+        if not names:
+            return result
         try:
             await self.start()
         except Exception as exc:
             self.stop()
             return {"error": f"did not start: {exc}"}
         try:
-            for name in self.scenarios:
+            for name in names:
                 result.update(await self.scenario(name))
                 if any(p.poll() is not None for p in self.procs):
                     break
@@ -367,6 +475,72 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def join_table(results: dict[str, Any]) -> str:
+    """The join and storm scenarios: one row per server that ran them."""
+    head = (
+        f"{'server':<18}{'join 1x1000/s':>14}{'1st/last 10% ms':>17}{'10x10/s':>9}"
+        f"{'quiet 1x1000/s':>15}{'1st/last 10% ms':>17}{'10x10/s':>9}"
+        f"{'storm s':>9}{'recovered':>11}{'refused':>9}{'peak MiB':>9}"
+    )
+    rows = [head, "-" * len(head)]
+    keys = ("join_one_room", "join_rooms_of_10", "join_one_room_no_presence",
+            "join_rooms_of_10_no_presence", "storm")  # fmt: skip
+    for name, r in results.items():
+        one, ten, quiet_one, quiet_ten, st = (r.get(k, {}) for k in keys)
+        if not (one or ten or st):
+            continue
+
+        def tenths(p: dict[str, Any]) -> str:
+            return f"{fmt(p.get('first_tenth_ms'))}/{fmt(p.get('last_tenth_ms'))}"
+
+        rows.append(
+            f"{name:<18}{fmt(one.get('connections_per_s')):>14}{tenths(one):>17}"
+            f"{fmt(ten.get('connections_per_s')):>9}"
+            f"{fmt(quiet_one.get('connections_per_s')):>15}{tenths(quiet_one):>17}"
+            f"{fmt(quiet_ten.get('connections_per_s')):>9}"
+            f"{fmt(st.get('recovery_seconds'), '.1f'):>9}{fmt(st.get('recovered')):>11}"
+            f"{fmt(st.get('refused')):>9}{fmt(st.get('server_peak_rss_mib')):>9}"
+        )
+    return "\n".join(rows)
+
+
+# The number each phase's median run is chosen by (--repeat).
+MEDIAN_KEY = {
+    "fanout": "deliveries_per_s",
+    "chat": "deliveries_per_s",
+    "latency": "p99_ms",
+    "cpu": "server_us_per_delivery",
+    "idle": "kib_per_connection",
+    "idle100k": "kib_per_connection",
+    "join_one_room": "connections_per_s",
+    "join_rooms_of_10": "connections_per_s",
+    "join_one_room_no_presence": "connections_per_s",
+    "join_rooms_of_10_no_presence": "connections_per_s",
+    "storm": "recovery_seconds",
+}
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per phase, the run whose headline number is the median of the runs that measured it
+    (a run with an error counts only when every run had one)."""
+    if len(runs) == 1:
+        return runs[0]
+    merged: dict[str, Any] = {}
+    phases = {k for r in runs for k, v in r.items() if isinstance(v, dict)}
+    for phase in sorted(phases):
+        key = MEDIAN_KEY.get(phase, "deliveries_per_s")
+        measured = [r[phase] for r in runs if isinstance(r.get(phase, {}).get(key), int | float)]
+        if measured:
+            measured.sort(key=lambda v: v[key])
+            merged[phase] = {**measured[len(measured) // 2], "runs": len(measured)}
+        else:
+            merged[phase] = next(r[phase] for r in runs if phase in r)
+    for r in runs:
+        if "error" in r:
+            merged.setdefault("error", r["error"])
+    return merged
+
+
 def save(path: Path, report: dict[str, Any]) -> None:
     """Write the report (after each server, so an interrupted run keeps what it measured)."""
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -377,12 +551,17 @@ async def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny loads, to check the scripts")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated names")
     parser.add_argument("--scenarios", default=",".join(FULL), help="comma-separated names")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per server (medians)")
+    parser.add_argument(
+        "--idle100k-connections", type=int, default=100_000, help="connections of idle100k"
+    )
     parser.add_argument("--out", default=str(BENCH / "results/results.json"))
     args = parser.parse_args()
     if shutil.which("taskset") is None or shutil.which("node") is None:
         print("bench needs taskset and node on PATH", file=sys.stderr)
         return 2
-    chosen = QUICK if args.quick else FULL
+    many = idle_many(args.idle100k_connections, -(-args.idle100k_connections // 25_000))
+    chosen = {**OPT_IN, "idle100k": many, **(QUICK if args.quick else FULL)}
     scenarios = {k: chosen[k] for k in args.scenarios.split(",")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -392,19 +571,28 @@ async def main() -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "scenarios": scenarios,
+        "repeat": args.repeat,
         "servers": {},
     }
-    for name in args.servers.split(","):
-        server = SERVERS[name]
-        if server.redis and shutil.which("redis-server") is None:
-            report["servers"][name] = {"error": "redis-server not installed"}
-            continue
-        print(f"== {name}", file=sys.stderr, flush=True)
-        report["servers"][name] = await Run(server, scenarios, logdir).run()
-        save(out, report)
+    names = args.servers.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for turn in range(args.repeat):  # in turns, so that a noisy minute hits every server once
+        for name in names:
+            server = SERVERS[name]
+            if server.redis and shutil.which("redis-server") is None:
+                report["servers"][name] = {"error": "redis-server not installed"}
+                continue
+            print(f"== {name} ({turn + 1}/{args.repeat})", file=sys.stderr, flush=True)
+            runs[name].append(await Run(server, scenarios, logdir).run())
+            report["servers"][name] = median_run(runs[name])
+            if args.repeat > 1:
+                report["runs"] = runs
+            save(out, report)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     save(out, report)
     print(table(report["servers"]))
+    print()
+    print(join_table(report["servers"]))
     print(f"\nresults: {out}")
     return 0
 

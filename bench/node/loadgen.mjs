@@ -7,7 +7,9 @@
 // frames; "sio": Engine.IO v4 / Socket.IO v5 packets written by hand, far cheaper than
 // socket.io-client), the server URLs (members are spread over them round-robin) and one
 // scenario: "room" (one room; its phases, "fanout" at saturation or "fixed" at a rate, run one
-// after another on the same connections), "chat" or "idle". Progress and results are JSON
+// after another on the same connections), "chat", "idle", "join" (phases of fresh connections
+// joining rooms of a given size) or "storm" (roomcast only: every client loses its node, which
+// the driver kills and restarts, and resumes with since+epoch). Progress and results are JSON
 // lines on stdout; {"event": "mark"} lines let the driver sample the server's CPU time at the
 // edges of each measured window, and {"event": "hold"} waits for a line on stdin (the driver
 // reads the server's memory meanwhile).
@@ -102,13 +104,13 @@ const proto = protocols[spec.proto];
 // cost per received frame as the `ws` client (spec.client "ws" selects that one instead):
 // most of it is the kernel's read, one per frame per socket.
 class MiniWebSocket {
-  constructor(url, handlers) {
+  constructor(url, handlers, localAddress) {
     const u = new URL(url);
     this.h = handlers;
     this.buf = null;
     this.isOpen = false;
     this.closed = false;
-    const sock = (this.sock = net.connect({ host: u.hostname, port: Number(u.port) }));
+    const sock = (this.sock = net.connect({ host: u.hostname, port: Number(u.port), localAddress }));
     sock.setNoDelay(true);
     sock.on("connect", () => {
       sock.write(
@@ -132,6 +134,7 @@ class MiniWebSocket {
       }
       const status = b.subarray(0, b.indexOf("\r\n")).toString();
       if (!status.startsWith("HTTP/1.1 101")) {
+        this.status = status;
         this.closedWith(1002, new Error(`handshake refused: ${status}`));
         this.sock.destroy();
         return;
@@ -193,6 +196,11 @@ class MiniWebSocket {
     if (!this.closed) this.write(0x81, Buffer.from(text));
   }
 
+  // Drop the TCP connection (the server sees it go without a close frame).
+  destroy() {
+    this.sock.destroy();
+  }
+
   closedWith(code, err) {
     if (this.closed) return;
     this.closed = true;
@@ -208,7 +216,14 @@ class Client {
     this.isReady = false;
     this.inflight = 0;
     this.onMessage = null;
+    this.onFrame = null; // when set, gets every data frame (the storm parses them as JSON)
+    this.onClose = null;
+    this.closing = false;
+    this.base = url;
     this.url = proto.url(url, room, this.user);
+    // Several source addresses for more connections than one address has ports.
+    const sources = spec.source_addresses;
+    this.localAddress = sources ? sources[index % sources.length] : undefined;
   }
 
   open() {
@@ -218,18 +233,27 @@ class Client {
   openNet() {
     return new Promise((resolve, reject) => {
       this._resolve = resolve;
-      this.ws = new MiniWebSocket(this.url, {
+      this.ws = new MiniWebSocket(
+        this.url,
+        {
         onopen: () => proto.onOpen(this),
         onclose: (code, err) => {
-          if (!this.isReady) reject(err ?? new Error(`closed ${code} before ready`));
-          else if (!stopping) lost++;
+          if (this.onClose !== null) this.onClose(this, code, err);
+          else if (!this.isReady) reject(err ?? new Error(`closed ${code} before ready`));
+          else if (!stopping && !this.closing) lost++;
         },
         onmessage: (buf) => {
+          if (this.onFrame !== null) {
+            this.onFrame(this, buf);
+            return;
+          }
           const i = buf.indexOf(TILDE);
           if (i < 0) proto.control(this, buf);
           else if (this.onMessage !== null) this.onMessage(this, buf, i);
         },
-      });
+        },
+        this.localAddress,
+      );
     });
   }
 
@@ -259,6 +283,12 @@ class Client {
     this._resolve(this);
   }
 
+  close() {
+    this.closing = true;
+    if (spec.client === "ws") this.ws.terminate();
+    else this.ws.destroy();
+  }
+
   send(p) {
     this.ws.send(proto.frame(p));
   }
@@ -282,7 +312,9 @@ function parse(buf, i) {
   return [ts, seq, sender];
 }
 
-async function connectAll(count, roomOf, concurrency) {
+// `times`, when given, gets each connection's time from connect to ready, in ms; `prepare`,
+// when given, is called with each client before it connects.
+async function connectAll(count, roomOf, concurrency, times = null, prepare = null) {
   const clients = new Array(count);
   let next = 0;
   const t0 = performance.now();
@@ -291,7 +323,10 @@ async function connectAll(count, roomOf, concurrency) {
       const i = next++;
       const c = new Client(i, roomOf(i), spec.urls[i % spec.urls.length]);
       clients[i] = c;
+      if (prepare !== null) prepare(c);
+      const t = performance.now();
       await c.open();
+      if (times !== null) times[i] = performance.now() - t;
     }
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
@@ -302,16 +337,18 @@ function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function waitStdinLine() {
+function readStdinLine() {
   return new Promise((resolve) => {
     const rl = createInterface({ input: process.stdin });
-    rl.once("line", () => {
+    rl.once("line", (line) => {
       rl.close();
-      resolve();
+      resolve(line);
     });
-    rl.once("close", resolve);
+    rl.once("close", () => resolve(""));
   });
 }
+
+const waitStdinLine = readStdinLine;
 
 // The measured window: counters reset at its start, CPU sampled by both sides at its edges.
 const window_ = { on: false, deliveries: 0, t0: 0, cpu0: null };
@@ -483,7 +520,162 @@ async function idle() {
   return { connections: n, connect_seconds: seconds, connections_per_s: n / seconds, lost };
 }
 
-const scenarios = { room, chat, idle };
+function quantile(sorted, q) {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+function mean(values) {
+  return values.length === 0 ? null : values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+async function closeAll(clients, timeoutMs) {
+  let open = clients.length;
+  const done = new Promise((resolve) => {
+    if (open === 0) resolve();
+    for (const c of clients) {
+      c.onClose = () => {
+        if (--open === 0) resolve();
+      };
+      c.close();
+    }
+  });
+  await Promise.race([done, sleep(timeoutMs)]);
+}
+
+async function join() {
+  // Phases of fresh connections, `concurrency` handshakes at a time, into rooms of `room_size`:
+  // connections per second, and each join's time from connect to ready (the welcome, or the
+  // Socket.IO join acknowledgement). The mean of the first and of the last tenth of the joins
+  // shows whether a join costs more as its room grows.
+  for (const p of spec.phases) {
+    phaseName = p.name;
+    const times = [];
+    const { clients, seconds } = await connectAll(
+      p.connections,
+      (i) => `${p.room_prefix ?? ""}j${RUN}${p.name}-${Math.floor(i / p.room_size)}`,
+      p.concurrency,
+      times,
+    );
+    const sorted = [...times].sort((a, b) => a - b);
+    const tenth = Math.max(1, Math.floor(times.length / 10));
+    emit({
+      event: "result",
+      scenario: p.name,
+      connections: p.connections,
+      room_size: p.room_size,
+      concurrency: p.concurrency,
+      seconds,
+      connections_per_s: p.connections / seconds,
+      join_p50_ms: quantile(sorted, 0.5),
+      join_p99_ms: quantile(sorted, 0.99),
+      first_tenth_ms: mean(times.slice(0, tenth)),
+      last_tenth_ms: mean(times.slice(-tenth)),
+      lost,
+    });
+    await closeAll(clients, 10_000);
+    await sleep((p.pause ?? 1) * 1000); // the server's leaves go by before the next phase
+  }
+  return null;
+}
+
+// The client libraries' backoff after a lost connection: attempt n waits between half and all
+// of min(20 s, 0.5 s * 2^n).
+function backoffMs(attempt) {
+  const ceiling = Math.min(20, 0.5 * 2 ** attempt) * 1000;
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+async function storm() {
+  // `connections` roomcast clients in rooms of `room_size`; the first member of every room
+  // publishes `messages` messages, so that every room has history. Then the driver kills the
+  // node (SIGKILL) and starts it again; every client resumes with since+epoch after the
+  // client libraries' jittered backoff. Measured: how many recovered (a welcome with
+  // `recovered: true`), refusals (HTTP 429/503, close codes 44xx), reconnect attempts, and the
+  // time from the node's restart to the last recovery.
+  const n = spec.connections;
+  const size = spec.room_size;
+  const stats = { recovered: 0, not_recovered: 0, gaps: 0, refused: 0, attempts: 0 };
+  const recoveredAt = [];
+  let published = 0;
+  const onFrame = (c, buf) => {
+    const frame = JSON.parse(buf.toString());
+    const s = c.storm;
+    if (frame.topic === "welcome") {
+      s.epoch = frame.payload.epoch;
+      s.offset = frame.payload.offset;
+      if (s.resuming) {
+        s.resuming = false;
+        if (frame.payload.recovered !== true) stats.not_recovered++;
+        else if (!s.recovered) {
+          s.recovered = true;
+          stats.recovered++;
+          recoveredAt.push(performance.now());
+        }
+      }
+      if (!c.isReady) c.ready();
+    } else if (typeof frame.offset === "number") {
+      if (frame.offset !== s.offset + 1) stats.gaps++;
+      s.offset = frame.offset;
+      published++;
+    }
+  };
+  const reconnect = (c, attempt) => {
+    setTimeout(() => {
+      if (stopping) return;
+      stats.attempts++;
+      const s = c.storm;
+      c.url = `${proto.url(c.base, c.room, c.user)}&since=${s.offset}&epoch=${s.epoch}`;
+      s.resuming = true;
+      c.isReady = false;
+      c.onClose = (_c, code) => {
+        const status = c.ws.status ?? "";
+        if (/ (429|503) /.test(status) || (code >= 4400 && code < 4500)) stats.refused++;
+        reconnect(c, s.resuming ? attempt + 1 : 0);
+      };
+      c.open().catch(() => {});
+    }, backoffMs(attempt));
+  };
+  const { clients, seconds } = await connectAll(
+    n,
+    (i) => `s${RUN}-${Math.floor(i / size)}`,
+    spec.concurrency,
+    null,
+    (c) => {
+      c.storm = { epoch: null, offset: 0, resuming: false, recovered: false };
+      c.onFrame = onFrame;
+    },
+  );
+  const expected = n * spec.messages;
+  for (let k = 0; k < spec.messages; k++) {
+    for (const c of clients) if (c.index % size === 0) c.ws.send(`{"topic":"b","payload":"m${k}"}`);
+    await sleep(20);
+  }
+  for (let t = 0; t < 600 && published < expected; t++) await sleep(50);
+  if (published < expected) throw new Error(`history: ${published} of ${expected} delivered`);
+  const gapsBefore = stats.gaps;
+  for (const c of clients) c.onClose = () => reconnect(c, 0);
+  emit({ event: "kill" });
+  // The driver answers once the node listens again: "go <seconds since it was started>".
+  const line = await readStdinLine();
+  const restartAt = performance.now() - Number(line.split(" ")[1] ?? 0) * 1000;
+  const deadline = performance.now() + spec.recovery_timeout * 1000;
+  while (stats.recovered < n && performance.now() < deadline) await sleep(50);
+  stopping = true;
+  const after = recoveredAt.map((t) => (t - restartAt) / 1000).sort((a, b) => a - b);
+  return {
+    connections: n,
+    rooms: Math.ceil(n / size),
+    connect_seconds: seconds,
+    ...stats,
+    gaps_before_kill: gapsBefore,
+    gaps: stats.gaps - gapsBefore,
+    recovery_seconds: after.length ? after[after.length - 1] : null,
+    recovery_p50_s: quantile(after, 0.5),
+  };
+}
+
+const scenarios = { room, chat, idle, idle100k: idle, join, storm };
 
 const guard = setTimeout(() => {
   emit({ event: "error", error: "timed out" });

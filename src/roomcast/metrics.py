@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["FastCounter", "Metrics"]
+
+
+class FastCounter(Collector):
+    """A counter without labels for the per-frame paths: a plain integer (the event loop's
+    one thread is its only writer), exported like a `prometheus_client.Counter` (with the
+    `_total` suffix). Its `inc` costs a fraction of `Counter.inc`, which takes a lock."""
+
+    __slots__ = ("_documentation", "_name", "value")
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self.value = 0
+        registry.register(self)
+
+    def inc(self, amount: int = 1) -> None:
+        """Add `amount` (not negative)."""
+        self.value += amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """The metric family, for the registry."""
+        yield CounterMetricFamily(self._name, self._documentation, value=self.value)
+
+    def describe(self) -> list[CounterMetricFamily]:
+        """The metric family without its value (for the registry's name check)."""
+        return [CounterMetricFamily(self._name, self._documentation)]
 
 
 class Metrics:
@@ -18,11 +47,11 @@ class Metrics:
             "roomcast_connections", "Open WebSocket connections", registry=self.registry
         )
         self.rooms = Gauge("roomcast_rooms", "Rooms with local members", registry=self.registry)
-        self.frames_in = Counter(
-            "roomcast_frames_in", "Frames received from clients", registry=self.registry
+        self.frames_in = FastCounter(
+            "roomcast_frames_in", "Frames received from clients", self.registry
         )
-        self.frames_out = Counter(
-            "roomcast_frames_out", "Frames queued to clients", registry=self.registry
+        self.frames_out = FastCounter(
+            "roomcast_frames_out", "Frames queued to clients", self.registry
         )
         self.errors = Counter(
             "roomcast_errors",
@@ -41,8 +70,8 @@ class Metrics:
             "Connections closed because their outbound buffer overflowed",
             registry=self.registry,
         )
-        self.publications = Counter(
-            "roomcast_publications", "Messages published to rooms", registry=self.registry
+        self.publications = FastCounter(
+            "roomcast_publications", "Messages published to rooms", self.registry
         )
         self.broker_errors = Counter(
             "roomcast_broker_errors", "Broker operations that failed", registry=self.registry

@@ -90,10 +90,14 @@ MAX_CLOSE_REASON_BYTES = 123
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
-# A run of digits that may be an integer beyond 64 bits (or a digit run inside a string: the
-# exact check below tells them apart). Only a text that matches pays for that check.
-_LONG_DIGITS = re.compile(r"-\d{19}|\d{20}")
-_LONG_DIGITS_BYTES = re.compile(rb"-\d{19}|\d{20}")
+# A run of 19 digits, which every integer beyond 64 bits has (as do a few within them, and a
+# digit run inside a string: the exact check below tells them apart). Only a text that
+# matches pays for that check; one plain character class searches several times faster than
+# the exact alternatives (`-` and 19 digits, or 20 digits).
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+_FRAME_KEYS = frozenset({"topic", "payload", "id", "to", "room", "echo"})
+_FLAT = (str, int, bool)
 
 
 def dumps(value: Any) -> str:
@@ -257,9 +261,20 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, str | int)):
         raise FrameError(ErrorCode.INVALID_FRAME, "id must be a string or an integer")
     try:
-        check_limits(text, data)
-        topic = validate_topic(data.get("topic"))
         payload = data.get("payload")
+        # A frame of known fields, each a string, a boolean or an integer (orjson gives a
+        # float for an integer beyond 64 bits), is within the limits: no need to look.
+        topic_value = data.get("topic")
+        if not (
+            type(payload) in _FLAT
+            and type(topic_value) is str
+            and (
+                len(data) == 2  # exactly topic and payload
+                or (data.keys() <= _FRAME_KEYS and all(type(v) in _FLAT for v in data.values()))
+            )
+        ):
+            check_limits(text, data)
+        topic = validate_topic(topic_value)
         if payload is None:
             raise FrameError(ErrorCode.INVALID_FRAME, "payload is required and must not be null")
         to = data.get("to")

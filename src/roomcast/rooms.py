@@ -134,7 +134,12 @@ class LocalRoom:
                     count += 1
             return count
         for member in self.members.values():
-            member.deliver(offset, frame)
+            # Member.deliver, inline for its common case: one call less per delivery.
+            if member.held is None and offset > member.last_offset:
+                member.last_offset = offset
+                member.connection.send(frame)
+            else:
+                member.deliver(offset, frame)
         count = len(self.members)
         if self.shared:
             for more in self.shared.values():

@@ -27,3 +27,28 @@ def test_bench_driver_quick_mode(tmp_path: Path) -> None:
         assert result[scenario]["server_cpu_s"] >= 0
     assert result["idle"]["connections"] == 100
     assert "roomcast" in done.stdout
+
+
+def test_bench_join_and_storm_quick_mode(tmp_path: Path) -> None:
+    """The `join` and `storm` scenarios run end to end at a tiny size: the storm kills the
+    Redis-backed node, restarts it, and every client resumes from history with no gap."""
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench/driver.py"), "--quick", "--servers",
+         "roomcast,roomcast-redis-1", "--scenarios", "join,storm", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    servers = json.loads(out.read_text())["servers"]
+    for name in ("roomcast", "roomcast-redis-1"):
+        for phase, connections in (("join_one_room", 50), ("join_rooms_of_10", 100)):
+            result = servers[name][phase]
+            assert "error" not in result, result
+            assert result["connections"] == connections
+            assert result["lost"] == 0
+    assert "storm" not in servers["roomcast"]  # only a node with history across restarts
+    storm = servers["roomcast-redis-1"]["storm"]
+    assert "error" not in storm, storm
+    assert storm["recovered"] == storm["connections"] == 40
+    assert storm["not_recovered"] == storm["gaps"] == storm["refused"] == 0
+    assert storm["server_peak_rss_mib"] > 0

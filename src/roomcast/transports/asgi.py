@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -18,11 +19,13 @@ from ..connection import Outbox
 from ..node import Node
 from ..protocol import close_reason
 from ..session import Session
+from . import asyncio_tasks
 
 __all__ = [
     "CLOSE_TIMEOUT",
     "DIRECT_EXTENSION",
     "KEEPALIVE_REASON",
+    "PENDING_MESSAGE",
     "AsgiConnection",
     "DirectSocket",
     "WebSocketEndpoint",
@@ -46,14 +49,18 @@ DIRECT_EXTENSION = "roomcast.direct"
 :class:`roomcast.transports.uvicorn.WebSocketProtocol` offers it under `roomcast serve`."""
 
 
+PENDING_MESSAGE = "roomcast.pending"
+"""The type of the ASGI message a :class:`DirectSocket` queues when a frame it handed to the
+receiver (`receive_directly`) still has work to do: its `pending` is awaited before anything
+else is received."""
+
+
 class DirectSocket(Protocol):
     """What the direct path needs of the server's protocol object."""
 
-    writable: asyncio.Event
-    """Set while the socket takes more data (below its high-water mark)."""
-
-    def hold(self, data: str) -> None:
-        """Write `data`'s text frame at the end of this event-loop iteration."""
+    def hold(self, data: str) -> bool:
+        """Write `data`'s text frame at the end of this event-loop iteration; False (and
+        nothing held) while the socket takes no more (above its high-water mark)."""
 
     def flush(self) -> None:
         """Write the frames held now."""
@@ -64,6 +71,11 @@ class DirectSocket(Protocol):
     @property
     def write_buffer_size(self) -> int:
         """Bytes in the socket's write buffer."""
+
+    def receive_directly(self, receiver: Callable[[str | bytes], object | None] | None) -> None:
+        """Hand frames to `receiver` in the read's callback while the application waits in
+        `receive()` with nothing queued; what it returns, unless None, is queued as a
+        :data:`PENDING_MESSAGE` (None stops it)."""
 
 
 _FRAMES_PER_TURN = 32
@@ -113,8 +125,7 @@ class AsgiConnection:
         # once it pushes back, frames queue in the outbox, which bounds them (4408). The
         # frames of one event-loop iteration go out in one write at its end: when messages
         # come faster than one per iteration, a member costs one system call, not one each.
-        if direct is not None and outbox.idle and direct.writable.is_set():
-            direct.hold(data)
+        if direct is not None and outbox.idle and direct.hold(data):
             return
         self.flush()  # what was written directly goes first
         outbox.send(data)
@@ -194,7 +205,7 @@ class WebSocketEndpoint:
                 connection.on_closing = lambda: bound.reschedule(loop.time() + CLOSE_TIMEOUT + 1.0)
                 if session.closing:
                     connection.on_closing()
-                code, text = await self._pump(receive, session)
+                code, text = await self._pump(receive, session, direct)
                 if code == CloseCode.KEEPALIVE_TIMEOUT and text == KEEPALIVE_REASON:
                     session.keepalive_timeout()
                     reason = "keepalive_timeout"
@@ -212,25 +223,40 @@ class WebSocketEndpoint:
                     await task
 
     @staticmethod
-    async def _pump(receive: Receive, session: Session) -> tuple[int, str]:
-        """Feed frames to the session until the disconnect; returns its code and reason."""
-        handled = 0
-        while True:
-            message = await receive()
-            handled += 1
-            if handled == _FRAMES_PER_TURN:
-                # A server may queue many frames of one read: let other connections run.
-                handled = 0
-                await asyncio.sleep(0)
-            kind = message["type"]
-            if kind == "websocket.receive":
-                text = message.get("text")
-                if text is not None:
-                    await session.receive(text)
-                else:
-                    session.receive_binary()
-            elif kind == "websocket.disconnect":
-                return int(message.get("code", 1005)), str(message.get("reason") or "")
+    async def _pump(
+        receive: Receive, session: Session, direct: DirectSocket | None
+    ) -> tuple[int, str]:
+        """Feed frames to the session until the disconnect; returns its code and reason.
+
+        With a direct socket, a frame that arrives while this task waits in `receive()` is
+        handled in the socket's read callback up to its first wait, as this task; the rest of
+        it (a broker round trip) comes back here as a pending message.
+        """
+        if direct is not None and asyncio_tasks.AVAILABLE:
+            direct.receive_directly(_DirectReceiver(session))
+        try:
+            handled = 0
+            while True:
+                message = await receive()
+                handled += 1
+                if handled == _FRAMES_PER_TURN:
+                    # A server may queue many frames of one read: let other connections run.
+                    handled = 0
+                    await asyncio.sleep(0)
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    text = message.get("text")
+                    if text is not None:
+                        await session.receive(text)
+                    else:
+                        session.receive_binary()
+                elif kind == PENDING_MESSAGE:
+                    await message["pending"]
+                elif kind == "websocket.disconnect":
+                    return int(message.get("code", 1005)), str(message.get("reason") or "")
+        finally:
+            if direct is not None:
+                direct.receive_directly(None)
 
     @staticmethod
     async def _drain_until_closed(receive: Receive, connection: AsgiConnection) -> None:
@@ -240,3 +266,26 @@ class WebSocketEndpoint:
                 while (await receive())["type"] != "websocket.disconnect":
                     pass
         await connection.wait_closed(1.0)
+
+
+class _DirectReceiver:
+    """The receiver of a direct socket: runs `Session.receive` up to its first wait as the
+    current task (which waits in `receive()` meanwhile), in a context copied from it."""
+
+    __slots__ = ("_context", "_loop", "_session", "_task")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._context = contextvars.copy_context()
+
+    def __call__(self, data: str | bytes) -> object | None:
+        if isinstance(data, str):
+            return asyncio_tasks.first_step(
+                self._loop, self._task, self._context, self._session.receive(data)
+            )
+        self._session.receive_binary()
+        return None

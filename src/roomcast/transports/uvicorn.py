@@ -24,10 +24,17 @@ what the fast path needs.
 - The frames of one read are handed to the application a slice at a time, one slice per
   event-loop iteration, so that one client's burst cannot stall the others; nothing more is
   parsed while the application still has frames of that connection to handle.
+- Whole, unfragmented, masked text frames under 64 KiB that arrive between frames (nothing
+  partial buffered in websockets' parser, no fragmented message under way) are parsed here,
+  with websockets' own unmasking; everything else (control frames, fragments, binary, large,
+  invalid) goes through websockets' parser as before, from the first byte it would see.
 - Pongs are only written while the peer reads: a client that sends pings and never reads gets
   one pong for its latest ping once it reads again, and is not read meanwhile.
 - The scope offers the protocol itself (:data:`DIRECT_EXTENSION`): fan-out writes a frame to
-  the socket without a task switch while the transport takes it.
+  the socket without a task switch while the transport takes it, and an application that
+  registers a receiver (:meth:`WebSocketProtocol.receive_directly`) gets each frame in the
+  read's callback while it waits in `receive()` with nothing queued (no queue, no task switch,
+  no pause and resume of reading per frame).
 
 The direct path writes frames straight to the transport, past websockets' `ServerProtocol`.
 That is correct only while those frames are unfragmented text frames written whole and no
@@ -42,6 +49,7 @@ import functools
 import logging
 import struct
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -50,14 +58,20 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+
+try:  # as websockets itself unmasks: its C speedup, else its pure Python version
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask as _apply_mask
 
 from ..codes import CloseCode, ErrorCode
 from ..errors import Refused
 from ..limits import ConnectionLimits, Reservation
 from ..log import log_event
 from ..protocol import error_frame
-from .asgi import CLOSE_TIMEOUT, DIRECT_EXTENSION, KEEPALIVE_REASON
+from .asgi import CLOSE_TIMEOUT, DIRECT_EXTENSION, KEEPALIVE_REASON, PENDING_MESSAGE
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -120,12 +134,17 @@ _WS_ATTRIBUTES = (
 )
 _CONN_ATTRIBUTES = (
     "close_sent",
+    "current_size",
     "data_to_send",
     "events_received",
     "extensions",
     "fail",
     "handshake_exc",
+    "max_fragment_size",
+    "max_message_size",
+    "parser",
     "parser_exc",
+    "reader",
     "receive_data",
     "send_close",
     "state",
@@ -162,6 +181,8 @@ def missing_internals() -> list[str]:
     missing += [f"WebSocketsSansIOProtocol().{a}" for a in _WS_ATTRIBUTES if not hasattr(ws, a)]
     conn = getattr(ws, "conn", None)
     missing += [f"ServerProtocol.{a}" for a in _CONN_ATTRIBUTES if not hasattr(conn, a)]
+    if not isinstance(getattr(getattr(conn, "reader", None), "buffer", None), bytearray):
+        missing.append("ServerProtocol.reader.buffer")
     missing += [f"H11Protocol().{a}" for a in _HTTP_ATTRIBUTES if not hasattr(http, a)]
     return missing
 
@@ -251,7 +272,96 @@ class DirectWriter:
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, []
         for protocol in dirty:
-            protocol.flush()
+            # WebSocketProtocol.flush, inline: this loop runs once per member and iteration.
+            frames = protocol._pending
+            if frames is not None:
+                protocol._pending = None
+                if protocol.close_sent or protocol.disconnected:
+                    continue
+                if protocol.conn.state is State.OPEN:
+                    protocol.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
+class _Inbox:
+    """What uvicorn's protocol uses of its `asyncio.Queue` (`put_nowait`, `get`, `get_nowait`,
+    `empty`, `qsize`) for its one reader, the application: a list and at most one waiter,
+    where an `asyncio.Queue` holds three deques (760 bytes each) for the life of every
+    connection."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        """Append `item` and wake the reader."""
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> Any:
+        """The first item (`asyncio.QueueEmpty` when there is none)."""
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    async def get(self) -> Any:
+        """The first item, once there is one (one reader at a time)."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        """Whether nothing is queued."""
+        return not self._items
+
+    def qsize(self) -> int:
+        """How many items are queued."""
+        return len(self._items)
+
+
+class _Writable:
+    """What uvicorn's protocol uses of its `writable` `asyncio.Event`, without the deque of
+    waiters an Event holds for the life of every connection (the list exists while one
+    waits)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        """Whether the transport takes more data."""
+        return self._set
+
+    def set(self) -> None:
+        """It does again: wake the writers waiting."""
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        """It takes no more for now."""
+        self._set = False
+
+    async def wait(self) -> bool:
+        """Return once it is set."""
+        while not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            await waiter
+        return True
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -262,11 +372,30 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     ``uvicorn.run(app, ws=WebSocketProtocol, ws_per_message_deflate=False)``.
     """
 
+    # This class's own state in slots: the instance dict keeps only uvicorn's.
+    __slots__ = (
+        "_after_close",
+        "_handed",
+        "_handshake_timer",
+        "_owed_pong",
+        "_parked",
+        "_parse_scheduled",
+        "_pending",
+        "_receiver",
+        "_unparsed",
+        "_writable",
+        "reservation",
+        "writer",
+    )
+
     handshake_timeout: float | None = None
     """Seconds from the upgrade to the 101 response; None leaves it to the HTTP protocol."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Lighter stand-ins for uvicorn's queue and event (an idle connection holds them).
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Writable()  # type: ignore[assignment]
         self.close_timeout = CLOSE_TIMEOUT
         self.writer: DirectWriter | None = None
         self._pending: list[bytes] | None = None
@@ -276,6 +405,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._owed_pong: bytes | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.reservation: Reservation | None = None
+        self._receiver: Callable[[str | bytes], object | None] | None = None
+        self._writable = True  # `writable.is_set()`, without a call per frame
+        self._parked = False  # the application waits in receive()
+        self._handed = False  # the slice being parsed handed a frame to the receiver
 
     # The handshake
 
@@ -384,21 +517,83 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         start = 0
         while start < size:
             end = start + READ_SLICE
-            self.conn.receive_data(data[start:end] if start or end < size else data)
-            start = end
-            if self.conn.parser_exc is not None:
-                self.handle_parser_exception()
-                return
-            self.handle_events()
+            self._handed = False
+            parsed = self._parse_text_frames(data, start, end) if self._between_frames() else start
+            if parsed > start:
+                start = parsed
+            else:
+                self.conn.receive_data(data[start:end] if start or end < size else data)
+                start = end
+                if self.conn.parser_exc is not None:
+                    self.handle_parser_exception()
+                    return
+                self.handle_events()
             if self.transport.is_closing():
                 return
-            if start < size and not self.queue.empty():
+            if start < size and (self._handed or not self.queue.empty()):
                 self._unparsed = data[start:]
                 self._pause_reading()
+                if self.queue.empty():
+                    # Handled in place: nothing will call receive() to parse on.
+                    self._schedule_parse()
                 return
+
+    def _between_frames(self) -> bool:
+        """Whether the next byte starts a frame that may be parsed here: the connection is
+        open, websockets' parser holds nothing partial and no fragmented message is under
+        way, and the direct path is on (no extension)."""
+        conn = self.conn
+        return (
+            self.writer is not None
+            and not self.close_sent
+            and conn.state is State.OPEN
+            and conn.current_size is None
+            and not conn.reader.buffer
+            and not self.frames
+        )
+
+    def _parse_text_frames(self, data: bytes, start: int, end: int) -> int:
+        """Hand the whole, masked, unfragmented text frames (payload under 64 KiB, within the
+        size limits, valid UTF-8) that start in ``data[start:end]`` to the application, up to
+        the first other frame; returns where parsing stopped."""
+        conn = self.conn
+        limit = conn.max_message_size
+        fragment_limit = conn.max_fragment_size
+        if fragment_limit is not None and (limit is None or fragment_limit < limit):
+            limit = fragment_limit
+        size = len(data)
+        position = start
+        while position < end and size - position >= 6 and data[position] == 0x81:
+            length = data[position + 1] ^ 0x80  # the mask bit must be set
+            if length < 126:
+                head = position + 2
+            elif length == 126 and size - position >= 8:
+                length = (data[position + 2] << 8) | data[position + 3]
+                head = position + 4
+            else:
+                break  # unmasked, 64-bit length, or the length is not all here
+            stop = head + 4 + length
+            if stop > size or (limit is not None and length > limit):
+                break
+            try:
+                text = _apply_mask(data[head + 4 : stop], data[head : head + 4]).decode()
+            except UnicodeDecodeError:
+                break  # websockets' parser and send_receive_event_to_app answer it
+            position = stop
+            self._hand_over(text)
+            if self.close_sent or self.transport.is_closing():
+                break
+        return position
+
+    def _schedule_parse(self) -> None:
+        if not self._parse_scheduled:
+            self._parse_scheduled = True
+            self.loop.call_soon(self._parse_more)
 
     def _parse_more(self) -> None:
         self._parse_scheduled = False
+        if not self.queue.empty():
+            return  # receive() parses on once the application has taken the queue
         data, self._unparsed = self._unparsed, b""
         if data and not self.transport.is_closing():
             self._feed(data)
@@ -423,15 +618,27 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     async def receive(self) -> Any:
         """The next ASGI message; once the app has taken every frame, parse on (in the next
         loop iteration) or read on."""
-        message = await self.queue.get()
+        self._parked = True
+        try:
+            message = await self.queue.get()
+        finally:
+            self._parked = False
         if self.queue.empty():
             if self._unparsed:
-                if not self._parse_scheduled:
-                    self._parse_scheduled = True
-                    self.loop.call_soon(self._parse_more)
+                self._schedule_parse()
             else:
                 self._resume_reading_if_idle()
         return message
+
+    def receive_directly(self, receiver: Callable[[str | bytes], object | None] | None) -> None:
+        """Hand each complete message (text as `str`, binary as `bytes`) to `receiver` in the
+        read's callback, whenever the application waits in `receive()` with nothing queued.
+
+        `receiver` returns None when it has handled the message, or an object the application
+        must handle before anything else: it is queued as ``{"type": PENDING_MESSAGE,
+        "pending": obj}``, and later frames queue behind it. None stops direct receiving.
+        """
+        self._receiver = receiver
 
     def send_receive_event_to_app(self) -> None:
         """Queue a complete message for the app (uvicorn's, with no traceback logged for a
@@ -440,15 +647,32 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.frames = []
         if self.close_sent:
             return
+        value: str | bytes
         if self.curr_msg_data_type == "text":
             try:
-                message: Any = {"type": "websocket.receive", "text": data.decode()}
+                value = data.decode()
             except UnicodeDecodeError:
                 self.conn.send_close(int(CloseCode.INVALID_TEXT), "frame is not valid UTF-8")
                 self.handle_parser_exception()
                 return
         else:
-            message = {"type": "websocket.receive", "bytes": data}
+            value = data
+        self._hand_over(value)
+
+    def _hand_over(self, value: str | bytes) -> None:
+        """Give a complete message to the application: to the receiver while the application
+        waits with nothing queued, else into the queue (reading pauses until it is taken)."""
+        receiver = self._receiver
+        if receiver is not None and self._parked and self.queue.empty():
+            self._handed = True
+            pending = receiver(value)
+            if pending is None:
+                return
+            message: Any = {"type": PENDING_MESSAGE, "pending": pending}
+        elif isinstance(value, str):
+            message = {"type": "websocket.receive", "text": value}
+        else:
+            message = {"type": "websocket.receive", "bytes": value}
         self.queue.put_nowait(message)
         self._pause_reading()
 
@@ -466,9 +690,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 self._owed_pong = _pong_payload(chunk)
         self._pause_reading()
 
+    def pause_writing(self) -> None:
+        """The transport's buffer is above its high-water mark: frames queue meanwhile."""
+        super().pause_writing()
+        self._writable = False
+
     def resume_writing(self) -> None:
         """The peer reads again: pay the pong owed, read on."""
         super().resume_writing()
+        self._writable = True
         owed, self._owed_pong = self._owed_pong, None
         if owed is not None and not self.close_sent and not self.transport.is_closing():
             self.transport.write(Frame(Opcode.PONG, owed).serialize(mask=False))
@@ -509,12 +739,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     # Writing
 
-    def hold(self, data: str) -> None:
-        """Write the text frame of `data` at the end of this loop iteration (direct path)."""
+    def hold(self, data: str) -> bool:
+        """Write the text frame of `data` at the end of this loop iteration (direct path),
+        unless the transport is above its high-water mark: then False, and nothing is held."""
+        if not self._writable:
+            return False
         writer = self.writer
         if writer is None:
             self.write_frame(text_frame(data))
-            return
+            return True
         frame = writer.last_frame if data is writer.last_text else writer.encode(data)
         pending = self._pending
         if pending is None:
@@ -522,6 +755,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             writer.mark(self)
         else:
             pending.append(frame)
+        return True
 
     def flush(self) -> None:
         """Write the frames held for the end of this loop iteration now."""
@@ -566,6 +800,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 self._handshake_done()
                 # Unused once open; every idle connection would hold them (~2.5 KiB).
                 self.request = self.response = None  # type: ignore[assignment]
+                _drop_handshake_parser(self.conn)
             return
         paused = not self.writable.is_set()
         if paused:
@@ -590,6 +825,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._handshake_done()
         self._pending = None
         self._unparsed = b""
+        self._receiver = None
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -597,6 +833,22 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.flush()
         super().shutdown()
         self._abort_later()
+
+
+def _drop_handshake_parser(conn: ServerProtocol) -> None:
+    """Once open, parse frames with the frame parser that `ServerProtocol.parse` delegates
+    to, started afresh: the server's parser keeps the handshake request (its headers) in its
+    generator frame for the life of the connection, about 2 KiB. Only between frames, with
+    nothing buffered (otherwise the connection keeps the parser it has)."""
+    if (
+        conn.state is State.OPEN
+        and conn.parser_exc is None
+        and conn.current_size is None
+        and not conn.reader.buffer
+    ):
+        parser = Protocol.parse(conn)
+        next(parser)
+        conn.parser = parser
 
 
 def _pong_payload(chunk: bytes) -> bytes:
