@@ -6,6 +6,7 @@ holds to the same contract, proven by one test suite run against both (tests/con
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -15,6 +16,7 @@ __all__ = [
     "DuplicateMember",
     "HistoryPage",
     "Publication",
+    "ShardedHealth",
     "Signal",
     "SignalKind",
     "StatsStore",
@@ -110,8 +112,12 @@ class BrokerListener(Protocol):
     def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
         """Members of a dead node were removed from presence (called on exactly one node)."""
 
-    def on_broker_state(self, available: bool) -> None:
-        """The broker became unreachable (`False`) or reachable again (`True`)."""
+    def on_broker_state(self, available: bool, rooms: Callable[[str], bool] | None = None) -> None:
+        """The broker became unreachable (`False`) or reachable again (`True`).
+
+        With `rooms`, only a part of the broker did (one server of several): the rooms for
+        which `rooms(room)` holds came back (`True`), and the broker as a whole did not change.
+        """
 
 
 class Broker(Protocol):
@@ -216,3 +222,19 @@ class StatsStore(Protocol):
 
     async def drop_stats(self, node_id: str) -> None:
         """Remove this node's stats message at once (a node that stops cleanly)."""
+
+
+@runtime_checkable
+class ShardedHealth(Protocol):
+    """An optional broker capability: a broker over several servers says which are down.
+
+    `/readyz` asks it instead of `ping`: a node is ready while at least one server answers,
+    and lists the others (docs/configuration.md, "Readiness").
+    """
+
+    async def shards_down(self) -> list[str]:
+        """Ping every server; those that do not answer, as `#<index> <address>`.
+
+        Raises:
+            BrokerUnavailable: no server answers.
+        """
