@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.harness import RedisProcess, ServerProcess
+from tests.harness import RedisProcess, SentinelSet, ServerProcess
 
 
 @pytest.fixture
@@ -36,3 +36,25 @@ def redis_server() -> Iterator[RedisProcess]:
     redis = RedisProcess().start()
     yield redis
     redis.stop()
+
+
+@pytest.fixture
+def sentinel_set() -> Iterator[SentinelSet]:
+    """A fresh Redis master, replica and Sentinel for one test."""
+    processes = SentinelSet()
+    try:
+        yield processes.start()
+    finally:
+        processes.stop()
+
+
+@pytest.fixture
+def two_redis_servers() -> Iterator[list[RedisProcess]]:
+    """Two fresh redis-servers for one test (the shards of a sharded broker)."""
+    servers = [RedisProcess().start()]
+    try:
+        servers.append(RedisProcess().start())
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -235,11 +235,12 @@ def uvicorn_app(app: str, app_dir: str) -> Iterator[tuple[str, LogReader]]:
 
 
 class RedisProcess:
-    """A throwaway redis-server on a free loopback port."""
+    """A throwaway redis-server on a free loopback port (`args`: more of its options)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: Sequence[str] = ()) -> None:
         self.port = port or quiet_port()
         self.dir = tempfile.mkdtemp(prefix="roomcast-redis-")
+        self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -263,10 +264,15 @@ class RedisProcess:
                 "no",
                 "--dir",
                 self.dir,
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        return self._wait_started()
+
+    def _wait_started(self) -> RedisProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with (
@@ -290,6 +296,98 @@ class RedisProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_command(port: int, *args: str, timeout: float = 5.0) -> str:
+    """Send one command to the Redis (or Sentinel) on `port`; its reply, as redis-cli prints
+    it (empty for nil)."""
+    exe = shutil.which("redis-cli")
+    if exe is None:
+        raise RuntimeError("redis-cli is not installed: run scripts/setup.sh --test")
+    result = subprocess.run(
+        [exe, "-h", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+class SentinelSet:
+    """A Redis master, one replica and one Sentinel watching them (quorum 1, a master that
+    does not answer for a second is failed over), each a process on a loopback port.
+
+    `url` is the broker URL (`redis+sentinel://127.0.0.1:PORT/roomcast/0`).
+    """
+
+    MASTER = "roomcast"
+
+    def __init__(self) -> None:
+        # (No delay before a full sync: Redis waits 5 s by default for more replicas.)
+        sync = ["--repl-diskless-sync-delay", "0"]
+        self.master = RedisProcess(args=sync)
+        self.replica = RedisProcess(args=[*sync, "--replicaof", "127.0.0.1", str(self.master.port)])
+        self.sentinel = RedisProcess()
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.MASTER}/0"
+
+    def start(self) -> SentinelSet:
+        self.master.start()
+        self.replica.start()
+        config = os.path.join(self.sentinel.dir, "sentinel.conf")
+        with open(config, "w") as f:
+            f.write(
+                f"port {self.sentinel.port}\nbind 127.0.0.1\ndir {self.sentinel.dir}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+                f"sentinel failover-timeout {self.MASTER} 10000\n"
+            )
+        exe = shutil.which("redis-server")
+        assert exe is not None
+        self.sentinel.proc = subprocess.Popen(
+            [exe, config, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.sentinel._wait_started()
+        # The Sentinel must know the replica (it learns it from the master) to fail over.
+        self.wait(
+            lambda: (
+                "master_link_status:up" in redis_command(self.replica.port, "INFO", "replication")
+            )
+        )
+        self.wait(
+            lambda: (
+                f"\n{self.replica.port}\n"
+                in redis_command(self.sentinel.port, "SENTINEL", "REPLICAS", self.MASTER)
+            )
+        )
+        return self
+
+    def master_port(self) -> int:
+        """The port of the master the Sentinel names now."""
+        reply = redis_command(
+            self.sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.MASTER
+        )
+        return int(reply.split()[-1])
+
+    def wait_replicated(self) -> None:
+        """Return once the replica has everything the master has (WAIT, bounded)."""
+        assert redis_command(self.master.port, "WAIT", "1", "5000") == "1"
+
+    @staticmethod
+    def wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        """Poll `predicate` (Sentinel and replication have no event to wait on), bounded."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for the Sentinel set")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for process in (self.sentinel, self.replica, self.master):
+            process.stop()
 
 
 class Client:

@@ -16,6 +16,7 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from .auth import host_allowed
+from .brokers import ShardedHealth
 from .codes import ErrorCode
 from .commands import KickMember, PublishToRoom, SendToMember
 from .errors import BrokerUnavailable, FrameError, MemberNotFound, RoomcastError
@@ -271,12 +272,19 @@ def api_routes(node: Node) -> list[Route]:
         return json_response({"status": "ok", "node": node.node_id})
 
     async def readyz(request: Request) -> Response:
+        down: list[str] = []
         try:
             if not node.accepting:
                 raise BrokerUnavailable("shutting down")
-            await node.broker.ping()
+            if isinstance(node.broker, ShardedHealth):
+                down = await node.broker.shards_down()
+            else:
+                await node.broker.ping()
         except BrokerUnavailable as exc:
             return json_response({"status": "unavailable", "reason": exc.message}, 503)
+        if down:
+            # Ready with some of several Redis servers down: only their rooms are refused.
+            return json_response({"status": "degraded", "node": node.node_id, "down": down})
         return json_response({"status": "ready", "node": node.node_id})
 
     async def metrics(request: Request) -> Response:

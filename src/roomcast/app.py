@@ -22,6 +22,7 @@ from .auth import IdentityResolver
 from .brokers import Broker
 from .codes import ErrorCode
 from .commands import Command
+from .errors import ConfigError
 from .events import Event
 from .node import Node
 from .registry import Handler
@@ -80,6 +81,8 @@ class Roomcast:
                 room_classes={**self.settings.room_classes, **room_classes}
             )
         self.node = Node(self.settings, broker=broker, resolver=resolver)
+        self.start_error: ConfigError | None = None
+        """Why the node's own lifespan could not start it (then it serves nothing)."""
         if relay is not None:
             self.node.registry.set_relay(relay)
         self._app = Starlette(
@@ -132,8 +135,18 @@ class Roomcast:
 
     @contextlib.asynccontextmanager
     async def _own_lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        async with self.lifespan(app):
+        try:
+            await self.start()
+        except ConfigError as exc:
+            # Found only once the broker is reached (servers listed in another order than
+            # the running nodes'): `roomcast serve` says so in one line and exits 2.
+            self.start_error = exc
             yield
+            return
+        try:
+            yield
+        finally:
+            await self.shutdown()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:

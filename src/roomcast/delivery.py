@@ -175,9 +175,14 @@ class Delivery:
             self.events.publish(MemberLeft(room, username, "", node_id, "node_lost"))
             log_event("presence.lost", room=room, username=username, node_id=node_id)
 
-    def on_broker_state(self, available: bool) -> None:
+    def on_broker_state(self, available: bool, rooms: Callable[[str], bool] | None = None) -> None:
         """Log broker availability changes; once back, repair every room from history (what
-        was published while this node could not hear it)."""
+        was published while this node could not hear it). With `rooms`, one server of several
+        came back (it logged that itself): only the rooms for which `rooms(room)` holds."""
+        if rooms is not None:
+            if available:
+                self._repair_all(rooms)
+            return
         if available:
             self.broker_up.set()
         else:
@@ -188,10 +193,14 @@ class Delivery:
             node_id=self.node_id,
         )
         if available:
-            for room, position in self._positions.items():
-                if position.pending is None:
-                    position.pending = []
-                    self.spawn(self._repair(room, position))
+            self._repair_all(lambda room: True)
+
+    def _repair_all(self, rooms: Callable[[str], bool]) -> None:
+        """Repair every room for which `rooms(room)` holds (and not being repaired now)."""
+        for room, position in self._positions.items():
+            if position.pending is None and rooms(room):
+                position.pending = []
+                self.spawn(self._repair(room, position))
 
     async def _repair(self, room: str, position: RoomCursor) -> None:
         """Deliver the messages after `position` from history, then the live ones held
@@ -203,7 +212,13 @@ class Delivery:
                 page = await self.broker.history(room, position.offset)
                 if self._positions.get(room) is not position:
                     return
-                if page.epoch != position.epoch or not page.complete:
+                # An offset behind this node's went back: a replica promoted before it had
+                # the last messages (or the store was restored); those offsets come again.
+                if (
+                    page.epoch != position.epoch
+                    or not page.complete
+                    or page.offset < position.offset
+                ):
                     self._history_lost(room, page)
                     return
                 for publication in page.publications:

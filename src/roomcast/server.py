@@ -41,6 +41,8 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.roomcast.start_error is not None:
+            self.should_exit = True
         if self.should_exit or not self.started:
             return
         port = self.config.port
@@ -218,6 +220,9 @@ def serve(settings: Settings, roomcast: Roomcast | None = None) -> None:
     rc = roomcast or Roomcast(settings, demo=True)
     server = _Server(_config(settings, rc, rc.node.limits), rc)
     server.run(sockets=[sock])
+    if rc.start_error is not None:
+        sys.stderr.write(f"roomcast serve: error: {rc.start_error.message}\n")
+        raise SystemExit(2)
 
 
 _WORKER_ENV = "ROOMCAST_WORKER_OF"

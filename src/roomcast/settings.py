@@ -394,7 +394,13 @@ _FLAG_NAMES = {"api_keys": "api-key"}
 OPTIONS: tuple[Option, ...] = (
     Option("host", str, "interface to listen on (default 127.0.0.1)", "HOST"),
     Option("port", _int, "port to listen on, 0 for any free port (default 8000)", "PORT"),
-    Option("broker", str, "memory:// (default) or redis://HOST:PORT/DB", "URL"),
+    Option(
+        "broker",
+        str,
+        "memory:// (default), redis://HOST:PORT/DB, several redis:// URLs separated by commas "
+        "(rooms sharded over them), or redis+sentinel://HOST:PORT[,...]/MASTER_NAME/DB",
+        "URL",
+    ),
     Option("node_id", str, "this node's name in the cluster (default HOSTNAME-PID)", "NAME"),
     Option("workers", _int, "processes sharing the port; needs redis:// (default 1)", "N"),
     Option("jwt_secret", str, "HMAC secret for HS256/384/512 tokens", "SECRET"),

@@ -1,4 +1,6 @@
-"""Fixtures of the contract suites: every test runs on memory:// and on redis://."""
+"""Fixtures of the contract suites: every test runs on memory://, on redis://, on rooms
+sharded over two Redis servers (`redis://A,redis://B`) and on a master found through Sentinel
+(`redis+sentinel://`, with a replica)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 
 from roomcast.brokers import Broker, MemoryBroker, Publication, Signal
 from roomcast.brokers.redis import RedisBroker
-from tests.harness import RedisProcess
+from roomcast.brokers.sharded import ShardedBroker
 
 Factory = Callable[..., Awaitable[tuple[Broker, "Recorder"]]]
 
@@ -31,24 +33,32 @@ class Recorder:
     def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
         self.lost.append((room, usernames, node_id))
 
-    def on_broker_state(self, available: bool) -> None:
-        self.states.append(available)
+    def on_broker_state(self, available: bool, rooms: Callable[[str], bool] | None = None) -> None:
+        if rooms is None:
+            self.states.append(available)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sharded", "sentinel"])
 async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
-    """Builds started brokers of one kind (several share one Redis); closes them at the end."""
+    """Builds started brokers of one kind (several share the same Redis servers); closes
+    them at the end."""
     brokers: list[Broker] = []
-    redis: RedisProcess | None = (
-        request.getfixturevalue("redis_server") if request.param == "redis" else None
-    )
+    urls: list[str] = []
+    if request.param == "redis":
+        urls = [request.getfixturevalue("redis_server").url]
+    elif request.param == "sharded":
+        urls = [server.url for server in request.getfixturevalue("two_redis_servers")]
+    elif request.param == "sentinel":
+        urls = [request.getfixturevalue("sentinel_set").url]
 
     async def make(node_id: str = "n1", **options: float) -> tuple[Broker, Recorder]:
-        broker: Broker = (
-            MemoryBroker(**options)  # type: ignore[arg-type]
-            if redis is None
-            else RedisBroker(redis.url, **options)  # type: ignore[arg-type]
-        )
+        broker: Broker
+        if not urls:
+            broker = MemoryBroker(**options)  # type: ignore[arg-type]
+        elif len(urls) == 1:
+            broker = RedisBroker(urls[0], **options)  # type: ignore[arg-type]
+        else:
+            broker = ShardedBroker.from_urls(urls, **options)  # type: ignore[arg-type]
         recorder = Recorder()
         await broker.start(node_id, recorder)
         brokers.append(broker)

@@ -211,3 +211,18 @@ async def test_publish_to_a_lost_room_starts_a_new_epoch(make_broker: Factory) -
     page = await broker.history("quiet")
     assert (page.epoch, page.offset, page.complete) == (publication.epoch, 1, True)
     assert [p.offset for p in page.publications] == [1]
+
+
+async def test_ephemeral_frames_are_delivered_in_order_and_not_retained(
+    make_broker: Factory,
+) -> None:
+    """An ephemeral frame reaches the subscribed room whole, with offset 0 and its `exclude`,
+    before what is published after it, and is not in the room's history."""
+    broker, recorder = await make_broker()
+    await broker.subscribe("r1")
+    await broker.publish_ephemeral("r1", '{"topic":"typing"}', exclude="c1")
+    await broker.publish("r1", prefix("r1", 1))
+    first, second = recorder.publications
+    assert (first.offset, first.frame, first.exclude) == (0, '{"topic":"typing"}', "c1")
+    assert second.offset == 1
+    assert [p.offset for p in (await broker.history("r1")).publications] == [1]

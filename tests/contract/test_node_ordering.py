@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from roomcast.brokers import Broker, MemoryBroker
-from roomcast.brokers.redis import RedisBroker
+from roomcast.brokers.redis import RedisBroker, wire
 from roomcast.node import Node
 from roomcast.protocol import message_prefix
 from roomcast.rooms import Member
@@ -93,3 +94,51 @@ async def test_reconnect_repairs_every_room(node: Node) -> None:
     node.delivery.on_broker_state(True)
     await until(lambda: len(first.frames) >= 1)
     assert first.offsets() == [1]
+
+
+async def test_one_part_of_the_broker_back_repairs_only_its_rooms(node: Node) -> None:
+    """`on_broker_state(True, rooms=...)` (one server of several is back) repairs the rooms it
+    names and leaves the others alone."""
+    first, second = await member_in(node, "r1"), await member_in(node, "r2")
+    for room in ("r1", "r2"):
+        await node.broker.unsubscribe(room)
+        await node.broker.publish(room, message_prefix("t", 0, room, "x"))
+        await node.broker.subscribe(room)
+    node.delivery.on_broker_state(True, rooms=lambda room: room == "r1")
+    positions = node.delivery._positions
+    assert positions["r1"].pending is not None  # being repaired
+    assert positions["r2"].pending is None
+    await until(lambda: len(first.frames) >= 1)
+    assert (first.offsets(), second.frames) == ([1], [])
+    node.delivery.on_broker_state(True)
+    await until(lambda: len(second.frames) >= 1)
+    assert second.offsets() == [1]
+
+
+async def test_an_offset_gone_back_starts_the_room_afresh(redis_server: RedisProcess) -> None:
+    """When history shows a lower latest offset than this node delivered, under the same epoch
+    (a replica promoted without the last messages), the room is started afresh: the node takes
+    the offsets that come again instead of dropping them as duplicates."""
+    node = Node(Settings(node_id="n1"), broker=RedisBroker(redis_server.url))
+    await node.start()
+    try:
+        connection = await member_in(node, "r1")
+        for n in range(3):
+            await node.broker.publish("r1", message_prefix("t", n, "r1", "x"))
+        # The store as a replica that never got the third message has it.
+        offset_key, _, stream_key = wire.room_keys("r1")[:3]
+        redis = Redis.from_url(redis_server.url)
+        entries = await redis.xrange(stream_key)
+        await redis.delete(stream_key)
+        for entry_id, fields in entries[:2]:
+            await redis.xadd(stream_key, fields, id=entry_id)
+        await redis.set(offset_key, 2)
+        await redis.aclose()
+        node.delivery.on_broker_state(True)
+        # (its members are told to reconnect: a member holds offset 3 and would drop the new 3)
+        await until(lambda: node.delivery._positions["r1"].offset == 2)
+        await node.broker.publish("r1", message_prefix("t", 3, "r1", "x"))
+        await until(lambda: node.delivery._positions["r1"].offset == 3)
+        assert connection.offsets() == [1, 2, 3]
+    finally:
+        await node.shutdown()

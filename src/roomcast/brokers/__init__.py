@@ -1,7 +1,9 @@
-"""Brokers, chosen by URL: `memory://` or `redis://HOST:PORT/DB`.
+"""Brokers, chosen by URL: `memory://`, `redis://HOST:PORT/DB`, a comma-separated list of
+such URLs (rooms spread over several servers) or `redis+sentinel://HOST:PORT[,...]/MASTER/DB`.
 
 :func:`from_url` is the one place a broker URL scheme is interpreted: the server, the
-:class:`~roomcast.Publisher` and the settings validation all ask it (or :func:`check_url`).
+:class:`~roomcast.Publisher` and the settings validation all ask it (or :func:`check_url`);
+urls.py takes the forms with several servers apart.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from .base import (
     OutboxEntry,
     Publication,
     RoomFull,
+    ShardedHealth,
     Signal,
     StatsStore,
     WebhookOutbox,
 )
 from .memory import MemoryBroker
+from .urls import SENTINEL_SCHEMES, parse_sentinel, shard_urls
 
 __all__ = [
     "Broker",
@@ -31,6 +35,7 @@ __all__ = [
     "OutboxEntry",
     "Publication",
     "RoomFull",
+    "ShardedHealth",
     "Signal",
     "StatsStore",
     "WebhookOutbox",
@@ -41,21 +46,31 @@ __all__ = [
 
 _MEMORY = ("memory://",)
 _REDIS = ("redis://", "rediss://")
+_SHARED = (*_REDIS, *SENTINEL_SCHEMES)
+_FORMS = (
+    "memory://, redis://HOST:PORT/DB, redis://H1:P1/DB,redis://H2:P2/DB,... or "
+    "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME/DB"
+)
 
 
 def check_url(url: str) -> None:
-    """Check that `url` names a broker roomcast knows.
+    """Check that `url` names a broker roomcast knows, in a form it can use.
 
     Raises:
-        ConfigError: for any other scheme, naming the ones allowed.
+        ConfigError: for any other scheme, naming the ones allowed; for a list of servers or
+            a Sentinel URL that is malformed, saying what is wrong.
     """
-    if not url.startswith(_MEMORY + _REDIS):
-        raise ConfigError(f"broker must be memory:// or redis://HOST:PORT/DB, got {url!r}")
+    if url.startswith(SENTINEL_SCHEMES):
+        parse_sentinel(url)
+    elif url.startswith(_REDIS) and "," in url:
+        shard_urls(url)
+    elif not url.startswith(_MEMORY + _REDIS):
+        raise ConfigError(f"broker must be {_FORMS}, got {url!r}")
 
 
 def is_shared(url: str) -> bool:
-    """Whether `url` names a broker that several processes share (`redis://`)."""
-    return url.startswith(_REDIS)
+    """Whether `url` names a broker that several processes share (Redis, in any form)."""
+    return url.startswith(_SHARED)
 
 
 def from_url(
@@ -70,7 +85,8 @@ def from_url(
     """The broker `url` names; the Redis client is imported only when used.
 
     Args:
-        url: `memory://` or `redis://HOST:PORT/DB` (`rediss://` for TLS).
+        url: `memory://`, `redis://HOST:PORT/DB` (`rediss://` for TLS), several of those
+            separated by commas, or `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER/DB`.
         history_size: messages retained per room.
         history_ttl: seconds retained messages live.
         presence_ttl: bound on how long a dead node's members stay listed (shared brokers).
@@ -84,6 +100,17 @@ def from_url(
     check_url(url)
     if url.startswith(_MEMORY):
         return MemoryBroker(history_size=history_size, history_ttl=history_ttl, classes=classes)
+    if url.startswith(_REDIS) and "," in url:
+        from .sharded import ShardedBroker
+
+        return ShardedBroker.from_urls(
+            shard_urls(url),
+            history_size=history_size,
+            history_ttl=history_ttl,
+            presence_ttl=presence_ttl,
+            presence=presence,
+            classes=classes,
+        )
     from .redis import RedisBroker
 
     return RedisBroker(

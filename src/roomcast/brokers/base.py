@@ -6,6 +6,7 @@ holds to the same contract, proven by one test suite run against both (tests/con
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -17,6 +18,7 @@ __all__ = [
     "OutboxEntry",
     "Publication",
     "RoomFull",
+    "ShardedHealth",
     "Signal",
     "SignalKind",
     "StatsStore",
@@ -117,8 +119,12 @@ class BrokerListener(Protocol):
     def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
         """Members of a dead node were removed from presence (called on exactly one node)."""
 
-    def on_broker_state(self, available: bool) -> None:
-        """The broker became unreachable (`False`) or reachable again (`True`)."""
+    def on_broker_state(self, available: bool, rooms: Callable[[str], bool] | None = None) -> None:
+        """The broker became unreachable (`False`) or reachable again (`True`).
+
+        With `rooms`, only a part of the broker did (one server of several): the rooms for
+        which `rooms(room)` holds came back (`True`), and the broker as a whole did not change.
+        """
 
 
 class Broker(Protocol):
@@ -287,3 +293,19 @@ class WebhookOutbox(Protocol):
 
     async def ack_events(self, shard: int, ids: list[str]) -> None:
         """Forget the entries `ids` of `shard` (delivered, or dropped after retrying)."""
+
+
+@runtime_checkable
+class ShardedHealth(Protocol):
+    """An optional broker capability: a broker over several servers says which are down.
+
+    `/readyz` asks it instead of `ping`: a node is ready while at least one server answers,
+    and lists the others (docs/configuration.md, "Readiness").
+    """
+
+    async def shards_down(self) -> list[str]:
+        """Ping every server; those that do not answer, as `#<index> <address>`.
+
+        Raises:
+            BrokerUnavailable: no server answers.
+        """

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import BrokerUnavailable, ConfigError
+from ..urls import SENTINEL_SCHEMES
 from . import scripts
 
 __all__ = ["FAULTS", "POOL_SIZE", "Calls", "unavailable"]
@@ -41,16 +42,21 @@ def unavailable(detail: object = None) -> BrokerUnavailable:
 
 
 def pool_from_url(url: str, **options: object) -> ConnectionPool:
-    """A connection pool for `url`; a malformed URL is a `ConfigError`."""
+    """A connection pool for `url` (`redis+sentinel://`: to the master the Sentinels name);
+    a malformed URL is a `ConfigError`."""
+    settings: dict[str, object] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": REPLY_TIMEOUT,
+        # No retry: a publish resent after a lost reply would be published twice.
+        "retry": Retry(NoBackoff(), 0),
+        **options,
+    }
+    if url.startswith(SENTINEL_SCHEMES):
+        from .sentinel import sentinel_pool
+
+        return sentinel_pool(url, **settings)
     try:
-        return ConnectionPool.from_url(
-            url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=REPLY_TIMEOUT,
-            # No retry: a publish resent after a lost reply would be published twice.
-            retry=Retry(NoBackoff(), 0),
-            **options,
-        )
+        return ConnectionPool.from_url(url, **settings)
     except ValueError as exc:
         raise ConfigError(f"invalid broker URL: {exc}") from None
 
