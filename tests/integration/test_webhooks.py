@@ -302,12 +302,23 @@ def test_bad_webhook_and_proxy_flags_stop_serve(flags: tuple[str, ...], message:
 # redis://
 
 
+@pytest.fixture(params=["redis", "sharded"])
+def shared_broker(request: pytest.FixtureRequest) -> str:
+    """One Redis, or rooms spread over two Redis servers (each keeps its rooms' events)."""
+    if request.param == "redis":
+        redis: RedisProcess = request.getfixturevalue("redis_server")
+        return redis.url
+    servers: list[RedisProcess] = request.getfixturevalue("two_redis_servers")
+    return ",".join(server.url for server in servers)
+
+
 async def test_two_nodes_send_each_event_once(
-    start_server: StartServer, redis_server: RedisProcess, backend: Backend
+    start_server: StartServer, shared_broker: str, backend: Backend
 ) -> None:
     """Members of the same rooms on two nodes: every event reaches the receiver exactly once
-    (one node holds each outbox shard), room.occupied/vacated once per occupancy."""
-    flags = ("--broker", redis_server.url, *hook_flags(backend))
+    (one node holds each outbox shard), room.occupied/vacated once per occupancy; also with
+    the rooms spread over two Redis servers."""
+    flags = ("--broker", shared_broker, *hook_flags(backend))
     a = start_server(*flags, "--node-id", "a")
     b = start_server(*flags, "--node-id", "b")
     clients = []
