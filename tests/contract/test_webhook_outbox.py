@@ -28,11 +28,12 @@ async def test_occupancy_opens_and_closes_once(make_broker: Factory) -> None:
     """The first join keeps room.occupied before it, the last leave room.vacated after it;
     the entries that decided them are returned."""
     box = outbox((await make_broker())[0])
+    bound = 16 * box.outbox_shards  # the bound is split over the shards: room for 16 in each
     changes, dropped = await box.append_events(
-        [joined("r1", "a"), joined("r1", "b"), left("r1", "a")], 100
+        [joined("r1", "a"), joined("r1", "b"), left("r1", "a")], bound
     )
     assert (changes, dropped) == ([1], 0)
-    changes, _ = await box.append_events([left("r1", "b"), OutboxEntry("other", "r1", b"m")], 100)
+    changes, _ = await box.append_events([left("r1", "b"), OutboxEntry("other", "r1", b"m")], bound)
     assert changes == [-1]
     assert await records(box, "r1") == [b"o:r1", b"j:a", b"j:b", b"l:a", b"l:b", b"v:r1", b"m"]
 

@@ -436,9 +436,16 @@ class ShardedBroker:
         positions: dict[int, list[int]] = {}
         for position, entry in enumerate(entries):
             positions.setdefault(self.shard(entry.room), []).append(position)
+        total = self.outbox_shards
+
+        def bound(index: int) -> int:
+            # Each server splits what it is given over its own shards: give it its share, so
+            # that every outbox shard keeps max_pending / outbox_shards, as on one server.
+            return max_pending * self._outbox(index).outbox_shards // total
+
         results = await asyncio.gather(
             *(
-                self._outbox(index).append_events([entries[p] for p in where], max_pending)
+                self._outbox(index).append_events([entries[p] for p in where], bound(index))
                 for index, where in positions.items()
             )
         )
