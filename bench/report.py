@@ -148,7 +148,7 @@ def targets_table(report: dict[str, Any], subject: str = "roomcast") -> str:
                          ("join_rooms_of_10", "join 10,000 into rooms of 10")):  # fmt: skip
         theirs = g("websockets", phase, "connections_per_s")
         at_least(f"{label}, presence on: x websockets",
-                 ratio(g(subject, phase, "connections_per_s"), theirs), 1 / 3)  # fmt: skip
+                 ratio(g(subject, phase, "connections_per_s"), theirs), 0.33)  # fmt: skip
         quiet = g(subject, f"{phase}_no_presence", "connections_per_s")
         at_least(f"{label}, presence off: x websockets", ratio(quiet, theirs), 1)
     storm = "roomcast-redis-1"
