@@ -19,7 +19,7 @@ EPHEMERAL = frozenset({"typing", "cursor"})
 def main() -> None:
     args = build_parser().parse_args(sys.argv[1:])
     settings = Settings.from_sources({opt.name: getattr(args, opt.name) for opt in OPTIONS})
-    rc = Roomcast(settings)
+    rc = Roomcast(settings, demo=True)
     rc.node.ephemeral_topics = lambda room: EPHEMERAL
     serve(settings, rc)
 

@@ -12,6 +12,7 @@
  * const offset = await client.request("chat", { text: "hi" });
  * const news = await client.join("news", { backlog: 20 });
  * news.on("headline", (msg) => console.log(msg.payload));
+ * const older = await news.history({ before: 120, limit: 50 });
  */
 
 /** The connection state reported to {@link Client.onStatus} handlers. */
@@ -25,7 +26,7 @@ export interface Message<P = any> {
   room?: string;
   /** The sender's username, or `$server` for messages sent through the HTTP API. */
   from?: string;
-  /** The room offset: increases by one per room message. */
+  /** The room offset: increases by one per room message (none on an ephemeral topic). */
   offset?: number;
   /** Set on a message addressed to one member. */
   to?: string;
@@ -66,6 +67,34 @@ export interface JoinOptions {
   /** Resume from this offset (with `epoch`) on the first join. */
   since?: number;
   epoch?: string;
+}
+
+/** Options of a publish: {@link Client.send}, {@link Client.request} and their {@link Room} forms. */
+export interface PublishOptions {
+  /**
+   * `false`: the message is not delivered back to this connection (everyone else, and this
+   * user's other connections, still get it; the `ack` still has its offset). Default `true`.
+   */
+  echo?: boolean;
+}
+
+/** Options of {@link Client.history} and {@link Room.history}. */
+export interface HistoryOptions {
+  /** Only messages with a lower offset; default: the room's latest offset + 1. */
+  before?: number;
+  /** At most this many messages, 1-100 (default 50). */
+  limit?: number;
+}
+
+/** A page of a room's retained messages: the answer to `room.history`. */
+export interface HistoryPage {
+  /** The room's history epoch: offsets of another epoch belong to a lost history. */
+  epoch: string;
+  /**
+   * The latest retained messages below `before`, oldest first, each as members received it
+   * (messages to other members left out). Empty: nothing older is retained.
+   */
+  messages: Message[];
 }
 
 /** What a status change carries besides the status itself. */
@@ -112,6 +141,11 @@ export interface ClientOptions {
   since?: number;
   /** The epoch that `since` belongs to. */
   epoch?: string;
+  /**
+   * Replay the `room` option's last `backlog` retained messages after the first welcome,
+   * before live ones (not with `since`; reconnects resume instead).
+   */
+  backlog?: number;
   /** A JWT, when the server requires authentication. */
   token?: string;
   /**
@@ -173,10 +207,13 @@ export class RoomcastError extends Error {
 }
 
 interface Pending {
-  resolve(offset: number | undefined): void;
+  /** With the ack's offset, or with the answer frame that came before the ack (`answered`). */
+  resolve(result: any): void;
   reject(error: RoomcastError): void;
   timer: ReturnType<typeof setTimeout>;
   sent: boolean;
+  /** Resolve with the answer frame that precedes the ack (`room.history`). */
+  answered?: boolean;
 }
 
 type Handlers = Map<string, Set<Handler>>;
@@ -246,13 +283,21 @@ export class Room {
   }
 
   /** Publish to this room, or to its member `to`; queued while reconnecting. */
-  publish(topic: string, payload: unknown, to?: string): void {
-    this.client.send(topic, payload, to, this.id);
+  publish(topic: string, payload: unknown, to?: string, options: PublishOptions = {}): void {
+    this.client.send(topic, payload, to, this.id, options);
   }
 
-  /** Publish like {@link publish} and wait for the `ack`: resolves with the offset. */
-  request(topic: string, payload: unknown, to?: string): Promise<number | undefined> {
-    return this.client.request(topic, payload, to, this.id);
+  /**
+   * Publish like {@link publish} and wait for the `ack`: resolves with the offset (undefined
+   * for an ephemeral topic).
+   */
+  request(topic: string, payload: unknown, to?: string, options: PublishOptions = {}): Promise<number | undefined> {
+    return this.client.request(topic, payload, to, this.id, options);
+  }
+
+  /** A page of this room's retained messages below `before` (see {@link Client.history}). */
+  history(options: HistoryOptions = {}): Promise<HistoryPage> {
+    return this.client.history({ ...options, room: this.id });
   }
 
   /** Ask the server for this room's members, cluster-wide. */
@@ -305,6 +350,7 @@ export class Client {
   private closed = false;
   private joined = false;
   private settle!: [(welcome: Welcome) => void, (error: RoomcastError) => void];
+  private lastAnswer?: Message;
 
   constructor(options: ClientOptions) {
     this.o = options;
@@ -394,27 +440,62 @@ export class Client {
    * @throws RoomcastError `closed` when the client is closed, `queue_full` when too many
    *   frames wait for a reconnect.
    */
-  send(topic: string, payload: unknown, to?: string, room?: string): void {
-    this.write(frame(topic, payload, to, undefined, room));
+  send(topic: string, payload: unknown, to?: string, room?: string, options: PublishOptions = {}): void {
+    this.write(frame(topic, payload, to, undefined, room, options.echo));
   }
 
   /**
    * Publish like {@link send} and wait for the server's `ack`.
    *
-   * @returns the offset the message got in the room (undefined for topics that publish nothing).
+   * @returns the offset the message got in the room (undefined for topics that publish
+   *   nothing, and for ephemeral topics).
    * @throws RoomcastError with the `code` and `message` of the server's `error` frame, or
    *   `disconnected`, `timeout`, `closed`.
    */
-  request(topic: string, payload: unknown, to?: string, room?: string): Promise<number | undefined> {
+  request(
+    topic: string,
+    payload: unknown,
+    to?: string,
+    room?: string,
+    options: PublishOptions = {},
+  ): Promise<number | undefined> {
+    return this.call(topic, frame(topic, payload, to, this.nextId, room, options.echo), false);
+  }
+
+  /**
+   * A page of a room's retained messages (`room.history`): at most `limit` (1-100, default
+   * 50) messages with offsets below `before` (default: the latest), oldest first, as members
+   * received them. Page back with `before` set to the first message's offset, until a page
+   * is empty. The room is `room`, or the `room` option's.
+   *
+   * @throws RoomcastError `not_joined` for a room the client is not in, `bad_request` for a
+   *   bad `before` or `limit`, or `disconnected`, `timeout`, `closed`.
+   */
+  async history(options: HistoryOptions & { room?: string } = {}): Promise<HistoryPage> {
+    const payload: Record<string, unknown> = {};
+    const room = options.room ?? this.first?.id;
+    if (room !== undefined) payload.roomID = room;
+    if (options.before !== undefined) payload.before = options.before;
+    if (options.limit !== undefined) payload.limit = options.limit;
+    const answer: Message<HistoryPage> = await this.call(
+      "room.history",
+      frame("room.history", payload, undefined, this.nextId),
+      true,
+    );
+    return { epoch: answer.payload.epoch, messages: answer.payload.messages };
+  }
+
+  /** Send `text` (a frame with the id `nextId`) and wait for its ack, or its answer frame. */
+  private call(topic: string, text: string, answered: boolean): Promise<any> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
         () => this.answer(id, new RoomcastError("timeout", `no answer to ${topic} in time`)),
         this.o.requestTimeout ?? 10000,
       );
-      this.pending.set(id, { resolve, reject, timer, sent: false });
+      this.pending.set(id, { resolve, reject, timer, sent: false, answered });
       try {
-        this.write(frame(topic, payload, to, id, room), id);
+        this.write(text, id);
       } catch (error) {
         this.answer(id, error as RoomcastError);
       }
@@ -482,6 +563,8 @@ export class Client {
     if (first?.epoch !== undefined) {
       query.since = String(first.offset);
       query.epoch = first.epoch;
+    } else if (first && opts.backlog) {
+      query.backlog = String(opts.backlog);
     }
     const ws: WebSocketLike = new Ctor(endpoint(opts.url, query));
     this.ws = ws;
@@ -553,7 +636,11 @@ export class Client {
         if (room) this.drop(room);
         break;
       case "ack":
-        return this.answer(p.id, p.offset);
+        return this.answer(p.id, this.pending.get(p.id)?.answered ? this.lastAnswer : p.offset);
+      case "room.history":
+        // the answer to a history request, whose ack comes next
+        this.lastAnswer = m;
+        return;
       case "error":
         if (p.id != null && this.pending.has(p.id)) {
           return this.answer(p.id, new RoomcastError(p.code, p.message));
@@ -611,7 +698,8 @@ export class Client {
       first.members = [...w.members];
       if (!resumed || !w.recovered) {
         first.epoch = w.epoch;
-        first.offset = w.offset;
+        // a backlog replays messages up to the welcome's offset: let them through once
+        first.offset = resumed ? w.offset : Math.max(0, w.offset - (this.o.backlog ?? 0));
       }
       first.joined = true;
       first.settle[0](first);
@@ -756,11 +844,12 @@ export async function connect(options: ClientOptions): Promise<Client> {
   return client;
 }
 
-function frame(topic: string, payload: unknown, to?: string, id?: number, room?: string): string {
+function frame(topic: string, payload: unknown, to?: string, id?: number, room?: string, echo?: boolean): string {
   const f: Record<string, unknown> = { topic, payload };
   if (to !== undefined) f.to = to;
   if (id !== undefined) f.id = id;
   if (room !== undefined) f.room = room;
+  if (echo === false) f.echo = false;
   return JSON.stringify(f);
 }
 

@@ -31,7 +31,7 @@ from ._errors import (
     RequestError,
     RequestTimeout,
 )
-from ._frames import Frame, Welcome
+from ._frames import Frame, HistoryPage, Welcome
 from ._http import HttpApi
 from ._policy import Backoff, ClientState, Reconnect, reconnect_rule
 from ._room import Room
@@ -47,6 +47,7 @@ __all__ = [
     "ConnectionLost",
     "Frame",
     "FrameHandler",
+    "HistoryPage",
     "HttpApi",
     "Reconnect",
     "RecoveryCallback",

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
 from ._errors import ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout
-from ._frames import Frame, FrameHandler, Welcome, parse_frame, parse_welcome
+from ._frames import Frame, FrameHandler, HistoryPage, Welcome, parse_frame, parse_welcome
 from ._policy import Backoff, ClientState, Reconnect, reconnect_rule
 from ._room import Room
 
@@ -106,6 +106,8 @@ class Client:
             (`auth.refresh`) so that the connection is not closed at `exp`.
         since: resume from this offset on the first connection (needs `epoch`).
         epoch: the epoch `since` belongs to.
+        backlog: replay the room's last N retained messages after the first welcome, before
+            live ones (not with `since`; reconnects resume instead).
         on_state: called with each new :class:`ClientState`.
         on_recovery_failed: called with the welcome when missed messages could not be replayed:
             the application should reload its state.
@@ -130,6 +132,7 @@ class Client:
         token_provider: TokenProvider | None = None,
         since: int | None = None,
         epoch: str | None = None,
+        backlog: int | None = None,
         on_state: StateCallback | None = None,
         on_recovery_failed: RecoveryCallback | None = None,
         reconnect: bool = True,
@@ -144,11 +147,14 @@ class Client:
     ) -> None:
         if (since is None) != (epoch is None):
             raise ValueError("since and epoch go together")
+        if backlog is not None and (since is not None or room is None or backlog < 0):
+            raise ValueError("backlog is a non-negative count, with room and without since")
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.url = _ws_url(url)
         self.username = username
         self.room = room
+        self._backlog = backlog
         self._token = token
         self._token_provider = token_provider
         self._on_state = on_state
@@ -177,6 +183,9 @@ class Client:
         self._pending: dict[str | int, tuple[asyncio.Future[Any], bool]] = {}
         self._presence_pending = 0
         self._last_presence: list[str] = []
+        self._answered: set[int] = set()
+        """Requests whose ack resolves with the answer frame that precedes it."""
+        self._last_answer: Frame | None = None
         self._handlers: dict[str, list[FrameHandler]] = {}
         self._rooms: dict[str, Room] = {}
         self._room_left = False
@@ -454,17 +463,24 @@ class Client:
                 await self._send_join(ws, room)
 
     async def send(
-        self, topic: str, payload: Any, to: str | None = None, *, room: str | None = None
+        self,
+        topic: str,
+        payload: Any,
+        to: str | None = None,
+        *,
+        room: str | None = None,
+        echo: bool = True,
     ) -> None:
         """Send a frame to the room (the client's, or `room`), or to member `to` only; waits
-        while reconnecting.
+        while reconnecting. With `echo=False` the message is not delivered back to this
+        connection (everyone else, and this user's other connections, still get it).
 
         Raises:
             ClientClosed: the client is closed.
             ConnectionLost: the connection dropped while sending.
         """
         ws = await self._wait_connected()
-        await self._write(ws, _frame(topic, payload, to, None, room))
+        await self._write(ws, _frame(topic, payload, to, None, room, echo))
 
     async def request(
         self,
@@ -474,11 +490,14 @@ class Client:
         *,
         timeout: float | None = 10.0,
         room: str | None = None,
+        echo: bool = True,
     ) -> int | None:
-        """Send a frame with an `id` and wait for the server's answer.
+        """Send a frame with an `id` and wait for the server's answer (`echo` as
+        :meth:`send`).
 
         Returns:
-            The offset the `ack` carries (the message's offset when it was relayed), or None.
+            The offset the `ack` carries (the message's offset when it was relayed), or None
+            (also for an ephemeral topic, which takes no offset).
 
         Raises:
             RequestError: the server answered with an `error` frame (its code and message).
@@ -486,8 +505,42 @@ class Client:
             ConnectionLost: the connection dropped before the answer came.
             ClientClosed: the client is closed.
         """
-        result: int | None = await self._request(topic, payload, to, timeout, False, room)
+        result: int | None = await self._request(
+            topic, payload, to, timeout, False, room, echo=echo
+        )
         return result
+
+    async def history(
+        self,
+        *,
+        before: int | None = None,
+        limit: int | None = None,
+        room: str | None = None,
+        timeout: float | None = 10.0,
+    ) -> HistoryPage:
+        """A page of a room's retained messages (`room.history`, protocol v1.1): at most
+        `limit` (1-100, default 50) messages with offsets below `before` (default: the
+        latest), oldest first, as members received them. Page back with `before` set to the
+        first message's offset, until a page is empty. The room is `room`, or the client's.
+
+        Raises:
+            RequestError: `not_joined` for a room the client is not in, `bad_request` for a
+                bad `before` or `limit`.
+            RequestTimeout, ConnectionLost, ClientClosed: as :meth:`request`.
+        """
+        payload: dict[str, Any] = {}
+        if room is not None:
+            payload["roomID"] = room
+        if before is not None:
+            payload["before"] = before
+        if limit is not None:
+            payload["limit"] = limit
+        answer = await self._request("room.history", payload, None, timeout, False, answered=True)
+        data = answer.payload if isinstance(answer, Frame) else None
+        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+            raise RequestError("invalid_frame", "the server's history answer is malformed", None)
+        messages = tuple(parse_frame(m) for m in data["messages"] if isinstance(m, dict))
+        return HistoryPage(str(data.get("epoch", "")), messages)
 
     async def presence(self, *, timeout: float | None = 10.0) -> list[str]:
         """Ask the server for the room's members, cluster-wide.
@@ -506,6 +559,9 @@ class Client:
         timeout: float | None,
         presence: bool,
         room: str | None = None,
+        *,
+        echo: bool = True,
+        answered: bool = False,
     ) -> Any:
         frame_id = next(self._ids)
         try:
@@ -514,10 +570,13 @@ class Client:
                 future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 self._pending[frame_id] = (future, presence)
                 self._presence_pending += presence
+                if answered:
+                    self._answered.add(frame_id)
                 try:
-                    await self._write(ws, _frame(topic, payload, to, frame_id, room))
+                    await self._write(ws, _frame(topic, payload, to, frame_id, room, echo))
                     return await future
                 finally:
+                    self._answered.discard(frame_id)
                     if self._pending.pop(frame_id, None) is not None:
                         self._presence_pending -= presence
         except TimeoutError:
@@ -647,13 +706,15 @@ class Client:
         query = [
             (k, v)
             for k, v in parse_qsl(parts.query)
-            if k not in ("username", "roomID", "since", "epoch")
+            if k not in ("username", "roomID", "since", "epoch", "backlog")
         ]
         query += [("username", self.username)]
         if self.room is not None and not self._room_left:
             query += [("roomID", self.room)]
             if self._offset is not None and self._epoch is not None:
                 query += [("since", str(self._offset)), ("epoch", self._epoch)]
+            elif self._backlog:
+                query += [("backlog", str(self._backlog))]
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     async def _connect_once(self) -> tuple[CloseInfo, bool]:
@@ -763,8 +824,9 @@ class Client:
         self._members = list(welcome.members)
         if welcome.recovered is not True:
             # A first join, or history that could not be replayed: start from the room's
-            # current offset in its current epoch.
-            self._offset = welcome.offset
+            # current offset in its current epoch (a first join's backlog replays up to it).
+            backlog = self._backlog or 0 if welcome.recovered is None else 0
+            self._offset = max(0, welcome.offset - backlog)
         self._epoch = welcome.epoch
         if welcome.recovered is False and self._on_recovery_failed is not None:
             callback = self._on_recovery_failed
@@ -774,6 +836,9 @@ class Client:
         """Route one frame: answers to requests here, the rest to the dispatcher in order."""
         # Server frames never carry `from`; a relayed message named "ack" is just a message.
         topic = frame.topic if frame.sender is None else ""
+        if topic == "room.history":
+            self._last_answer = frame  # the answer to history(): its ack comes next
+            return
         room = self._rooms.get(frame.room) if frame.room is not None else None
         if room is not None and frame.room != self.room:
             if topic == "joined" and isinstance(frame.payload, dict):
@@ -804,6 +869,8 @@ class Client:
                         future.set_exception(RequestError(code, message, frame_id))
                     elif presence:
                         future.set_result(self._last_presence)
+                    elif frame_id in self._answered:
+                        future.set_result(self._last_answer)
                     else:
                         offset = frame.payload.get("offset")
                         future.set_result(offset if isinstance(offset, int) else None)
@@ -878,7 +945,12 @@ async def _call(function: Callable[..., Any], *args: Any) -> None:
 
 
 def _frame(
-    topic: str, payload: Any, to: str | None, frame_id: int | None, room: str | None = None
+    topic: str,
+    payload: Any,
+    to: str | None,
+    frame_id: int | None,
+    room: str | None = None,
+    echo: bool = True,
 ) -> dict[str, Any]:
     if not isinstance(topic, str) or not topic:
         raise ValueError("topic must be a non-empty string")
@@ -891,6 +963,8 @@ def _frame(
         frame["id"] = frame_id
     if room is not None:
         frame["room"] = room
+    if not echo:
+        frame["echo"] = False
     return frame
 
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Frame", "FrameHandler", "Welcome", "parse_frame", "parse_welcome"]
+__all__ = ["Frame", "FrameHandler", "HistoryPage", "Welcome", "parse_frame", "parse_welcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,22 @@ class Welcome:
     offset: int
     recovered: bool | None = None
     rooms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of a room's retained messages: the answer to `room.history` (protocol v1.1).
+
+    Attributes:
+        epoch: the room's history incarnation; offsets of another epoch belong to a lost
+            history.
+        messages: the latest retained messages below the page's `before`, oldest first, each
+            as members received it (messages to other members left out); empty when nothing
+            older is retained.
+    """
+
+    epoch: str
+    messages: tuple[Frame, ...]
 
 
 FrameHandler = Callable[[Frame], Awaitable[None] | None]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from ._errors import ClientError
-from ._frames import Frame, FrameHandler
+from ._frames import Frame, FrameHandler, HistoryPage
 
 __all__ = ["Room"]
 
@@ -23,7 +23,13 @@ class _Connection(Protocol):
     def connected(self) -> bool: ...
 
     async def send(
-        self, topic: str, payload: Any, to: str | None = None, *, room: str | None = None
+        self,
+        topic: str,
+        payload: Any,
+        to: str | None = None,
+        *,
+        room: str | None = None,
+        echo: bool = True,
     ) -> None: ...
 
     async def request(
@@ -34,7 +40,17 @@ class _Connection(Protocol):
         *,
         timeout: float | None = 10.0,
         room: str | None = None,
+        echo: bool = True,
     ) -> int | None: ...
+
+    async def history(
+        self,
+        *,
+        before: int | None = None,
+        limit: int | None = None,
+        room: str | None = None,
+        timeout: float | None = 10.0,
+    ) -> HistoryPage: ...
 
     def _drop_room(self, room: Room) -> None: ...
 
@@ -122,15 +138,32 @@ class Room:
         if not handlers:
             self._handlers.pop(topic, None)
 
-    async def publish(self, topic: str, payload: Any, to: str | None = None) -> None:
-        """Send a frame to this room, or to its member `to`; waits while reconnecting."""
-        await self._client.send(topic, payload, to, room=self.id)
+    async def publish(
+        self, topic: str, payload: Any, to: str | None = None, *, echo: bool = True
+    ) -> None:
+        """Send a frame to this room, or to its member `to`; waits while reconnecting.
+        `echo=False`: not delivered back to this connection."""
+        await self._client.send(topic, payload, to, room=self.id, echo=echo)
 
     async def request(
-        self, topic: str, payload: Any, to: str | None = None, *, timeout: float | None = 10.0
+        self,
+        topic: str,
+        payload: Any,
+        to: str | None = None,
+        *,
+        timeout: float | None = 10.0,
+        echo: bool = True,
     ) -> int | None:
         """Send a frame to this room and wait for the answer, as :meth:`Client.request`."""
-        return await self._client.request(topic, payload, to, timeout=timeout, room=self.id)
+        return await self._client.request(
+            topic, payload, to, timeout=timeout, room=self.id, echo=echo
+        )
+
+    async def history(
+        self, *, before: int | None = None, limit: int | None = None, timeout: float | None = 10.0
+    ) -> HistoryPage:
+        """A page of this room's retained messages, as :meth:`Client.history`."""
+        return await self._client.history(before=before, limit=limit, room=self.id, timeout=timeout)
 
     async def presence(self, *, timeout: float | None = 10.0) -> list[str]:
         """Ask the server for this room's members, cluster-wide."""

@@ -1,6 +1,8 @@
 // The demo chat page, built on the roomcast TypeScript client: one WebSocket per tab, in one
 // room, or in several with a server that speaks protocol v1.1 (a room list with unread counts,
-// presence per room). User text only ever reaches the page through textContent, never as HTML.
+// presence per room, the last messages on join, older ones on scrolling up, a typing indicator
+// on an ephemeral topic). User text only ever reaches the page through textContent, never as
+// HTML.
 import { Client } from "./roomcast.min.js";
 
 const $ = (id) => document.getElementById(id);
@@ -26,9 +28,15 @@ const ENDED = {
   4409: "you joined from another tab or device",
   4499: "you were removed from the room",
 };
-const HISTORY = 50; // messages shown to a page that joins a room with history
+const HISTORY = 50; // messages replayed to a page that joins a room (backlog), and per page back
 const SESSION = "roomcast.session"; // a tab's rooms, kept across a reload (sessionStorage)
-const SHOWN = new Set(["welcome", "joined", "left", "presence", "presence.join", "presence.leave", "error", "pong", "ack"]);
+const SHOWN = new Set(["welcome", "joined", "left", "presence", "presence.join", "presence.leave", "error", "pong", "ack", "typing"]);
+const TYPING = "typing"; // an ephemeral topic in the rooms of examples/roomcast.toml
+const TYPING_EVERY = 2000; // ms between two typing frames of one person who keeps typing
+const TYPING_FOR = 4000; // ms a typing indicator stays without a fresh typing frame
+// A room of the class `announce` of examples/roomcast.toml, where clients may not publish
+// (client_publish = false): the server posts there through its HTTP API.
+const ANNOUNCEMENTS = "announce:news";
 
 let client = null; // the one client of this tab: a new join closes the previous one
 let me = "";
@@ -92,28 +100,81 @@ function shown(view, offset) {
 function showMessage(view, message) {
   if (message.offset !== undefined && shown(view, message.offset)) return;
   append(view, messageItem(message));
+  stopTyping(view, message.from);
+  if (typeof message.offset === "number" && !(view.oldest <= message.offset)) view.oldest = message.offset;
   if (view !== active && message.from !== me) {
     view.unread++;
     showRooms();
   }
 }
 
-/** Put the room's last messages up to `upTo` above what the view shows (HTTP history API). */
-async function showHistory(view, upTo) {
-  if (upTo < 1) return;
-  const path = `api/v1/rooms/${encodeURIComponent(view.id)}/history?since=${Math.max(0, upTo - HISTORY)}`;
-  let page;
-  try {
-    const response = await fetch(new URL(path, new URL(".", location.href)));
-    if (!response.ok) return; // e.g. an API key is required: no history then
-    page = await response.json();
-  } catch {
+/**
+ * Put up to HISTORY older messages (offsets below `before`, default: below the oldest shown)
+ * above what the view shows, keeping what is on screen in place (`room.history`).
+ */
+async function showOlder(view, before = view.oldest) {
+  if (view.loading || view.exhausted || !(before > 1)) {
+    if (before <= 1) view.exhausted = true;
     return;
   }
-  if (views.get(view.id) !== view) return;
-  const older = page.messages.filter((m) => m.offset <= upTo && !shown(view, m.offset) && !m.to);
-  view.list.prepend(...older.map(messageItem));
-  view.list.scrollTop = view.list.scrollHeight;
+  view.loading = true;
+  let page;
+  try {
+    page = await view.room.history({ before, limit: HISTORY });
+  } catch {
+    page = null; // a v1 server has no room.history, or the connection dropped: try later
+  } finally {
+    view.loading = false;
+  }
+  if (views.get(view.id) !== view || !page) return;
+  const older = page.messages.filter((m) => m.offset < before && !shown(view, m.offset));
+  if (!older.length) {
+    view.exhausted = true;
+    return;
+  }
+  const list = view.list;
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  const anchor = [...list.children].find((item) => item.matches(".msg[data-offset]")) ?? null;
+  for (const message of older) list.insertBefore(messageItem(message), anchor);
+  list.scrollTop = list.scrollHeight - fromBottom;
+  view.oldest = Math.min(view.oldest ?? before, older[0].offset);
+  if (older[0].offset <= 1) view.exhausted = true;
+}
+
+/** Someone is typing in `view` (an ephemeral `typing` frame); shown for a few seconds. */
+function startTyping(view, name) {
+  clearTimeout(view.typing.get(name));
+  view.typing.set(name, setTimeout(() => stopTyping(view, name), TYPING_FOR));
+  if (view === active) showTyping();
+}
+
+function stopTyping(view, name) {
+  if (!view.typing.has(name)) return;
+  clearTimeout(view.typing.get(name));
+  view.typing.delete(name);
+  if (view === active) showTyping();
+}
+
+function showTyping() {
+  const names = active && !active.left ? [...active.typing.keys()].sort((a, b) => a.localeCompare(b)) : [];
+  const line = $("typing");
+  line.textContent =
+    names.length === 0 ? "" : names.length === 1 ? `${names[0]} is typing…` : `${names.slice(0, -1).join(", ")} and ${names.at(-1)} are typing…`;
+  line.hidden = names.length === 0;
+}
+
+/** Tell the active room that this person is typing: at most one frame per TYPING_EVERY. */
+function typed() {
+  const view = active;
+  if (!view || view.left || view.readOnly || view.storesTyping || !client || client.status === "closed") return;
+  const now = Date.now();
+  if (now - view.typedAt < TYPING_EVERY) return;
+  view.typedAt = now;
+  // not back to this tab (echo false); an ack with an offset means the room keeps typing
+  // frames as messages (the topic is not ephemeral there): stop sending them to that room
+  view.room
+    .request(TYPING, { on: true }, undefined, { echo: false })
+    .then((offset) => (view.storesTyping = offset !== undefined), () => {});
 }
 
 function showMembers() {
@@ -134,7 +195,9 @@ function showRooms() {
 }
 
 function setComposer(enabled) {
-  for (const id of ["text", "send"]) $(id).disabled = !enabled;
+  const readOnly = Boolean(active?.readOnly);
+  for (const id of ["text", "send"]) $(id).disabled = !enabled || readOnly;
+  $("text").placeholder = readOnly ? "Read-only: announcements come from the server" : "Message (Enter to send)";
   $("members").classList.toggle("offline", !enabled);
 }
 
@@ -147,6 +210,7 @@ function activate(view) {
   setComposer(client?.status !== "closed" && !view.left);
   showMembers();
   showRooms();
+  showTyping();
   save();
 }
 
@@ -160,8 +224,10 @@ function addView(id, room) {
   const entry = el("li");
   entry.append(button);
   $("rooms").append(entry);
-  const view = { id, room, list, entry, unread: 0, joined: false, left: false, before: [] };
+  const view = { id, room, list, entry, unread: 0, joined: false, left: false, before: [], typing: new Map(), typedAt: 0, readOnly: id === ANNOUNCEMENTS };
   button.addEventListener("click", () => activate(view));
+  // older messages when scrolled to the top
+  list.addEventListener("scroll", () => list.scrollTop < 40 && showOlder(view));
   views.set(id, view);
   return view;
 }
@@ -180,7 +246,10 @@ function follow(view, resume) {
     if (!view.joined) {
       view.joined = true;
       notice(view, `You joined ${view.id} as ${me}.`, "joined");
-      showHistory(view, resume ? resume.since : offset);
+      // a new member got the last messages as a backlog; a reloaded page resumes after what
+      // it had shown, which it gets back from the room's history
+      if (resume) showOlder(view, resume.since + 1);
+      else if (offset === 0) view.exhausted = true;
     } else diffMembers(view, members);
     if (view === active) showMembers();
   };
@@ -196,6 +265,8 @@ function follow(view, resume) {
       if (view === active) showMembers();
       if (m.topic === "presence.leave") notice(view, `${name} left`);
       else if (name !== me) notice(view, `${name} joined`);
+    } else if (m.topic === TYPING && m.from !== undefined && m.offset === undefined && m.from !== me) {
+      startTyping(view, m.from);
     } else if (m.from !== undefined && !SHOWN.has(m.topic)) showMessage(view, m);
   }));
   room.onReset(mine(() => reset(view)));
@@ -224,7 +295,8 @@ function join(username, rooms) {
   const url = new URL(".", location.href).href; // the server that served this page
   const [main, ...others] = rooms;
   // a chat page should not wait long after the server is back: cap the backoff at 5 s
-  const c = new Client({ url, username, room: main.id, maxDelay: 5000, ...resumeOf(main) });
+  const resumed = resumeOf(main);
+  const c = new Client({ url, username, room: main.id, maxDelay: 5000, ...(resumed ?? { backlog: HISTORY }) });
   client = c;
   first = addView(main.id, c.rooms.get(main.id));
   activate(first);
@@ -242,7 +314,14 @@ function join(username, rooms) {
     for (const room of others) openRoom(room.id, resumeOf(room));
     if (views.has(wanted)) activate(views.get(wanted));
   }), () => {});
-  c.on("error", mine((m) => (lastError = notice(active, `error: ${m.payload.message}`, "error"))));
+  c.on("error", mine((m) => {
+    lastError = notice(active, `error: ${m.payload.message}`, "error");
+    // a room whose class refuses clients' messages: no composer there any more
+    if (m.payload.code === "forbidden" && active && !active.readOnly) {
+      active.readOnly = true;
+      setComposer(client?.status !== "closed" && !active.left);
+    }
+  }));
   c.onReset(mine((w) => reset(first, w.offset)));
   c.onStatus(mine((status, info) => {
     if (status === "closed") {
@@ -290,7 +369,7 @@ function resumeOf(room) {
 /** Join one more room on the tab's connection and show it. */
 function openRoom(id, resume) {
   if (views.has(id)) return activate(views.get(id));
-  const joining = client.join(id, resume ?? {});
+  const joining = client.join(id, resume ?? { backlog: HISTORY });
   const view = addView(id, client.rooms.get(id));
   follow(view, resume);
   activate(view);
@@ -380,6 +459,13 @@ $("composer").addEventListener("submit", (event) => {
   if (active === first) client.send("chat", { text, at: Date.now() });
   else active.room.publish("chat", { text, at: Date.now() });
   input.value = "";
+  active.typedAt = 0; // typing again right after a message is new typing
+});
+
+$("text").addEventListener("input", () => $("text").value.trim() && typed());
+
+$("announcements").addEventListener("click", () => {
+  if (client && client.status !== "closed") openRoom(ANNOUNCEMENTS);
 });
 
 $("leave").addEventListener("click", () => backToForm(""));
