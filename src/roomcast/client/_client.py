@@ -825,7 +825,7 @@ class Client:
         if welcome.recovered is not True:
             # A first join, or history that could not be replayed: start from the room's
             # current offset in its current epoch (a first join's backlog replays up to it).
-            backlog = self._backlog or 0 if welcome.recovered is None else 0
+            backlog = (self._backlog or 0) if welcome.recovered is None else 0
             self._offset = max(0, welcome.offset - backlog)
         self._epoch = welcome.epoch
         if welcome.recovered is False and self._on_recovery_failed is not None:
