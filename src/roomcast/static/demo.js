@@ -276,6 +276,7 @@ function follow(view, resume) {
 /** A room whose history could not be replayed after a reconnect. */
 function reset(view, offset = view.room.offset) {
   view.lost = true;
+  view.exhausted = true; // older pages would be of the lost history
   // offsets start again in the room's new history: what is shown no longer counts as seen
   for (const item of view.list.querySelectorAll(".msg[data-offset]")) delete item.dataset.offset;
   // a server that restarted with nothing sent since has lost nothing this page had not seen
