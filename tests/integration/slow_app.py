@@ -6,6 +6,7 @@ Run as `python -m tests.integration.slow_app serve [flags of roomcast serve]`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 
 from roomcast import Roomcast
@@ -27,6 +28,16 @@ def main() -> None:
         await asyncio.sleep(float(ctx.payload))
         offset = await ctx.broadcast("slow.done", ctx.payload)
         log_event("slow.done", username=ctx.username, offset=offset)
+
+    seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+
+    @rc.on("context")
+    async def context(ctx: Context) -> None:
+        # A context variable set before the handler's first wait is still set after it, as in
+        # any coroutine (the direct receive path runs the first step in a callback).
+        seen.set(str(ctx.payload))
+        await asyncio.sleep(0.01)
+        await ctx.broadcast("context.seen", seen.get())
 
     serve(settings, rc)
 

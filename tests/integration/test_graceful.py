@@ -191,3 +191,21 @@ def _rotate(urls: list[str], i: int) -> list[str]:
         return urls
     k = i % len(urls)
     return urls[k:] + urls[:k]
+
+
+@pytest.mark.parametrize("fast_path", ["true", "false"])
+async def test_a_handlers_context_variables_survive_its_waits(
+    slow_app: Callable[..., ServerProcess], fast_path: str
+) -> None:
+    """A context variable a handler sets before it first waits is still set after the wait,
+    on the direct receive path as on the plain one."""
+    server = slow_app("--fast-path", fast_path)
+    alice = await Client.connect(server.ws_url, "alice", "r1")
+    await alice.join()
+    for value in ("one", "two"):
+        await alice.send({"topic": "context", "payload": value, "id": value})
+        seen = await alice.recv_topic("context.seen")
+        assert seen["payload"] == value
+        ack = await alice.recv_topic("ack")
+        assert ack["payload"]["id"] == value
+    await alice.close()

@@ -7,7 +7,9 @@ first step runs as if the waiting task were current (`asyncio.current_task()`, a
 `asyncio.timeout`, see that task), using asyncio's private `_enter_task` and `_leave_task`;
 when they are missing, :data:`AVAILABLE` is False and the transport keeps handing every frame
 to the application through its queue (correct, slower). The first step runs in a context
-the caller copied inside that task (a task's own context is not reachable before Python 3.12).
+the caller copied inside that task (a task's own context is not reachable before Python 3.12),
+and so does the rest of the coroutine, so that a context variable it set before its first
+wait is still set after it.
 """
 
 from __future__ import annotations
@@ -29,22 +31,28 @@ AVAILABLE = callable(_enter) and callable(_leave)
 """Whether this Python's asyncio has what :func:`first_step` needs."""
 
 
+def _call(function: Any, *args: Any) -> Any:
+    return function(*args)
+
+
 class Continuation:
     """The rest of a coroutine whose first step ran in :func:`first_step`; awaiting it (in the
     task the first step ran for) runs the coroutine to its end, or raises what the first step
     raised."""
 
-    __slots__ = ("_coro", "_error", "_waiting")
+    __slots__ = ("_context", "_coro", "_error", "_waiting")
 
     def __init__(
         self,
         coro: Coroutine[Any, Any, Any] | None,
         waiting: Any = None,
         error: BaseException | None = None,
+        context: contextvars.Context | None = None,
     ) -> None:
         self._coro = coro
         self._waiting = waiting
         self._error = error
+        self._context = context
 
     def __await__(self) -> Generator[Any, Any, Any]:
         if self._error is not None:
@@ -53,9 +61,12 @@ class Continuation:
         coro, value = self._coro, self._waiting
         self._coro = self._waiting = None
         assert coro is not None
+        # Every further step runs in the first step's context, as a task's steps all run in
+        # the task's: what the coroutine set in a context variable stays set.
+        run = self._context.run if self._context is not None else _call
         if value is _NOT_STARTED:
             try:
-                value = coro.send(None)
+                value = run(coro.send, None)
             except StopIteration as stop:
                 return stop.value
         while True:
@@ -66,12 +77,12 @@ class Continuation:
                 raise
             except BaseException as exc:  # a cancellation, thrown into the coroutine
                 try:
-                    value = coro.throw(exc)
+                    value = run(coro.throw, exc)
                 except StopIteration as stop:
                     return stop.value
             else:
                 try:
-                    value = coro.send(sent)
+                    value = run(coro.send, sent)
                 except StopIteration as stop:
                     return stop.value
 
@@ -101,7 +112,7 @@ def first_step(
     assert _enter is not None
     assert _leave is not None
     if _current(loop) is not None:
-        return Continuation(coro, _NOT_STARTED)
+        return Continuation(coro, _NOT_STARTED, context=context)
     _enter(loop, task)
     try:
         waiting = context.run(coro.send, None)
@@ -111,4 +122,4 @@ def first_step(
         return Continuation(None, error=exc)
     finally:
         _leave(loop, task)
-    return Continuation(coro, waiting)
+    return Continuation(coro, waiting, context=context)
