@@ -52,8 +52,8 @@ class Server:
 
     name: str
     proto: str  # the generator's wire protocol: raw, roomcast or sio
-    commands: list[list[str]]  # one command per node; {port} and {redis} are filled in
-    redis: bool = False
+    commands: list[list[str]]  # one command per node; {port}, {redis}, {redis1}... filled in
+    redis: int = 0  # redis-servers to start: {redis} is the first's port, {redis1} the second's
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -82,6 +82,9 @@ def roomcast_cmd(broker: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+SHARDED = "redis://127.0.0.1:{redis}/0,redis://127.0.0.1:{redis1}/0"
+"""Two nodes' broker in the sharded row: rooms spread over two redis-servers."""
+
 SERVERS = {
     s.name: s
     for s in [
@@ -90,11 +93,15 @@ SERVERS = {
         # once (the storm scenario restarts it).
         Server("roomcast-redis-1", "roomcast",
                [roomcast_cmd("redis://127.0.0.1:{redis}/0", "--node-id", "bench-solo")],
-               redis=True),
+               redis=1),
         Server("roomcast-redis-2", "roomcast",
                [roomcast_cmd("redis://127.0.0.1:{redis}/0", "--node-id", "bench-a"),
                 roomcast_cmd("redis://127.0.0.1:{redis}/0", "--node-id", "bench-b")],
-               redis=True),
+               redis=1),
+        Server("roomcast-sharded-2", "roomcast",
+               [roomcast_cmd(SHARDED, "--node-id", "bench-a"),
+                roomcast_cmd(SHARDED, "--node-id", "bench-b")],
+               redis=2),
         Server("roomcast-outbox", "roomcast",
                [[PYTHON, str(BENCH / "peers/roomcast_outbox.py"),
                  *roomcast_cmd("memory://")[3:]]]),
@@ -257,28 +264,30 @@ class Run:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
         self.args: list[list[str]] = []
-        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis: list[subprocess.Popen[bytes]] = []
 
     def stop(self) -> None:
         """Stop the nodes, then Redis (so that the nodes leave cleanly)."""
-        stop([p for p in self.procs if p is not self.redis])
-        stop([self.redis] if self.redis is not None else [])
+        stop([p for p in self.procs if p not in self.redis])
+        stop(self.redis)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
     async def start(self) -> None:
-        redis_port = 0
-        if self.server.redis:
+        redis_ports: dict[str, int] = {}
+        for i in range(self.server.redis):
             redis_port = free_port()
-            self.redis = self._spawn(
+            redis = self._spawn(
                 ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no"], "redis")  # fmt: skip
-            self.procs.append(self.redis)
-            await wait_port(redis_port, self.redis, 10)
+                 "--save", "", "--appendonly", "no"], f"redis{i or ''}")  # fmt: skip
+            self.redis.append(redis)
+            self.procs.append(redis)
+            redis_ports[f"redis{i or ''}"] = redis_port
+            await wait_port(redis_port, redis, 10)
         for i, cmd in enumerate(self.server.commands):
             port = free_port()
-            args = [a.format(port=port, redis=redis_port) for a in cmd]
+            args = [a.format(port=port, **redis_ports) for a in cmd]
             proc = self._spawn(args, f"node{i}")
             self.procs.append(proc)
             self.ports.append(port)
@@ -288,7 +297,7 @@ class Run:
     async def restart(self, index: int) -> float:
         """SIGKILL node `index`, start it again on the same port; returns when it was started
         (monotonic clock), once it listens. The restarted node goes last in `procs`."""
-        nodes = [p for p in self.procs if p is not self.redis]
+        nodes = [p for p in self.procs if p not in self.redis]
         victim = nodes[index]
         victim.kill()
         victim.wait(10)

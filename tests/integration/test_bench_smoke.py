@@ -52,3 +52,20 @@ def test_bench_join_and_storm_quick_mode(tmp_path: Path) -> None:
     assert storm["recovered"] == storm["connections"] == 40
     assert storm["not_recovered"] == storm["gaps"] == storm["refused"] == 0
     assert storm["server_peak_rss_mib"] > 0
+
+
+def test_bench_shards_quick(tmp_path: Path) -> None:
+    """`bench/shards.py` measures the Redis CPU per publish on one and on two servers."""
+    out = tmp_path / "shards.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench/shards.py"), "--seconds", "0.3", "--rooms", "4",
+         "--subscribers", "0,1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["servers"], r["subscribed_nodes"]) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for row in rows:
+        assert row["publishes"] > 0
+        assert len(row["redis_cpu_pct"]) == row["servers"]
+        assert row["redis_us_per_publish"] > 0

@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from roomcast import Publisher
 from roomcast.brokers.sharded import shard_of
 from tests.harness import ROOT, Client, RedisProcess, ServerProcess
-from tests.integration.reliability import Publisher, ResumingClient
+from tests.integration.reliability import Publisher as HttpPublisher
+from tests.integration.reliability import ResumingClient
 
 Start = Callable[..., ServerProcess]
 
@@ -139,7 +141,7 @@ async def test_killed_node_leaves_every_shard_once_and_its_members_recover(
         await member.connect()
     stop = asyncio.Event()
     readers = [asyncio.create_task(m.run(stop)) for m in resuming]
-    publishers = [Publisher(lambda: [b.url], room, concurrency=2) for room in rooms]
+    publishers = [HttpPublisher(lambda: [b.url], room, concurrency=2) for room in rooms]
     publishing = [asyncio.create_task(p.run()) for p in publishers]
     try:
         for publisher in publishers:
@@ -205,7 +207,7 @@ async def test_one_shard_down_takes_only_its_rooms_down(
     carol = await joined(a, "carol", down)
     stop = asyncio.Event()
     readers = [asyncio.create_task(m.run(stop)) for m in resuming]
-    publishers = [Publisher(lambda: [b.url, a.url], room) for room in (up, down)]
+    publishers = [HttpPublisher(lambda: [b.url, a.url], room) for room in (up, down)]
     publishing = [asyncio.create_task(p.run()) for p in publishers]
     restarted = RedisProcess(shards[1].port)
     try:
@@ -300,3 +302,20 @@ def test_a_bad_broker_url_exits_2_saying_why(url: str, mention: str) -> None:
     assert result.returncode == 2
     assert mention in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_publisher_reaches_rooms_on_every_server(
+    start_server: Start, shards: list[RedisProcess]
+) -> None:
+    """`roomcast.Publisher` with the same list publishes to a room of each server, where the
+    nodes' members get it with that room's offsets."""
+    a, b = node(start_server, shards, "a"), node(start_server, shards, "b")
+    rooms = [room_on(0, "zero"), room_on(1, "one")]
+    members = [await joined((a, b)[i], "m", room) for i, room in enumerate(rooms)]
+    async with Publisher(broker(shards)) as publisher:
+        for room, member in zip(rooms, members, strict=True):
+            assert await publisher.publish(room, "news", 1) == 1
+            assert await publisher.publish(room, "news", 2) == 2
+            assert [(await member.recv())["offset"] for _ in range(2)] == [1, 2]
+    for member in members:
+        await member.close()

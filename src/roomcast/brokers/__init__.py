@@ -46,6 +46,8 @@ __all__ = [
 
 _MEMORY = ("memory://",)
 _REDIS = ("redis://", "rediss://")
+_SHARDABLE = ("redis://", "rediss://")
+"""The schemes a comma-separated list of servers is made of (rooms sharded over them)."""
 _SHARED = (*_REDIS, *SENTINEL_SCHEMES)
 _FORMS = (
     "memory://, redis://HOST:PORT/DB, redis://H1:P1/DB,redis://H2:P2/DB,... or "
@@ -62,10 +64,15 @@ def check_url(url: str) -> None:
     """
     if url.startswith(SENTINEL_SCHEMES):
         parse_sentinel(url)
-    elif url.startswith(_REDIS) and "," in url:
+    elif _is_list(url):
         shard_urls(url)
     elif not url.startswith(_MEMORY + _REDIS):
         raise ConfigError(f"broker must be {_FORMS}, got {url!r}")
+
+
+def _is_list(url: str) -> bool:
+    """Whether `url` lists several plain Redis servers (`redis://A,redis://B,...`)."""
+    return url.startswith(_SHARDABLE) and "," in url
 
 
 def is_shared(url: str) -> bool:
@@ -100,7 +107,7 @@ def from_url(
     check_url(url)
     if url.startswith(_MEMORY):
         return MemoryBroker(history_size=history_size, history_ttl=history_ttl, classes=classes)
-    if url.startswith(_REDIS) and "," in url:
+    if _is_list(url):
         from .sharded import ShardedBroker
 
         return ShardedBroker.from_urls(
