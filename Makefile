@@ -9,7 +9,8 @@ dev:
 	scripts/setup.sh --dev
 
 serve: setup
-	.venv/bin/roomcast serve --host 127.0.0.1 --port 8000 --broker memory:// --on-duplicate share
+	.venv/bin/roomcast serve --host 127.0.0.1 --port 8000 --broker memory:// --on-duplicate share \
+		--config examples/roomcast.toml
 
 lint: dev
 	.venv/bin/ruff format --check .

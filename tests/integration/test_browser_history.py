@@ -1,21 +1,28 @@
 """The demo page's use of protocol section 10 in headless Chromium against a real server: a
-typing indicator on an ephemeral topic, the last 50 messages on join (a backlog), and older
-messages when scrolled to the top (`room.history`)."""
+typing indicator on an ephemeral topic, the last 50 messages on join (a backlog), older
+messages when scrolled to the top (`room.history`), the read-only announcements room, and the
+example room classes `make serve` runs with."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.harness import RECV_TIMEOUT, ServerProcess
-from tests.integration.test_browser import Pages, browser, join, pages, publish, say
+from tests.harness import RECV_TIMEOUT, ROOT, Client, ServerProcess
+from tests.integration.test_browser import WAIT_S, Pages, browser, join, pages, publish, say
 
 __all__ = ["browser", "pages"]  # the fixtures, shared with test_browser.py
 
+StartServer = Callable[..., ServerProcess]
 APP = "tests.integration.ephemeral_app"
+EXAMPLE = os.path.join(ROOT, "examples", "roomcast.toml")
 
 
 @pytest.fixture
@@ -96,4 +103,35 @@ def test_the_announcements_room_is_read_only_on_the_page(demo: ServerProcess, pa
     expect(page.locator(".msg .text")).to_have_text(["release 1.1 is out"])
     page.click(".room-entry[data-room='chat:ann']")
     expect(page.locator("#text")).to_be_enabled()
+    assert pages.errors == []
+
+
+def test_the_example_rooms_of_make_serve(start_server: StartServer, pages: Pages) -> None:
+    """With examples/roomcast.toml, the file `make serve` passes: typing in a `chat:` room is
+    ephemeral (the indicator shows, nothing is stored), and `announce:news` lists nobody,
+    shows what the server posts and refuses a client's message (`forbidden`)."""
+    server = start_server("--config", EXAMPLE, "--on-duplicate", "share")
+    alice, bob = pages.open(), pages.open()
+    join(alice, server, "alice", "chat:lobby")
+    join(bob, server, "bob", "chat:lobby")
+    bob.locator("#text").press_sequentially("hi")
+    expect(alice.locator("#typing")).to_have_text("bob is typing…")
+    assert history(server, "chat:lobby") == []
+    alice.click("#announcements")
+    expect(alice.locator("#text")).to_be_disabled()
+    publish(server, "announce:news", "hello from the server")
+    expect(alice.locator(".msg .text")).to_have_text(["hello from the server"])
+    expect(alice.locator("#members li")).to_have_count(0)
+
+    async def post() -> dict[str, Any]:
+        client = await Client.connect(server.ws_url, "zed", "announce:news")
+        await client.join()
+        await client.send({"topic": "chat", "payload": {"text": "me too"}, "id": 1})
+        answer = await client.recv()
+        await client.close()
+        return answer
+
+    with ThreadPoolExecutor(1) as thread:  # Playwright's sync API holds this thread's loop
+        answer = thread.submit(asyncio.run, post()).result(WAIT_S)
+    assert answer["payload"]["code"] == "forbidden"
     assert pages.errors == []
