@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -52,8 +53,9 @@ class Server:
 
     name: str
     proto: str  # the generator's wire protocol: raw, roomcast or sio
-    commands: list[list[str]]  # one command per node; {port}, {redis}, {redis1}... filled in
+    commands: list[list[str]]  # one command per node; {port}, {redis}, {cluster}... filled in
     redis: int = 0  # redis-servers to start: {redis} is the first's port, {redis1} the second's
+    cluster: int = 0  # masters of a Redis Cluster to start ({cluster}: their addresses)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -102,6 +104,10 @@ SERVERS = {
                [roomcast_cmd(SHARDED, "--node-id", "bench-a"),
                 roomcast_cmd(SHARDED, "--node-id", "bench-b")],
                redis=2),
+        Server("roomcast-cluster-2", "roomcast",
+               [roomcast_cmd("redis+cluster://{cluster}", "--node-id", "bench-a"),
+                roomcast_cmd("redis+cluster://{cluster}", "--node-id", "bench-b")],
+               cluster=3),
         Server("roomcast-outbox", "roomcast",
                [[PYTHON, str(BENCH / "peers/roomcast_outbox.py"),
                  *roomcast_cmd("memory://")[3:]]]),
@@ -198,6 +204,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus ports (+10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20000, 30000)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time of the processes."""
     total = 0
@@ -265,11 +287,13 @@ class Run:
         self.ports: list[int] = []
         self.args: list[list[str]] = []
         self.redis: list[subprocess.Popen[bytes]] = []
+        self.cluster: list[subprocess.Popen[bytes]] = []
 
     def stop(self) -> None:
         """Stop the nodes, then Redis (so that the nodes leave cleanly)."""
-        stop([p for p in self.procs if p not in self.redis])
-        stop(self.redis)
+        stores = [*self.redis, *self.cluster]
+        stop([p for p in self.procs if p not in stores])
+        stop(stores)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -285,9 +309,10 @@ class Run:
             self.procs.append(redis)
             redis_ports[f"redis{i or ''}"] = redis_port
             await wait_port(redis_port, redis, 10)
+        seeds = await self.start_cluster() if self.server.cluster else ""
         for i, cmd in enumerate(self.server.commands):
             port = free_port()
-            args = [a.format(port=port, **redis_ports) for a in cmd]
+            args = [a.format(port=port, cluster=seeds, **redis_ports) for a in cmd]
             proc = self._spawn(args, f"node{i}")
             self.procs.append(proc)
             self.ports.append(port)
@@ -297,7 +322,7 @@ class Run:
     async def restart(self, index: int) -> float:
         """SIGKILL node `index`, start it again on the same port; returns when it was started
         (monotonic clock), once it listens. The restarted node goes last in `procs`."""
-        nodes = [p for p in self.procs if p not in self.redis]
+        nodes = [p for p in self.procs if p not in self.redis and p not in self.cluster]
         victim = nodes[index]
         victim.kill()
         victim.wait(10)
@@ -307,6 +332,41 @@ class Run:
         self.procs.append(proc)
         await wait_port(self.ports[index], proc, 60)
         return started
+
+    async def start_cluster(self, timeout: float = 30.0) -> str:
+        """Start the masters of a Redis Cluster (no replica, no persistence), join them with
+        `redis-cli --cluster create` and wait for the cluster to be ok; their addresses."""
+        ports = cluster_ports(self.server.cluster)
+        workdir = self.logdir / f"{self.server.name}.cluster"
+        workdir.mkdir(exist_ok=True)
+        for port in ports:
+            proc = self._spawn(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(workdir), "--cluster-enabled", "yes",
+                 "--cluster-config-file", f"nodes-{port}.conf",
+                 "--cluster-require-full-coverage", "no"], f"redis-{port}")  # fmt: skip
+            self.cluster.append(proc)
+            self.procs.append(proc)
+            await wait_port(port, proc, 10)
+        seeds = [f"127.0.0.1:{port}" for port in ports]
+        create = await asyncio.create_subprocess_exec(
+            "redis-cli", "--cluster", "create", *seeds, "--cluster-yes",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        async with asyncio.timeout(timeout):
+            if await create.wait() != 0:
+                raise RuntimeError("redis-cli --cluster create failed")
+            for port in ports:
+                while True:
+                    info = await asyncio.create_subprocess_exec(
+                        "redis-cli", "-p", str(port), "cluster", "info",
+                        stdout=asyncio.subprocess.PIPE,
+                    )  # fmt: skip
+                    out, _ = await info.communicate()
+                    if b"cluster_state:ok" in out:
+                        break
+                    await asyncio.sleep(0.1)  # the cluster's own state: bounded by timeout
+        return ",".join(seeds)
 
     def _spawn(self, args: list[str], tag: str) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{self.server.name}.{tag}.log", "wb")  # noqa: SIM115
@@ -588,7 +648,7 @@ async def main() -> int:
     for turn in range(args.repeat):  # in turns, so that a noisy minute hits every server once
         for name in names:
             server = SERVERS[name]
-            if server.redis and shutil.which("redis-server") is None:
+            if (server.redis or server.cluster) and shutil.which("redis-server") is None:
                 report["servers"][name] = {"error": "redis-server not installed"}
                 continue
             print(f"== {name} ({turn + 1}/{args.repeat})", file=sys.stderr, flush=True)

@@ -120,7 +120,9 @@ async def _redis_keys(url: str, node_ids: list[str]) -> dict[str, Any]:
     try:
         keys = sorted(await store.keys("*"))
         history = re.compile(r"^rc:\{soak-\d+\}:[oes]$")
-        nodes = {f"rc:node:{n}" for n in node_ids} | {"rc:nodes"}
+        from roomcast.brokers.redis import wire
+
+        nodes = {wire.lease_key(n) for n in node_ids} | {wire.NODES_KEY}
         without_ttl = [k for k in keys if history.match(k) and await store.ttl(k) < 0]
         return {
             "keys": len(keys),

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.harness import RedisProcess, SentinelSet, ServerProcess
+from tests.harness import RedisClusterProcess, RedisProcess, SentinelSet, ServerProcess
 
 
 @pytest.fixture
@@ -58,3 +58,21 @@ def two_redis_servers() -> Iterator[list[RedisProcess]]:
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisClusterProcess]:
+    """A 3-master Redis Cluster shared by the tests of one process (each flushes it)."""
+    cluster = RedisClusterProcess(masters=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisClusterProcess) -> RedisClusterProcess:
+    """The shared 3-master Redis Cluster, emptied for this test (tests that stop or kill a
+    node start a cluster of their own: `RedisClusterProcess`)."""
+    for node in redis_cluster_session.masters():
+        redis_cluster_session.cli(node.port, "flushall")
+    redis_cluster_session.wait_ok()
+    return redis_cluster_session

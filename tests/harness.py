@@ -242,6 +242,7 @@ class RedisProcess:
         self.dir = tempfile.mkdtemp(prefix="roomcast-redis-")
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.args = args
 
     @property
     def url(self) -> str:
@@ -286,6 +287,12 @@ class RedisProcess:
                 raise RuntimeError("redis-server exited at start")
             time.sleep(0.05)  # polling a port that is not open yet: bounded by the deadline
         raise RuntimeError("redis-server did not start in 10 s")
+
+    def kill(self) -> None:
+        """SIGKILL the server (its directory stays, for a restart with `start`)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -388,6 +395,154 @@ class SentinelSet:
     def stop(self) -> None:
         for process in (self.sentinel, self.replica, self.master):
             process.stop()
+
+
+def cluster_ports(count: int) -> list[int]:
+    """`count` free ports whose cluster bus ports (+10000) are free too, all below the
+    kernel's ephemeral range (see `quiet_port`)."""
+    low = 32768
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError),
+        open("/proc/sys/net/ipv4/ip_local_port_range") as f,
+    ):
+        low = int(f.read().split()[0])
+    ports: list[int] = []
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 16000), low - 10000)
+        if port in ports or port + 10000 in ports or port - 10000 in ports:
+            continue
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError("no free ports for a Redis Cluster")
+
+
+class RedisClusterProcess:
+    """A throwaway Redis Cluster on loopback: `masters` masters, each with `replicas`
+    replicas, `cluster-require-full-coverage no` (a shard down leaves the others serving)
+    and a short `cluster-node-timeout` (a master is failed over within about a second)."""
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        ports = cluster_ports(masters * (1 + replicas))
+        options = (
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            str(self.NODE_TIMEOUT_MS),
+            "--cluster-require-full-coverage",
+            "no",
+            "--cluster-replica-validity-factor",
+            "0",
+        )
+        self.nodes = [
+            RedisProcess(port, [*options, "--cluster-config-file", f"nodes-{port}.conf"])
+            for port in ports
+        ]
+        self.replicas = replicas
+        self.master_count = masters
+
+    @property
+    def url(self) -> str:
+        """The roomcast broker URL naming every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> RedisClusterProcess:
+        for node in self.nodes:
+            node.start()
+        exe = shutil.which("redis-cli")
+        if exe is None:
+            raise RuntimeError("redis-cli is not installed: run scripts/setup.sh --test")
+        subprocess.run(
+            [
+                exe,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+        self.wait_ok()
+        return self
+
+    def cli(self, port: int, *args: str, timeout: float = 5.0) -> str:
+        """One redis-cli command against the node on `port`; its output."""
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return done.stdout
+
+    def live(self) -> list[RedisProcess]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every live node says the cluster is ok, every slot is served by a live
+        master and every live replica is in sync with its master."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                if all(self._node_ok(n.port) for n in self.live()):
+                    return
+            time.sleep(0.1)  # polling the cluster's own state: bounded by the deadline
+        raise RuntimeError(f"the Redis Cluster was not ok within {timeout} s")
+
+    def _node_ok(self, port: int) -> bool:
+        info = self.cli(port, "cluster", "info")
+        if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
+            return False
+        masters = {m.port for m in self.masters()}
+        if len(masters) != self.master_count:
+            return False
+        if port in masters:
+            return True
+        return "master_link_status:up" in self.cli(port, "info", "replication")
+
+    def masters(self) -> list[RedisProcess]:
+        """The live nodes that are masters now (as the first live node sees it)."""
+        live = self.live()
+        if not live:
+            return []
+        view = self.cli(live[0].port, "cluster", "nodes")
+        ports = set()
+        for line in view.splitlines():
+            fields = line.split()
+            if len(fields) > 2 and "master" in fields[2] and "fail" not in fields[2]:
+                ports.add(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return [n for n in live if n.port in ports]
+
+    def master_of(self, key: str) -> RedisProcess:
+        """The live master that serves `key`'s slot."""
+        live = self.live()
+        slot = int(self.cli(live[0].port, "cluster", "keyslot", key).strip())
+        for node in self.masters():
+            for line in self.cli(node.port, "cluster", "nodes").splitlines():
+                fields = line.split()
+                if "myself" in fields[2]:
+                    for item in fields[8:]:
+                        low, _, high = item.partition("-")
+                        if low.isdigit() and int(low) <= slot <= int(high or low):
+                            return node
+        raise RuntimeError(f"no live master serves {key!r} (slot {slot})")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class Client:

@@ -15,7 +15,7 @@ from roomcast.node import Node
 from roomcast.protocol import message_prefix
 from roomcast.rooms import Member
 from roomcast.settings import Settings
-from tests.harness import RedisProcess
+from tests.harness import RedisClusterProcess, RedisProcess
 
 
 class Recording:
@@ -41,12 +41,15 @@ class Recording:
         return [orjson.loads(f)["offset"] for f in self.frames]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def node(request: pytest.FixtureRequest) -> AsyncIterator[Node]:
     """A started node on one broker kind."""
     broker: Broker
     if request.param == "memory":
         broker = MemoryBroker()
+    elif request.param == "cluster":
+        cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+        broker = RedisBroker(cluster.url)
     else:
         redis: RedisProcess = request.getfixturevalue("redis_server")
         broker = RedisBroker(redis.url)

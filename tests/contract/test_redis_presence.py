@@ -4,43 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import pytest
 from redis.asyncio import Redis
 
-from roomcast.brokers.redis import RedisBroker
+from roomcast.brokers.redis import wire
 from roomcast.protocol import message_prefix
-from tests.contract.conftest import Recorder
+from tests.contract.conftest import Make, until
 from tests.harness import RedisProcess
-
-Make = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
-
-
-@pytest.fixture
-async def make(redis_server: RedisProcess) -> AsyncIterator[Make]:
-    """Starts Redis brokers (nodes) on one redis-server; closes them at the end."""
-    brokers: list[RedisBroker] = []
-
-    async def start(
-        node_id: str, url: str = redis_server.url, **options: float
-    ) -> tuple[RedisBroker, Recorder]:
-        broker = RedisBroker(url, **options)  # type: ignore[arg-type]
-        recorder = Recorder()
-        await broker.start(node_id, recorder)
-        brokers.append(broker)
-        return broker, recorder
-
-    yield start
-    for broker in brokers:
-        await broker.close()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition with a deadline (leases and sweeps are timed, not evented)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 async def test_dead_node_is_swept_by_exactly_one_survivor(make: Make) -> None:
@@ -65,7 +35,7 @@ async def test_lapsed_lease_puts_live_members_back(make: Make, redis_server: Red
     await b.subscribe("r1")
     await a.add_member("r1", "alice", "c1")
     admin = Redis.from_url(redis_server.url)
-    await admin.delete("rc:node:a", "rc:{r1}:p")  # as if a stalled and was swept
+    await admin.delete(wire.lease_key("a"), wire.presence_key("r1"))  # as if a was swept
     await until(lambda: any(s.kind == "join" for s in seen_b.signals))
     assert await b.members("r1") == ["alice"]
     await admin.aclose()

@@ -62,8 +62,10 @@ async def _assert_only_history_keys(redis: RedisProcess, node_ids: list[str]) ->
     try:
         keys = sorted(await store.keys("*"))
         history = re.compile(r"^rc:\{soak-\d+\}:[oes]$")
-        stats = {f"rc:stats:{n}" for n in node_ids}
-        nodes = {f"rc:node:{n}" for n in node_ids} | {"rc:nodes", "rc:stats"} | stats
+        from roomcast.brokers.redis import wire
+
+        stats = {wire.stats_key(n) for n in node_ids}
+        nodes = {wire.lease_key(n) for n in node_ids} | {wire.NODES_KEY, wire.STATS_KEY} | stats
         leftovers = [k for k in keys if not history.match(k) and k not in nodes]
         assert leftovers == [], leftovers
         for key in stats:  # the live nodes' stats messages expire by themselves

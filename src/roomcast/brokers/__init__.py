@@ -1,5 +1,6 @@
 """Brokers, chosen by URL: `memory://`, `redis://HOST:PORT/DB`, a comma-separated list of
-such URLs (rooms spread over several servers) or `redis+sentinel://HOST:PORT[,...]/MASTER/DB`.
+such URLs (rooms spread over several servers), `redis+sentinel://HOST:PORT[,...]/MASTER/DB`
+or `redis+cluster://HOST:PORT[,HOST:PORT...]` (a Redis Cluster).
 
 :func:`from_url` is the one place a broker URL scheme is interpreted: the server, the
 :class:`~roomcast.Publisher` and the settings validation all ask it (or :func:`check_url`);
@@ -48,10 +49,12 @@ _MEMORY = ("memory://",)
 _REDIS = ("redis://", "rediss://")
 _SHARDABLE = ("redis://", "rediss://")
 """The schemes a comma-separated list of servers is made of (rooms sharded over them)."""
-_SHARED = (*_REDIS, *SENTINEL_SCHEMES)
+_REDIS_CLUSTER = ("redis+cluster://",)
+_SHARED = (*_REDIS, *SENTINEL_SCHEMES, *_REDIS_CLUSTER)
 _FORMS = (
-    "memory://, redis://HOST:PORT/DB, redis://H1:P1/DB,redis://H2:P2/DB,... or "
-    "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME/DB"
+    "memory://, redis://HOST:PORT/DB, redis://H1:P1/DB,redis://H2:P2/DB,..., "
+    "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME/DB or "
+    "redis+cluster://HOST:PORT[,HOST:PORT...]"
 )
 
 
@@ -59,11 +62,15 @@ def check_url(url: str) -> None:
     """Check that `url` names a broker roomcast knows, in a form it can use.
 
     Raises:
-        ConfigError: for any other scheme, naming the ones allowed; for a list of servers or
-            a Sentinel URL that is malformed, saying what is wrong.
+        ConfigError: for any other scheme, naming the ones allowed; for a list of servers, a
+            Sentinel URL or a Redis Cluster URL that is malformed, saying what is wrong.
     """
     if url.startswith(SENTINEL_SCHEMES):
         parse_sentinel(url)
+    elif url.startswith(_REDIS_CLUSTER):
+        from .redis.cluster import parse_cluster_url
+
+        parse_cluster_url(url)
     elif _is_list(url):
         shard_urls(url)
     elif not url.startswith(_MEMORY + _REDIS):
@@ -93,7 +100,8 @@ def from_url(
 
     Args:
         url: `memory://`, `redis://HOST:PORT/DB` (`rediss://` for TLS), several of those
-            separated by commas, or `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER/DB`.
+            separated by commas, `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER/DB`, or
+            `redis+cluster://HOST:PORT[,HOST:PORT...]` (seed nodes of a Redis Cluster).
         history_size: messages retained per room.
         history_ttl: seconds retained messages live.
         presence_ttl: bound on how long a dead node's members stay listed (shared brokers).

@@ -1,10 +1,13 @@
-"""The Redis broker: cross-node delivery, cluster-wide presence and history in one Redis.
+"""The Redis broker: cross-node delivery, cluster-wide presence and history in one Redis
+(`redis://`) or in a Redis Cluster (`redis+cluster://`).
 
 `RedisBroker` is a facade over the parts, one module each:
 
 - wire.py: key and channel names, the messages between nodes (where one is parsed);
 - scripts.py: the Lua scripts, each one atomic step;
 - calls.py: the command connections (a bounded pool) and the registered scripts;
+- cluster.py, cluster_subscriber.py: the Redis Cluster URL and client, one subscription per
+  shard that follows the slot map; redispy.py: what that needs of redis-py's cluster client;
 - publishing.py: batched, pipelined publishes and the wait for a node's own delivery;
 - subscriber.py: the subscription connection, its reader loop and heartbeat;
 - presence.py: presence entries, the node's lease, the sweeper, orphans;
@@ -22,8 +25,10 @@ import math
 import secrets
 import time
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from ...errors import BrokerUnavailable
@@ -32,6 +37,7 @@ from ...room_classes import RoomClasses
 from ..base import BrokerListener, HistoryPage, OutboxEntry, Publication, Signal
 from . import wire
 from .calls import Calls, unavailable
+from .cluster_subscriber import ClusterSubscriber
 from .outbox import OUTBOX_SHARDS, Outbox
 from .presence import Presence
 from .publishing import Deliveries, Publishing
@@ -52,10 +58,12 @@ a power of two (attempts 1, 2, 4, 8, ... are logged)."""
 
 
 class RedisBroker:
-    """Delivery, presence and history shared by every node through one Redis.
+    """Delivery, presence and history shared by every node through one Redis or one Redis
+    Cluster.
 
     Args:
-        url: `redis://[:PASSWORD@]HOST:PORT/DB` (or `rediss://` for TLS).
+        url: `redis://[:PASSWORD@]HOST:PORT/DB` (or `rediss://` for TLS), or
+            `redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]` (seed nodes).
         history_size: messages retained per room (a stream trimmed to exactly this many).
         history_ttl: seconds a room's retained messages live after its last publish; a room
             nobody is in loses its offset and epoch (its history) once nothing was published
@@ -100,14 +108,30 @@ class RedisBroker:
             history_ttl_ms=self._ttl_ms,
             longest_ttl_ms=_ms(classes.longest_ttl),
         )
-        self._subscriber = Subscriber(
-            url,
-            channel_prefix=channel_prefix,
-            presence_ttl=presence_ttl,
-            deliveries=deliveries,
-            on_connected=self._connected,
-            on_lost=self._lost,
-        )
+        self._subscriber: Subscriber | ClusterSubscriber
+        if isinstance(self._calls.redis, RedisCluster):
+            self._subscriber = ClusterSubscriber(
+                url,
+                cluster=self._calls.redis,
+                make_shard=partial(
+                    Subscriber,
+                    channel_prefix=channel_prefix,
+                    presence_ttl=presence_ttl,
+                    deliveries=deliveries,
+                    sharded=True,
+                ),
+                on_connected=self._connected,
+                on_lost=self._lost,
+            )
+        else:
+            self._subscriber = Subscriber(
+                url,
+                channel_prefix=channel_prefix,
+                presence_ttl=presence_ttl,
+                deliveries=deliveries,
+                on_connected=self._connected,
+                on_lost=self._lost,
+            )
         self._publishing = Publishing(
             self._calls,
             channel_prefix=channel_prefix,
@@ -224,12 +248,22 @@ class RedisBroker:
     # commands
 
     async def ping(self) -> None:
-        """Check that Redis answers (within a second) and this node's subscriptions are live."""
+        """Check that Redis answers (within a second) and this node's subscriptions are live;
+        on a Redis Cluster, that at least one master answers (a room whose shard is down
+        answers `unavailable` on its own; docs/configuration.md tells the choice)."""
         redis = self._calls.redis
 
         async def ping() -> None:
             async with asyncio.timeout(PING_TIMEOUT):
-                await redis.ping()
+                if not isinstance(redis, RedisCluster):
+                    await redis.ping()
+                    return
+                answers = await asyncio.gather(
+                    *(redis.ping(target_nodes=node) for node in redis.get_primaries()),
+                    return_exceptions=True,
+                )
+                if not any(answer is True for answer in answers):
+                    raise unavailable("no master of the Redis Cluster answers")
 
         await self._calls.call(ping)
 
@@ -270,10 +304,10 @@ class RedisBroker:
         await self._announce(signal.room, wire.encode_signal(signal))
 
     async def _announce(self, room: str, payload: bytes) -> None:
-        """PUBLISH a message without offset on the room's channel."""
-        redis = self._calls.redis
+        """PUBLISH (`SPUBLISH` on a Redis Cluster) a message without offset on the room's
+        channel."""
         channel = wire.channel(wire.channel_prefix(self._calls.db), room)
-        await self._calls.call(lambda: redis.publish(channel, payload))
+        await self._calls.call(lambda: self._calls.announce(channel, payload))
 
     async def history(
         self, room: str, since: int | None = None, limit: int | None = None

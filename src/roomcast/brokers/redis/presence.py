@@ -5,9 +5,13 @@
   node); joins and leaves are scripts (ADD_MEMBER, REMOVE_MEMBER), so uniqueness and the
   first-join / last-leave decisions are cluster-wide. A dead node's sweep takes out only its
   own tokens: a user still connected elsewhere stays present.
+- Each token has an entry in its node's member set. The two live in different hash slots
+  (the room's, the node's), so they are written in an order that keeps one rule through any
+  crash: a token in presence always has its entry (a join adds the entry first, a leave
+  removes it last); an entry without a token is harmless (a sweep finds nothing to remove).
 - Each node holds a lease key, renewed every `presence_ttl / 6`; every node sweeps the ids
-  whose lease is gone (SWEEP_NODE), and exactly one survivor gets each dead node's members
-  back to announce.
+  whose lease is gone (SWEEP_CLAIM, SWEEP_ROOMS, SWEEP_DONE: scripts.py tells the steps),
+  and exactly one survivor gets each dead node's members back to announce.
 - A member that leaves while Redis is unreachable is an orphan, removed once Redis is back.
 - A live node whose lease lapsed (a stall, an outage) adds its members back.
 
@@ -33,7 +37,7 @@ from .calls import Calls
 __all__ = ["Presence"]
 
 SWEEP_BATCH = 256
-"""Entries of a dead node removed per SWEEP_NODE call (each call is one atomic step)."""
+"""Entries of a dead node removed per SWEEP_ROOMS call (each call is one atomic step)."""
 
 
 def _text(value: bytes | str) -> str:
@@ -83,18 +87,47 @@ class Presence:
         """Entries of members gone while Redis was unreachable, to remove when it is back."""
         self._own_entries_removed = False
         """Whether entries left under this node id by an earlier process were removed."""
+        self._readd_again = False
+        """Whether the lease lapsed at the last renewal: the members are put back once more
+        at the next, in case a sweep that claimed them before the renewal removed them
+        after it was put back (its steps are not one atomic script)."""
 
     # what the node's clients call
 
-    def _keys(self, room: str) -> list[str]:
-        return wire.presence_keys(room, self.node_id)
+    async def _add(
+        self, room: str, username: str, connection_id: str, mode: str, max_members: int = 0
+    ) -> Any:
+        """A join's two steps: the entry in this node's member set, then the token in the
+        room's presence; a refused join takes its entry out again."""
+        members = wire.member_set_key(self.node_id)
+        entry = wire.member_entry(room, username, connection_id)
+        script = self._calls.script_add
+        keys = wire.presence_keys(room)
+        args = [username, wire.presence_value(self.node_id, connection_id), mode, max_members]
+        steps: list[Any] = [("SADD", members, entry), (script, keys, args)]
+        _, result = await self._calls.in_order(steps, again=steps)
+        if int(result[0]) in (0, 4):
+            await self._calls.redis.srem(members, entry)
+        return result
 
-    def _entry_args(self, room: str, username: str, connection_id: str) -> list[str]:
-        return [
+    async def _remove(self, room: str, username: str, connection_id: str) -> Any:
+        """A leave's two steps: the token out of the room's presence, then the entry out of
+        this node's member set."""
+        members = wire.member_set_key(self.node_id)
+        entry = wire.member_entry(room, username, connection_id)
+        script = self._calls.script_remove
+        keys = wire.presence_keys(room)
+        args = [
             username,
             wire.presence_value(self.node_id, connection_id),
-            wire.member_entry(room, username, connection_id),
+            self._room_ttl_ms(room),
         ]
+        steps: list[Any] = [(script, keys, args), ("SREM", members, entry)]
+        # Refused for want of the script, the token stayed while the entry went: put the
+        # entry back before trying again.
+        again: list[Any] = [("SADD", members, entry), *steps]
+        removed, _ = (await self._calls.in_order(steps, again=again))[-2:]
+        return removed
 
     async def add_member(
         self,
@@ -109,9 +142,8 @@ class Presence:
         """Add to the room's presence (atomically unique, within `max_members`); see
         `Broker.add_member`."""
         mode = "2" if share else "1" if replace else "0"
-        args = [*self._entry_args(room, username, connection_id), mode, room, str(max_members or 0)]
         status, previous = await self._calls.call(
-            lambda: self._calls.script_add(keys=self._keys(room), args=args)
+            partial(self._add, room, username, connection_id, mode, max_members or 0)
         )
         if int(status) == 0:
             raise DuplicateMember(username)
@@ -135,16 +167,6 @@ class Presence:
             raise
         return bool(removed)
 
-    async def _remove(self, room: str, username: str, connection_id: str) -> Any:
-        return await self._calls.script_remove(
-            keys=self._keys(room),
-            args=[
-                *self._entry_args(room, username, connection_id),
-                room,
-                self._room_ttl_ms(room),
-            ],
-        )
-
     async def has_member(self, room: str, username: str) -> bool:
         """Whether the room's presence holds `username` (any node)."""
         redis = self._calls.redis
@@ -159,11 +181,25 @@ class Presence:
         return sorted(_text(n) for n in names)
 
     async def rooms(self) -> dict[str, list[str]]:
-        """Every room with members, cluster-wide."""
+        """Every room with members, cluster-wide: the rooms of every node's member set
+        (one key per node, where a room-wide set would span slots), then their presence."""
         redis = self._calls.redis
 
         async def read() -> dict[str, list[str]]:
-            rooms = sorted(_text(r) for r in await redis.smembers(wire.ROOMS_KEY))
+            nodes = sorted(_text(n) for n in await redis.smembers(wire.NODES_KEY))
+            async with redis.pipeline(transaction=False) as pipe:
+                for node_id in nodes:
+                    pipe.smembers(wire.member_set_key(node_id))
+                sets: list[set[bytes]] = await pipe.execute()
+            names = {
+                fields[0]
+                for entries in sets
+                for entry in entries
+                if (fields := wire.parse_member_entry(entry)) is not None
+            }
+            rooms = sorted(names)
+            if not rooms:
+                return {}
             async with redis.pipeline(transaction=False) as pipe:
                 for room in rooms:
                     pipe.hkeys(wire.presence_key(room))
@@ -192,7 +228,7 @@ class Presence:
         """Remove this node's entries and its lease (a clean stop; nothing is announced)."""
         redis = self._calls.redis
         await self._sweep(self.node_id, force=True)
-        await self._calls.run(lambda: redis.delete(wire.lease_key(self.node_id)))
+        await self._calls.run(lambda: redis.delete(*wire.node_keys(self.node_id)))
         await self._calls.run(lambda: redis.srem(wire.NODES_KEY, self.node_id))
         self._members.clear()
 
@@ -203,7 +239,10 @@ class Presence:
             if not self._calls.available:
                 continue
             try:
-                await self._renew()
+                again = self._readd_again
+                if await self._renew() and again:
+                    self._readd_again = False
+                    await self._readd_members()
                 # Just reconnected: give the other nodes one lease to renew theirs first.
                 if time.monotonic() - self.connected_at >= self.lease_ms / 1000:
                     await self._sweep_dead_nodes()
@@ -212,28 +251,32 @@ class Presence:
             except Exception as exc:
                 log_event("presence.renew_failed", level=30, node_id=self.node_id, error=repr(exc))
 
-    async def _renew(self) -> None:
-        """Renew this node's lease; when it had lapsed, put this node's members back."""
+    async def _renew(self) -> bool:
+        """Renew this node's lease (named in the nodes set first, so that a sweeper finds
+        it); when it had lapsed, put this node's members back. Whether it was still held."""
+        redis = self._calls.redis
         lease = self._calls.script_lease
+        await self._calls.run(lambda: redis.sadd(wire.NODES_KEY, self.node_id))
         held = await self._calls.run(
             lambda: lease(
-                keys=[wire.lease_key(self.node_id), wire.NODES_KEY],
-                args=[self.node_id, self._lease_token, self.lease_ms],
+                keys=wire.node_keys(self.node_id), args=[self._lease_token, self.lease_ms]
             )
         )
         if int(held) == 0 and self._members and self._own_entries_removed:
+            self._readd_again = True
             await self._readd_members()
+        return bool(int(held))
 
     async def _readd_members(self) -> None:
         log_event(
             "presence.lease_lapsed", level=30, node_id=self.node_id, members=len(self._members)
         )
-        add = self._calls.script_add
         for (room, username, connection_id), shared in list(self._members.items()):
             mode = "2" if shared else "0"
             # A member admitted once is not refused for a full room on its way back.
-            args = [*self._entry_args(room, username, connection_id), mode, room, "0"]
-            status, _ = await self._calls.run(partial(add, keys=self._keys(room), args=args))
+            status, _ = await self._calls.run(
+                partial(self._add, room, username, connection_id, mode)
+            )
             if int(status) == 0:
                 # Someone took the name while this node was away: the newer one keeps it.
                 self._members.pop((room, username, connection_id), None)
@@ -293,38 +336,49 @@ class Presence:
                 await self._announce(Signal("leave", room, username, "", self.node_id, "node_lost"))
 
     async def _sweep(self, node_id: str, *, force: bool) -> list[tuple[str, str]]:
-        """Run SWEEP_NODE over the node's member set, `SWEEP_BATCH` entries per call; the
-        (room, username) pairs this caller removed."""
+        """Sweep a node's entries in the three steps of scripts.py: claim them (unless the
+        lease is live, or `force`), take their tokens out of presence one room slot at a
+        time (at most `SWEEP_BATCH` entries per call), forget the finished ones, and take a
+        node that is gone off the nodes set. The (room, username) pairs this caller removed."""
         redis = self._calls.redis
-        sweep = self._calls.script_sweep
-        members = wire.member_set_key(node_id)
-        entries = await self._calls.run(lambda: redis.smembers(members))
-        parsed = []
+        keys = wire.node_keys(node_id)
+        claim = self._calls.script_sweep_claim
+        entries = await self._calls.run(partial(claim, keys=keys, args=["1" if force else "0"]))
+        by_slot: dict[int, list[tuple[bytes, str, str, str]]] = {}
+        junk: list[bytes] = []
         for entry in entries:
             fields = wire.parse_member_entry(entry)
             if fields is None:
-                await self._calls.run(partial(redis.srem, members, entry))
+                junk.append(entry)
             else:
-                parsed.append((entry, *fields))
+                slot = self._calls.slot(wire.room_slot_key(fields[0]))
+                by_slot.setdefault(slot, []).append((entry, *fields))
         removed: list[tuple[str, str]] = []
-        # An empty call too: it is the one that takes a dead node off the nodes set.
-        for start in range(0, max(len(parsed), 1), SWEEP_BATCH):
-            keys = wire.node_keys(node_id)
-            args: list[Any] = [node_id, "1" if force else "0", self._history_ttl_ms]
-            for entry, room, username, connection_id in parsed[start : start + SWEEP_BATCH]:
-                offset, epoch = wire.room_keys(room)[:2]
-                keys += [wire.presence_key(room), offset, epoch]
-                args += [entry, room, username, wire.presence_value(node_id, connection_id)]
-            result = await self._calls.run(partial(sweep, keys=keys, args=args))
-            removed += zip(
-                (room.decode() for room in result[::2]),
-                (username.decode() for username in result[1::2]),
-                strict=True,
-            )
+        done = self._calls.script_sweep_done
+        sweep = self._calls.script_sweep_rooms
+        for group in by_slot.values():
+            for start in range(0, len(group), SWEEP_BATCH):
+                batch = group[start : start + SWEEP_BATCH]
+                room_keys: list[str] = []
+                args: list[Any] = [self._history_ttl_ms]
+                for _, room, username, connection_id in batch:
+                    room_keys += wire.presence_keys(room)
+                    args += [room, username, wire.presence_value(node_id, connection_id)]
+                result = await self._calls.run(partial(sweep, keys=room_keys, args=args))
+                removed += zip(
+                    (room.decode() for room in result[::2]),
+                    (username.decode() for username in result[1::2]),
+                    strict=True,
+                )
+                finished = [entry for entry, *_ in batch]
+                await self._calls.run(partial(done, keys=keys, args=finished))
+        # Also when nothing was claimed: it is the call that finds a dead node gone.
+        gone = await self._calls.run(partial(done, keys=keys, args=junk))
+        if int(gone) and not force:
+            await self._calls.run(partial(redis.srem, wire.NODES_KEY, node_id))
         return removed
 
     async def _announce(self, signal: Signal) -> None:
-        redis = self._calls.redis
         payload = wire.encode_signal(signal)
         channel = wire.channel(self._channel_prefix, signal.room)
-        await self._calls.run(lambda: redis.publish(channel, payload))
+        await self._calls.run(lambda: self._calls.announce(channel, payload))

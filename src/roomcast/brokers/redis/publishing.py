@@ -15,6 +15,11 @@ unreachable, or no connection could be had, so nothing was written) or may have 
 the pipeline is written and read here on one connection taken from the pool, rather than by
 redis-py's `Pipeline`, whose errors do not say which of the two it was.
 
+On a Redis Cluster the batch is split by master: one pipeline per master, on a connection to
+it, all sent at once (each call touches one slot; rooms of one master keep their order; rooms
+of different masters have no order between them). A call answered `MOVED` or `ASK` did not run: it
+is sent once more through the cluster client, which follows the redirect.
+
 A node that serves the room also waits (bounded) until its own subscription delivered the
 message, so that a sender's `ack` follows its own copy (:class:`Deliveries`).
 """
@@ -27,18 +32,22 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from ...errors import BrokerTimeout, RoomcastError
 from ...protocol import message_frame
 from ..base import Publication
-from . import scripts, wire
+from . import redispy, wire
 from .calls import FAULTS, Calls, unavailable
 
-__all__ = ["DELIVERY_WAIT", "Deliveries", "Publishing"]
+__all__ = ["DELIVERY_WAIT", "REPLICA_WAIT_MS", "Deliveries", "Publishing"]
 
 DELIVERY_WAIT = 2.0
 """Seconds `publish` waits for its own message to reach this node's members (then returns)."""
+REPLICA_WAIT_MS = 100
+"""Milliseconds a batch of publishes on a Redis Cluster shard with replicas waits for one of
+them to confirm it (`WAIT`); past that it is acknowledged all the same."""
 
 _Batch = list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
 
@@ -194,7 +203,26 @@ class Publishing:
                 waiter.set_result(result)
 
     async def _run(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        groups: dict[object, list[int]] = {}
+        for index, args in enumerate(calls):
+            groups.setdefault(self._calls.server_of(args[0]), []).append(index)
+        if len(groups) == 1:
+            return await self._run_slot(calls)
+        results: list[Any] = [None] * len(calls)
+        answers = await asyncio.gather(
+            *(self._run_slot([calls[i] for i in indexes]) for indexes in groups.values()),
+            return_exceptions=True,
+        )
+        for indexes, answer in zip(groups.values(), answers, strict=True):
+            for position, i in enumerate(indexes):
+                results[i] = answer if isinstance(answer, BaseException) else answer[position]
+        return results
+
+    async def _run_slot(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """Publish calls whose rooms are served by one master (all of them on one Redis)."""
         script = self._calls.script_publish
+        if isinstance(self._calls.redis, RedisCluster) and not redispy.POOLED:
+            return [await self._one(script.sha, args) for args in calls]
         results = await self._pipeline(script.sha, calls)
         refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if refused:
@@ -202,7 +230,7 @@ class Publishing:
             # run, so those calls are sent again, once, after loading it.
             again: list[Any]
             try:
-                script.sha = await self._calls.redis.script_load(scripts.PUBLISH)
+                script.sha = await self._calls.redis.script_load(self._calls.publish_source)
             except FAULTS as exc:
                 again = [unavailable(exc)] * len(refused)
             else:
@@ -212,7 +240,26 @@ class Publishing:
                     again = [exc] * len(refused)
             for i, result in zip(refused, again, strict=True):
                 results[i] = result
+        moved = [i for i, r in enumerate(results) if isinstance(r, redispy.REDIRECTS)]
+        if moved and isinstance(self._calls.redis, RedisCluster):
+            # The slot moved (a failover, a resharding): those calls did not run. Once more,
+            # in order, through the client, which follows MOVED and ASK.
+            await redispy.redirected(self._calls.redis, results[moved[0]])
+            for i in moved:
+                results[i] = await self._one(script.sha, calls[i])
         return results
+
+    async def _one(self, sha: str, args: tuple[Any, ...]) -> Any:
+        """One publish call through the client (its answer, or the error for it)."""
+        try:
+            return await self._calls.redis.evalsha(sha, 4, *args)
+        except ResponseError as exc:
+            return exc
+        except FAULTS as exc:
+            return BrokerTimeout(
+                f"the broker (redis) stopped answering: the message may or may not have been"
+                f" published ({exc})"
+            )
 
     async def _pipeline(self, sha: str, calls: list[tuple[Any, ...]]) -> list[Any]:
         """Send `EVALSHA` for each call on one connection, then read every answer: a result,
@@ -224,13 +271,16 @@ class Publishing:
                 them all (the connection failed, or no answer within the reply timeout):
                 some may have run.
         """
-        pool = self._calls.pool
+        conn, release = await self._calls.connection(calls[0][0])
+        replicas = self._calls.replicas(calls[0][0])
         try:
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        except FAULTS as exc:
-            raise unavailable(exc) from None
-        try:
-            packed = conn.pack_commands([("EVALSHA", sha, 4, *args) for args in calls])
+            commands: list[tuple[Any, ...]] = [("EVALSHA", sha, 4, *args) for args in calls]
+            if replicas:
+                # A Redis Cluster shard with a replica: answer once the replica has the
+                # batch too (bounded), so that a publish acknowledged before its master
+                # dies is still there after the replica took over.
+                commands.append(("WAIT", 1, REPLICA_WAIT_MS))
+            packed = conn.pack_commands(commands)
             results: list[Any] = []
             try:
                 await conn.send_packed_command(packed, check_health=False)
@@ -239,6 +289,8 @@ class Publishing:
                         results.append(await conn.read_response())
                     except ResponseError as exc:
                         results.append(exc)
+                if replicas:
+                    await conn.read_response()
             except FAULTS as exc:
                 raise BrokerTimeout(
                     f"the broker (redis) stopped answering: the message may or may not have "
@@ -249,7 +301,7 @@ class Publishing:
                 await conn.disconnect(nowait=True)
                 raise
         finally:
-            await pool.release(conn)
+            await release()
         return results
 
 

@@ -1,9 +1,12 @@
 """The Lua scripts of the Redis broker: each one atomic step (see docs/architecture.md).
 
 A script touches only the keys it is handed in `KEYS` (named in wire.py), never one it builds
-itself, so that Redis Cluster can route it: every key of one room shares the hash tag
-`{room}`, and the room's offset, epoch, stream and presence live on one shard with its
-channel. The publication a script announces is encoded with wire.py's `LUA_PUBLICATION`.
+itself, and all of them in one hash slot, so that Redis Cluster can route it: every key of
+one room shares the hash tag `{room}` (the room's offset, epoch, stream and presence live on
+one shard with its channel), every key of one node the node's tag. What spans the two (a
+join, a leave, a sweep) is several scripts in a fixed order; each says what the caller does
+before and after it. The publication a script announces is encoded with wire.py's
+`LUA_PUBLICATION`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ __all__ = [
     "PUBLISH",
     "RELEASE_SHARD",
     "REMOVE_MEMBER",
-    "SWEEP_NODE",
+    "SWEEP_CLAIM",
+    "SWEEP_DONE",
+    "SWEEP_ROOMS",
+    "sharded",
 ]
 
 PUBLISH = (
@@ -106,49 +112,48 @@ end
 """
 
 ADD_MEMBER = """
--- KEYS: presence hash, node member set, rooms set, offset, epoch
--- ARGV: username, node_id:connection_id, node member entry, mode ('0' reject, '1' replace,
---       '2' share), room, max members ('0': no limit)
+-- KEYS: presence hash, offset, epoch (the room's slot)
+-- ARGV: username, node_id:connection_id, mode ('0' reject, '1' replace, '2' share),
+--       max members ('0': no limit)
 -- Returns {status, previous value}: 0 taken, 1 added, 2 already this connection's,
 -- 3 added beside the username's other connections (share), 4 the room is full (a new
 -- username past max members).
+-- The caller put the entry in its node's member set first (presence.py: a token in a
+-- presence hash always has an entry a sweep can find).
 -- A room with members is held: its offset and epoch do not expire.
-redis.call('PERSIST', KEYS[4])
-redis.call('PERSIST', KEYS[5])
+redis.call('PERSIST', KEYS[2])
+redis.call('PERSIST', KEYS[3])
 local previous = redis.call('HGET', KEYS[1], ARGV[1])
 if previous == ARGV[2] then
   return {2, previous}
 end
-if previous and ARGV[4] == '2' then
+if previous and ARGV[3] == '2' then
   for item in string.gmatch(previous, '%S+') do
     if item == ARGV[2] then
       return {2, previous}
     end
   end
   redis.call('HSET', KEYS[1], ARGV[1], previous .. ' ' .. ARGV[2])
-  redis.call('SADD', KEYS[2], ARGV[3])
   return {3, previous}
 end
-if previous and ARGV[4] ~= '1' then
+if previous and ARGV[3] ~= '1' then
   return {0, previous}
 end
-local max = tonumber(ARGV[6] or '0')
+local max = tonumber(ARGV[4] or '0')
 if not previous and max > 0 and redis.call('HLEN', KEYS[1]) >= max then
   return {4, ''}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[5])
 return {1, previous or ''}
 """
 
 REMOVE_MEMBER = (
     _WITHOUT
     + """
--- KEYS: presence hash, node member set, rooms set, offset, epoch
--- ARGV: username, node_id:connection_id, node member entry, room, history ttl (ms)
+-- KEYS: presence hash, offset, epoch (the room's slot)
+-- ARGV: username, node_id:connection_id, history ttl (ms)
 -- Returns 1 when the username left presence (its last connection), else 0.
-redis.call('SREM', KEYS[2], ARGV[3])
+-- The caller takes the entry out of its node's member set afterwards.
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 if not value then
   return 0
@@ -163,69 +168,96 @@ end
 redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('HLEN', KEYS[1]) == 0 then
   -- The room is no longer held: its offset and epoch live one history ttl from now.
-  redis.call('SREM', KEYS[3], ARGV[4])
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
-  redis.call('PEXPIRE', KEYS[5], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 return 1
 """
 )
 
-SWEEP_NODE = (
-    _WITHOUT
-    + """
--- KEYS: node lease, node member set, nodes set, rooms set, then for each entry of ARGV:
---       presence hash, offset, epoch of its room
--- ARGV: node id, force ('1': sweep even with a live lease, for its own restart),
---       history ttl (ms), then for each entry: entry, room, username, presence value
--- Removes entries of a dead node (read from its member set by the caller) and returns those
--- it removed, {room, username, ...}, to the one caller that removed them: an entry is taken
--- out of the member set first, so a second caller finds nothing left to remove. A username
--- shared with connections on other nodes loses only the dead node's connections and is not
--- returned (it is still present).
-if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+# A sweep of a dead node is three single-slot steps (presence.py `_sweep`), each safe to
+# repeat, so that a sweeper that dies between two of them leaves nothing a later sweep
+# cannot finish:
+#   1. SWEEP_CLAIM (the node's slot): unless the lease is live, move the member set into
+#      the sweep set and return the sweep set (what this and any unfinished sweep claimed);
+#   2. SWEEP_ROOMS (one room slot per call): take the dead node's tokens out of presence;
+#      removing a token is the claim, so each member is announced by exactly one sweeper;
+#   3. SWEEP_DONE (the node's slot): forget the entries step 2 finished; say whether the
+#      node is gone (no lease, no entry left), so the caller takes it off the nodes set.
+
+SWEEP_CLAIM = """
+-- KEYS: node lease, node member set, node sweep set
+-- ARGV: force ('1': even with a live lease, for the node's own restart or stop)
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return {}
 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[2])
+  redis.call('DEL', KEYS[2])
+end
+return redis.call('SMEMBERS', KEYS[3])
+"""
+
+SWEEP_ROOMS = (
+    _WITHOUT
+    + """
+-- KEYS: for each entry: presence hash, offset, epoch of its room (all in one slot)
+-- ARGV: history ttl (ms), then for each entry: room, username, presence value
+-- Returns {room, username, ...}: the usernames this call took out of presence. A username
+-- shared with connections on other nodes loses only the dead node's token and is not
+-- returned (it is still present); a token already gone is skipped.
 local removed = {}
-for i = 0, (#ARGV - 3) / 4 - 1 do
-  local room, username = ARGV[5 + 4 * i], ARGV[6 + 4 * i]
-  local hash = KEYS[5 + 3 * i]
-  local value = redis.call('SREM', KEYS[2], ARGV[4 + 4 * i]) == 1
-      and redis.call('HGET', hash, username)
-  if value and value ~= ARGV[7 + 4 * i] then
-    local found, rest = without(value, ARGV[7 + 4 * i])
+for i = 0, (#ARGV - 1) / 3 - 1 do
+  local room, username, token = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local hash = KEYS[1 + 3 * i]
+  local value = redis.call('HGET', hash, username)
+  if value and value ~= token then
+    local found, rest = without(value, token)
     if found and rest ~= '' then
       redis.call('HSET', hash, username, rest)
     end
   elseif value then
     redis.call('HDEL', hash, username)
     if redis.call('HLEN', hash) == 0 then
-      redis.call('SREM', KEYS[4], room)
-      redis.call('PEXPIRE', KEYS[6 + 3 * i], ARGV[3])
-      redis.call('PEXPIRE', KEYS[7 + 3 * i], ARGV[3])
+      redis.call('PEXPIRE', KEYS[2 + 3 * i], ARGV[1])
+      redis.call('PEXPIRE', KEYS[3 + 3 * i], ARGV[1])
     end
     removed[#removed + 1] = room
     removed[#removed + 1] = username
   end
 end
-if ARGV[2] ~= '1' and redis.call('SCARD', KEYS[2]) == 0 then
-  redis.call('SREM', KEYS[3], ARGV[1])
-end
 return removed
 """
 )
 
-LEASE = """
--- KEYS: node lease, nodes set
--- ARGV: node id, token, lease milliseconds
--- Returns 1 when the lease was still held, 0 when it had lapsed (and is now taken again).
-redis.call('SADD', KEYS[2], ARGV[1])
-if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
+SWEEP_DONE = """
+-- KEYS: node lease, node member set, node sweep set
+-- ARGV: the entries step 2 finished
+-- Returns 1 when the node is gone: no lease, and no entry left to sweep.
+if #ARGV > 0 then
+  redis.call('SREM', KEYS[3], unpack(ARGV))
+end
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('SCARD', KEYS[2]) == 0
+    and redis.call('SCARD', KEYS[3]) == 0 then
   return 1
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 0
 """
+
+LEASE = """
+-- KEYS: node lease, node member set, node sweep set
+-- ARGV: token, lease milliseconds
+-- Returns 1 when the lease was still held, 0 when it had lapsed (and is now taken again).
+-- A lapsed lease may have been claimed by a sweep: the node puts its members back itself
+-- (presence.py), so what a sweep claimed and did not finish is no longer to be swept.
+if redis.call('SET', KEYS[1], ARGV[1], 'XX', 'PX', ARGV[2]) then
+  return 1
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[3])
+return 0
+"""
+
 
 # The webhook outbox (webhooks.py, brokers/redis/outbox.py): every key of one shard shares
 # the shard's hash tag, so each script stays in one slot.
@@ -300,3 +332,8 @@ if redis.call('GET', KEYS[3]) == ARGV[1] then
 end
 return 0
 """
+
+
+def sharded(script: str) -> str:
+    """`script` announcing on sharded pub/sub (`SPUBLISH`, Redis Cluster) instead."""
+    return script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")

@@ -6,14 +6,14 @@ names the nodes that put one, so that a reader finds them without scanning the k
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from . import wire
 
 __all__ = ["all_stats", "drop_stats", "put_stats"]
 
 
-async def put_stats(redis: Redis, node_id: str, stats: bytes, ttl: float) -> None:
+async def put_stats(redis: Redis | RedisCluster, node_id: str, stats: bytes, ttl: float) -> None:
     """Replace `node_id`'s message; Redis drops it `ttl` seconds later unless put again."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.set(wire.stats_key(node_id), stats, px=max(1, round(ttl * 1000)))
@@ -21,7 +21,7 @@ async def put_stats(redis: Redis, node_id: str, stats: bytes, ttl: float) -> Non
         await pipe.execute()
 
 
-async def all_stats(redis: Redis) -> dict[str, bytes]:
+async def all_stats(redis: Redis | RedisCluster) -> dict[str, bytes]:
     """Every node's live message; nodes whose message expired leave the set."""
     names = sorted(
         n.decode() if isinstance(n, bytes) else n for n in await redis.smembers(wire.STATS_KEY)
@@ -39,7 +39,7 @@ async def all_stats(redis: Redis) -> dict[str, bytes]:
     return {name: value for name, value in zip(names, values, strict=True) if value is not None}
 
 
-async def drop_stats(redis: Redis, node_id: str) -> None:
+async def drop_stats(redis: Redis | RedisCluster, node_id: str) -> None:
     """Remove `node_id`'s message and its name."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.delete(wire.stats_key(node_id))

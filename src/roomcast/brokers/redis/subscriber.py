@@ -10,6 +10,11 @@ redis-py's `PubSub`, for three reasons:
 - reconnecting is part of the node's fault handling: resubscribe every room, then the
   presence upkeep (presence.py), and only then turn available and repair rooms from history.
 
+On a Redis Cluster the same class holds one shard's subscription in its sharded form
+(`SSUBSCRIBE`, one command per channel since several would have to share a slot), and tells
+its owner (cluster_subscriber.py) when Redis ends a room's subscription it did not ask to end
+(`sunsubscribe`: the slot moved to another shard).
+
 A heartbeat PINGs the connection when it is quiet and drops it when a PING stays unanswered
 (a frozen or cut-off Redis does not close the socket), so the reader loop reconnects.
 """
@@ -52,6 +57,7 @@ class Subscriber:
             number of rooms; the broker turns available when it returns.
         on_lost: called when the connection failed or was lost, with the cause (before it
             is dropped: the broker turns unavailable first).
+        sharded: use sharded pub/sub (`SSUBSCRIBE`, a Redis Cluster shard).
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class Subscriber:
         deliveries: Deliveries,
         on_connected: Callable[[int], Awaitable[None]],
         on_lost: Callable[[BaseException], None],
+        sharded: bool = False,
     ) -> None:
         # The socket timeout bounds the handshake; reads of messages wait without limit.
         self._pool = pool_from_url(url, protocol=2)
@@ -84,6 +91,18 @@ class Subscriber:
         self._last_read = 0.0
         self._heartbeat: asyncio.Task[None] | None = None
         self._bad_messages = 0
+        self._sharded = sharded
+        prefix = b"s" if sharded else b""
+        self._subscribe_command = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        self._unsubscribe_command = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
+        self._message_kind = prefix + b"message"
+        self._subscribed_kind = prefix + b"subscribe"
+        self._unsubscribed_kind = prefix + b"unsubscribe"
+        self._unsubscribing: dict[bytes, int] = {}
+        """UNSUBSCRIBEs sent and not yet confirmed, per channel (sharded: one that was not
+        asked for means the slot moved)."""
+        self.on_ended: Callable[[str], None] | None = None
+        """Called with a room whose subscription Redis ended unasked (sharded)."""
 
     @property
     def connected(self) -> bool:
@@ -104,7 +123,7 @@ class Subscriber:
         waiter = asyncio.get_running_loop().create_future()
         self._confirmations.setdefault(channel, []).append(waiter)
         try:
-            await self._send("SUBSCRIBE", channel)
+            await self._send(self._subscribe_command, channel)
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                 await waiter
         except (*FAULTS, RedisError, BrokerUnavailable) as exc:
@@ -118,7 +137,19 @@ class Subscriber:
         if channel is None:
             return
         with contextlib.suppress(*FAULTS, RedisError, BrokerUnavailable):
-            await self._send("UNSUBSCRIBE", channel)
+            await self._send(self._unsubscribe_command, channel)
+            self._unsubscribing[channel] = self._unsubscribing.get(channel, 0) + 1
+
+    def adopt(self, room: str) -> None:
+        """Take `room` in without subscribing now: it is subscribed on the next (re)connect
+        (a room moved here from another shard; its owner subscribes it when this one is up)."""
+        channel = wire.channel(self._channel_prefix, room)
+        self._rooms[room] = channel
+        self._channels[channel] = room
+
+    def forget(self, room: str) -> None:
+        """Let `room` go without a word to Redis (its slot moved away from this shard)."""
+        self._rooms.pop(room, None)
 
     async def _send(self, *args: Any) -> None:
         # One lock, taken in call order: SUBSCRIBE/UNSUBSCRIBE reach Redis in the order the
@@ -160,12 +191,16 @@ class Subscriber:
         # Resubscribe every room this node serves before the broker turns available.
         rooms = list(self._rooms.values())
         if rooms:
-            await self._send("SUBSCRIBE", *rooms)
+            if self._sharded:
+                for channel in rooms:
+                    await self._send(self._subscribe_command, channel)
+            else:
+                await self._send(self._subscribe_command, *rooms)
             waiting = set(rooms)
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                 while waiting:
                     response = await conn.read_response(timeout=math.inf, disable_decoding=True)
-                    if response[0] == b"subscribe":
+                    if response[0] == self._subscribed_kind:
                         waiting.discard(response[1])
                     self._handle(response)
         await self._on_connected(len(rooms))
@@ -219,6 +254,7 @@ class Subscriber:
                     waiter.set_exception(BrokerUnavailable("subscription connection lost"))
                     waiter.exception()
         self._confirmations.clear()
+        self._unsubscribing.clear()
         self._deliveries.reset()
 
     async def close(self) -> None:
@@ -230,14 +266,25 @@ class Subscriber:
 
     def _handle(self, response: Any) -> None:
         kind = response[0]
-        if kind == b"message":
+        if kind == self._message_kind:
             self._dispatch(response[1], response[2])
-        elif kind == b"subscribe":
+        elif kind == self._subscribed_kind:
             for waiter in self._confirmations.pop(response[1], ()):
                 if not waiter.done():
                     waiter.set_result(None)
-        elif kind == b"unsubscribe":
+        elif kind == self._unsubscribed_kind:
             channel = response[1]
+            asked = self._unsubscribing.get(channel, 0)
+            if asked > 1:
+                self._unsubscribing[channel] = asked - 1
+            else:
+                self._unsubscribing.pop(channel, None)
+            room = self._channels.get(channel)
+            if self._sharded and not asked and room in self._rooms and room is not None:
+                # Redis ended it: the slot moved (a failover, a resharding).
+                self._rooms.pop(room, None)
+                if self.on_ended is not None:
+                    self.on_ended(room)
             if self._channels.get(channel) not in self._rooms:
                 self._channels.pop(channel, None)
 

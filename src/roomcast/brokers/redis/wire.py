@@ -5,7 +5,9 @@ another to read is named or encoded here, and nowhere else:
 
 - keys: every key of one room carries the hash tag `{room}` (`rc:{room}:o`, ...), so that in a
   Redis Cluster a room's offset, epoch, stream and presence share one slot with its channel;
-  Lua scripts only touch keys handed to them in `KEYS`, built by the functions below;
+  every key of one node carries the node's own tag (`rc:node:{n1}`, ...); the two sets that
+  name nodes (`rc:nodes`, `rc:stats`) are keys of their own. Each Lua script touches the keys
+  of one tag only, handed to it in `KEYS`, built by the functions below;
 - channels: one per room, `rc:<db>:{room}` (pub/sub ignores the database number, so it is
   part of the name);
 - presence values (`node_id:connection_id`) and a node's member entries
@@ -36,7 +38,6 @@ __all__ = [
     "LUA_FRAME",
     "LUA_PUBLICATION",
     "NODES_KEY",
-    "ROOMS_KEY",
     "STATS_KEY",
     "WireError",
     "channel",
@@ -58,17 +59,17 @@ __all__ = [
     "presence_keys",
     "presence_value",
     "room_keys",
+    "room_slot_key",
     "stats_key",
     "stream_id",
     "stream_offset",
     "stream_publication",
+    "sweep_set_key",
 ]
 
 KEY_PREFIX = "rc:"
 NODES_KEY = f"{KEY_PREFIX}nodes"
 """Every node id that holds (or held) a lease: what the sweeper looks at."""
-ROOMS_KEY = f"{KEY_PREFIX}rooms"
-"""Rooms with at least one member (for the rooms listing)."""
 STATS_KEY = f"{KEY_PREFIX}stats"
 """Node ids that put a stats message (see stats.py)."""
 
@@ -91,13 +92,29 @@ class WireError(ValueError):
 # keys
 
 
+def _tag(name: str) -> str:
+    """`name` as the hash tag between braces. Redis hashes what is between the first `{`
+    and the first `}` after it, and the whole key when that is empty: a name that starts
+    with `}` gets a space before it (names hold no whitespace, so no two names meet)."""
+    return f" {name}" if name.startswith("}") else name
+
+
 def _room_key(room: str, kind: str) -> str:
-    return f"{KEY_PREFIX}{{{room}}}:{kind}"
+    return f"{KEY_PREFIX}{{{_tag(room)}}}:{kind}"
+
+
+def _node_key(node_id: str, kind: str) -> str:
+    return f"{KEY_PREFIX}{kind}:{{{_tag(node_id)}}}"
 
 
 def presence_key(room: str) -> str:
     """The room's presence hash: username -> `node_id:connection_id`."""
     return _room_key(room, "p")
+
+
+def room_slot_key(room: str) -> str:
+    """A key of the room's slot: what routes a call about the room in a Redis Cluster."""
+    return presence_key(room)
 
 
 def hold_key(room: str) -> str:
@@ -114,36 +131,36 @@ def room_keys(room: str, *, listed: bool = True) -> list[str]:
     return [_room_key(room, "o"), _room_key(room, "e"), _room_key(room, "s"), holder]
 
 
+def presence_keys(room: str) -> list[str]:
+    """The KEYS of ADD_MEMBER and REMOVE_MEMBER: presence hash, the room's offset and epoch
+    (one slot: the room's)."""
+    return [presence_key(room), _room_key(room, "o"), _room_key(room, "e")]
+
+
 def member_set_key(node_id: str) -> str:
     """The set of a node's presence entries (:func:`member_entry`)."""
-    return f"{KEY_PREFIX}node-members:{node_id}"
+    return _node_key(node_id, "node-members")
 
 
-def presence_keys(room: str, node_id: str) -> list[str]:
-    """The KEYS of ADD_MEMBER and REMOVE_MEMBER: presence hash, the node's member set, the
-    rooms set, the room's offset and epoch."""
-    return [
-        presence_key(room),
-        member_set_key(node_id),
-        ROOMS_KEY,
-        _room_key(room, "o"),
-        _room_key(room, "e"),
-    ]
+def sweep_set_key(node_id: str) -> str:
+    """Entries of a dead node that a sweep claimed and has not finished removing."""
+    return _node_key(node_id, "node-sweep")
 
 
 def stats_key(node_id: str) -> str:
     """The node's latest stats message, with a time to live."""
-    return f"{KEY_PREFIX}stats:{node_id}"
+    return _node_key(node_id, "stats")
 
 
 def lease_key(node_id: str) -> str:
     """The node's lease: a random token with a TTL, renewed while the node lives."""
-    return f"{KEY_PREFIX}node:{node_id}"
+    return _node_key(node_id, "node")
 
 
 def node_keys(node_id: str) -> list[str]:
-    """The first KEYS of SWEEP_NODE: lease, member set, nodes set, rooms set."""
-    return [lease_key(node_id), member_set_key(node_id), NODES_KEY, ROOMS_KEY]
+    """The KEYS of LEASE, SWEEP_CLAIM and SWEEP_DONE: lease, member set, sweep set (one
+    slot: the node's)."""
+    return [lease_key(node_id), member_set_key(node_id), sweep_set_key(node_id)]
 
 
 def outbox_keys(shard: int) -> list[str]:
@@ -164,7 +181,7 @@ def channel_prefix(db: int | str) -> str:
 
 def channel(prefix: str, room: str) -> bytes:
     """The room's channel, under :func:`channel_prefix`."""
-    return f"{prefix}{{{room}}}".encode()
+    return f"{prefix}{{{_tag(room)}}}".encode()
 
 
 # presence entries

@@ -1,0 +1,119 @@
+"""A join, a leave and a sweep are several single-slot steps (a Redis Cluster runs a script
+on one slot only): whatever a crash between two steps leaves, the next sweep repairs, and
+each lost member is still announced once. Run on one Redis and on a 3-master Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis, RedisCluster
+
+from roomcast.brokers.redis import RedisBroker, wire
+from roomcast.brokers.redis.cluster import cluster_client
+from tests.contract.conftest import Make, until
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def presence_url(request: pytest.FixtureRequest) -> str:
+    """One Redis, or the shared Redis Cluster (emptied for the test)."""
+    fixture = "redis_server" if request.param == "redis" else "redis_cluster"
+    return str(request.getfixturevalue(fixture).url)
+
+
+@pytest.fixture
+async def admin(presence_url: str) -> AsyncIterator[Any]:
+    """A plain client of the same store, to act as a process that died mid-way."""
+    client: Redis | RedisCluster = (
+        cluster_client(presence_url)
+        if presence_url.startswith("redis+cluster://")
+        else Redis.from_url(presence_url)
+    )
+    yield client
+    await client.aclose()
+
+
+def stop_renewing(broker: RedisBroker) -> None:
+    """The node stops renewing its lease and sweeping, as a killed process would."""
+    for task in broker._tasks:
+        task.cancel()
+
+
+async def test_a_sweep_that_died_after_its_claim_is_finished_by_the_next(
+    make: Make, admin: Any
+) -> None:
+    """A sweeper that claimed a dead node's entries and died: the next sweep finds them in
+    the sweep set, removes them from presence, announces each once, and forgets the node."""
+    a, seen = await make("a", presence_ttl=1.5)
+    c, _ = await make("c", presence_ttl=1.5)
+    rooms = [f"room{i}" for i in range(6)]
+    for i, room in enumerate(rooms):
+        await c.add_member(room, f"u{i}", f"c{i}")
+    stop_renewing(c)
+    # What a sweeper that died after its first step leaves: the entries moved to the sweep
+    # set, the lease gone, the tokens still in presence.
+    await admin.delete(wire.lease_key("c"))
+    await admin.sunionstore(wire.sweep_set_key("c"), [wire.member_set_key("c")])
+    await admin.delete(wire.member_set_key("c"))
+    await until(lambda: sum(len(names) for _, names, _ in seen.lost) == len(rooms))
+    assert sorted(name for _, names, _ in seen.lost for name in names) == [
+        f"u{i}" for i in range(6)
+    ]
+    assert await a.rooms() == {}
+    async with asyncio.timeout(10):
+        while await admin.sismember(wire.NODES_KEY, "c"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert not await admin.exists(wire.sweep_set_key("c"))
+
+
+async def test_an_entry_without_its_token_is_harmless(make: Make, admin: Any) -> None:
+    """A join that died after its first step (the entry in the node's member set, no token
+    in presence): nothing is listed, and the node's sweep announces nobody."""
+    a, seen = await make("a", presence_ttl=1.5)
+    c, _ = await make("c", presence_ttl=1.5)
+    await c.add_member("r1", "carol", "c1")
+    await admin.sadd(wire.member_set_key("c"), wire.member_entry("r2", "ghost", "c9"))
+    assert await a.rooms() == {"r1": ["carol"]}
+    stop_renewing(c)
+    await until(lambda: bool(seen.lost))
+    assert seen.lost == [("r1", ["carol"], "c")]
+    assert await a.members("r2") == []
+
+
+async def test_a_leave_removes_the_token_before_the_entry(make: Make, admin: Any) -> None:
+    """After a leave neither the token nor the entry is left; a refused join leaves no entry."""
+    a, _ = await make("a")
+    b, _ = await make("b")
+    await a.add_member("r1", "alice", "c1")
+    assert await admin.smembers(wire.member_set_key("a")) == {b"r1\nalice\nc1"}
+    with pytest.raises(Exception, match="alice"):
+        await b.add_member("r1", "alice", "c2")
+    assert await admin.smembers(wire.member_set_key("b")) == set()
+    assert await a.remove_member("r1", "alice", "c1")
+    assert await admin.smembers(wire.member_set_key("a")) == set()
+    assert await a.members("r1") == []
+
+
+async def test_a_node_whose_lease_lapsed_during_a_sweep_keeps_its_members(
+    make: Make, admin: Any
+) -> None:
+    """A live node stalled past its lease, and a sweep claimed its entries; the node renews
+    (which drops the claim) and then the sweep, still under way, takes the token out: the
+    node's second pass, one renewal later, puts its member back and announces the join."""
+    a, _ = await make("a", presence_ttl=1.5)
+    b, seen_b = await make("b", presence_ttl=1.5)
+    await b.subscribe("r1")
+    await a.add_member("r1", "alice", "c1")
+    await admin.delete(wire.lease_key("a"))
+    await admin.sunionstore(wire.sweep_set_key("a"), [wire.member_set_key("a")])
+    await admin.delete(wire.member_set_key("a"))
+    async with asyncio.timeout(10):
+        while not await admin.exists(wire.lease_key("a")):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await admin.hdel(wire.presence_key("r1"), "alice")  # the claiming sweep's late step
+    await until(lambda: any(s.kind == "join" for s in seen_b.signals))
+    assert await b.members("r1") == ["alice"]
+    assert await admin.smembers(wire.member_set_key("a")) == {b"r1\nalice\nc1"}
+    assert not await admin.exists(wire.sweep_set_key("a"))
