@@ -270,10 +270,17 @@ class ShardedBroker:
         await self.shards[self.shard(room)].unsubscribe(room)
 
     async def publish(
-        self, room: str, prefix: str, to: str | None = None, exclude: str | None = None
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
     ) -> Publication:
-        """Publish on the room's shard; see `Broker.publish`."""
-        return await self._of(room).publish(room, prefix, to, exclude)
+        """Publish on the room's shard (its idempotency key with it, in the room's keys
+        there); see `Broker.publish`."""
+        return await self._of(room).publish(room, prefix, to, exclude, key=key)
 
     async def publish_ephemeral(
         self, room: str, frame: str, to: str | None = None, exclude: str | None = None

@@ -101,6 +101,7 @@ class Publishing:
         channel_prefix: the start of the room channels (wire.channel_prefix).
         retention: a room's history size and ttl in milliseconds (its class's).
         keys: a room's keys for the PUBLISH script (wire.room_keys, as its class has them).
+        idempotency_window_ms: how long a publish's idempotency key is remembered.
         deliveries: where the subscription reports what it delivered.
         serves: whether this node receives a room (then `publish` waits for its own copy).
     """
@@ -112,6 +113,7 @@ class Publishing:
         channel_prefix: str,
         retention: Callable[[str], tuple[int, int]],
         keys: Callable[[str], list[str]],
+        idempotency_window_ms: int,
         deliveries: Deliveries,
         serves: Callable[[str], bool],
     ) -> None:
@@ -119,6 +121,7 @@ class Publishing:
         self._channel_prefix = channel_prefix
         self._retention = retention
         self._keys = keys
+        self._idempotency_window_ms = idempotency_window_ms
         self._serves = serves
         self._deliveries = deliveries
         self._batch: _Batch = []
@@ -127,24 +130,33 @@ class Publishing:
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def publish(
-        self, room: str, prefix: str, to: str | None, exclude: str | None = None
+        self,
+        room: str,
+        prefix: str,
+        to: str | None,
+        exclude: str | None = None,
+        key: str | None = None,
     ) -> Publication:
         """Publish one message (see `Broker.publish`); waits for its own delivery when this
-        node serves the room, at most `DELIVERY_WAIT` seconds."""
+        node serves the room, at most `DELIVERY_WAIT` seconds (a duplicate too: its ack
+        follows the first one's copy, as the first one's would)."""
         if not self._calls.available:
             raise unavailable()
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         size, ttl_ms = self._retention(room)
-        args = (
-            *self._keys(room),
+        keys = self._keys(room)
+        argv: list[Any] = [
             prefix,
             wire.encode_target(to, exclude),
             size,
             ttl_ms,
             wire.channel(self._channel_prefix, room),
             secrets.token_hex(6),
-        )
-        self._batch.append((args, waiter))
+        ]
+        if key is not None:
+            keys.append(wire.idempotency_key(room, key))
+            argv.append(self._idempotency_window_ms)
+        self._batch.append(((len(keys), *keys, *argv), waiter))
         if not self._flushing:
             self._flushing = True
             task = asyncio.get_running_loop().create_task(self._flush())
@@ -154,7 +166,10 @@ class Publishing:
         offset, epoch = int(result[0]), result[1].decode()
         if self._serves(room):
             await self._deliveries.wait(room, offset, DELIVERY_WAIT)
-        return Publication(room, offset, message_frame(prefix, offset), to, epoch, exclude)
+        duplicate = len(result) > 2
+        return Publication(
+            room, offset, message_frame(prefix, offset), to, epoch, exclude, duplicate
+        )
 
     async def _flush(self) -> None:
         """Send the publishes queued meanwhile in one pipeline: one round trip, not one each.
@@ -230,7 +245,8 @@ class Publishing:
         except FAULTS as exc:
             raise unavailable(exc) from None
         try:
-            packed = conn.pack_commands([("EVALSHA", sha, 4, *args) for args in calls])
+            # each call is (number of keys, *keys, *argv)
+            packed = conn.pack_commands([("EVALSHA", sha, *args) for args in calls])
             results: list[Any] = []
             try:
                 await conn.send_packed_command(packed, check_health=False)

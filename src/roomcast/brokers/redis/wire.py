@@ -48,6 +48,7 @@ __all__ = [
     "encode_signal",
     "encode_target",
     "hold_key",
+    "idempotency_key",
     "lease_key",
     "member_entry",
     "member_set_key",
@@ -112,6 +113,12 @@ def room_keys(room: str, *, listed: bool = True) -> list[str]:
     :func:`hold_key`."""
     holder = presence_key(room) if listed else hold_key(room)
     return [_room_key(room, "o"), _room_key(room, "e"), _room_key(room, "s"), holder]
+
+
+def idempotency_key(room: str, key: str) -> str:
+    """The PUBLISH script's fifth KEY for a publish with idempotency `key`: it holds the first
+    publish's `offset epoch` for the window (in the room's slot, after its hash tag)."""
+    return _room_key(room, f"k:{key}")
 
 
 def member_set_key(node_id: str) -> str:
