@@ -513,7 +513,8 @@ class Client:
                 await self._send_join(ws, room)
         for entry in list(self._pending.values()):
             if entry.resend and entry.sent_on is not ws and not entry.future.done():
-                await self._write_pending(ws, entry)
+                with contextlib.suppress(ConnectionLost):  # then after the next reconnect
+                    await self._write_pending(ws, entry)
 
     async def send(
         self,
