@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.harness import RECV_TIMEOUT, ServerProcess
-from tests.integration.rooms_support import Pair, RoomsClient
+from tests.integration.rooms_support import Pair, RoomsClient, Start
 from tests.integration.rooms_support import connect as connect_client
 
 Connect = Callable[..., Awaitable[RoomsClient]]
@@ -198,3 +198,22 @@ async def test_a_bad_idempotency_key_header_is_refused(
     assert "Idempotency-Key" in error["message"]
     good = await post(shared_server, room, {"topic": "t", "payload": 1}, "k")
     assert good.json() == {"offset": 1}
+
+
+async def test_a_keyed_ephemeral_frame_ignores_its_key(
+    connect: Connect, start_server: Start, room: str
+) -> None:
+    """An ephemeral topic has no offset to give back: its key is not used, every copy is
+    delivered and acked without `offset` or `duplicate`, and the room's keys stay free."""
+    server = ServerProcess(["--port", "0"], module="tests.integration.ephemeral_app").start()
+    try:
+        alice = await connect(server, "alice", room)
+        bob = await connect(server, "bob", room)
+        for frame_id in (1, 2):
+            await alice.send({"topic": "typing", "payload": 1, "id": frame_id, "key": "t"})
+            assert (await answer(alice, frame_id))["payload"] == {"id": frame_id}
+        assert [(await bob.recv_topic("typing"))["payload"] for _ in range(2)] == [1, 1]
+        await alice.send(chat(1, 3, "t"))
+        assert (await answer(alice, 3))["payload"] == {"id": 3, "offset": 1}
+    finally:
+        server.stop()
