@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BrokerUnavailable, ConfigError
 from ..log import log_event, redact_url
+from ..protocol import IDEMPOTENCY_WINDOW
 from .base import (
     Broker,
     BrokerListener,
@@ -116,6 +117,7 @@ class ShardedBroker:
         presence_ttl: float = 15.0,
         presence: bool = True,
         classes: RoomClasses | None = None,
+        idempotency_window: float = IDEMPOTENCY_WINDOW,
     ) -> ShardedBroker:
         """One `RedisBroker` per URL, each with the options given (see `RedisBroker`); with
         `presence`, each server's place in the list is recorded and checked."""
@@ -141,6 +143,7 @@ class ShardedBroker:
                     presence_ttl=presence_ttl,
                     presence=presence,
                     classes=classes,
+                    idempotency_window=idempotency_window,
                 )
                 for url in urls
             ],
