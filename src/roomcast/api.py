@@ -18,11 +18,18 @@ from starlette.types import Scope
 from .auth import host_allowed
 from .brokers import ShardedHealth
 from .codes import ErrorCode
-from .commands import KickMember, PublishToRoom, SendToMember
+from .commands import KickMember
 from .errors import BrokerUnavailable, FrameError, MemberNotFound, RoomcastError
 from .log import log_event
 from .node import Node
-from .protocol import dumps, loads, parse_offset, validate_name, validate_topic
+from .protocol import (
+    dumps,
+    loads,
+    parse_offset,
+    validate_key,
+    validate_name,
+    validate_topic,
+)
 from .settings import Settings
 
 __all__ = ["api_key_valid", "api_routes", "guard", "json_error", "json_response", "log_api_policy"]
@@ -233,11 +240,17 @@ def api_routes(node: Node) -> list[Route]:
         if payload is None:
             raise FrameError(ErrorCode.INVALID_FRAME, "payload is required and must not be null")
         to = body.get("to")
-        if to is None:
-            offset = await node.commands.send(PublishToRoom(room, topic, payload))
-        else:
+        if to is not None:
             to = validate_name(to, "to")
-            offset = await node.commands.send(SendToMember(room, to, topic, payload))
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            key = validate_key(key, "the Idempotency-Key header")
+        publication = await node.publish(room, topic, payload, to=to, key=key)
+        offset = publication.offset
+        if publication.duplicate:
+            log_event("api.duplicate", room=room, topic=topic, to=to, offset=offset)
+            # The first one's status, with its offset: the retry learns what it needs.
+            return json_response({"offset": offset, "duplicate": True}, 202)
         log_event("api.published", room=room, topic=topic, to=to, offset=offset)
         return json_response({"offset": offset}, 202)
 

@@ -36,6 +36,9 @@ class PublishToRoom(Command[int]):
     """Publish a message to every member of `room`; returns its offset.
 
     `exclude` names a connection that does not get it (its sender's, for `"echo": false`).
+    With `key` (1-128 characters), a second publish to the room with the same key within 300
+    seconds, from anywhere in the cluster (frames, the HTTP API and commands share the room's
+    keys), publishes nothing and returns the first one's offset.
     """
 
     room: str
@@ -43,13 +46,15 @@ class PublishToRoom(Command[int]):
     payload: Any
     sender: str = SERVER_SENDER
     exclude: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SendToMember(Command[int]):
     """Send a message to member `username` of `room`, wherever it is connected; returns its offset.
 
-    Raises `MemberNotFound` when the member is connected nowhere.
+    Raises `MemberNotFound` when the member is connected nowhere. `key` works as for
+    :class:`PublishToRoom` (in the same room's keys).
     """
 
     room: str
@@ -58,6 +63,7 @@ class SendToMember(Command[int]):
     payload: Any
     sender: str = SERVER_SENDER
     exclude: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,9 @@ class Context:
         events: the node's event bus.
         offset: the offset of the last message the frame's handlers published through
             :meth:`publish` or :meth:`send_to`, or None; the frame's `ack` carries it.
+        key: the frame's idempotency `key`, or None. The client libraries put one on every
+            frame with an `id` and resend it after a reconnect; a handler publishes at most
+            once per key by passing it on: ``await ctx.publish(topic, payload, key=ctx.key)``.
     """
 
     topic: str
@@ -40,6 +43,7 @@ class Context:
     commands: CommandBus
     events: EventBus
     offset: int | None = None
+    key: str | None = None
 
     @property
     def username(self) -> str:
@@ -55,10 +59,13 @@ class Context:
         """Send a frame to the sender's connection only (no offset, not retained)."""
         self.member.connection.send(server_frame(topic, payload))
 
-    async def publish(self, topic: str, payload: Any) -> int:
-        """Publish to the sender's room, `from` the sender; returns the offset."""
+    async def publish(self, topic: str, payload: Any, *, key: str | None = None) -> int:
+        """Publish to the sender's room, `from` the sender; returns the offset.
+
+        With `key`, a repeat within 300 seconds publishes nothing and returns the first
+        offset (see `PublishToRoom`)."""
         self.offset = await self.commands.send(
-            PublishToRoom(self.member.room, topic, payload, sender=self.member.username)
+            PublishToRoom(self.member.room, topic, payload, sender=self.member.username, key=key)
         )
         return self.offset
 
@@ -66,13 +73,18 @@ class Context:
         """The former name of :meth:`publish`, kept for existing handlers."""
         return await self.publish(topic, payload)
 
-    async def send_to(self, username: str, topic: str, payload: Any) -> int:
-        """Send to one member of the sender's room, `from` the sender; returns the offset.
+    async def send_to(
+        self, username: str, topic: str, payload: Any, *, key: str | None = None
+    ) -> int:
+        """Send to one member of the sender's room, `from` the sender; returns the offset
+        (`key` as for :meth:`publish`).
 
         Raises:
             MemberNotFound: when that member is connected nowhere.
         """
         self.offset = await self.commands.send(
-            SendToMember(self.member.room, username, topic, payload, sender=self.member.username)
+            SendToMember(
+                self.member.room, username, topic, payload, sender=self.member.username, key=key
+            )
         )
         return self.offset

@@ -73,6 +73,11 @@ class Metrics:
         self.publications = FastCounter(
             "roomcast_publications", "Messages published to rooms", self.registry
         )
+        self.duplicates = Counter(
+            "roomcast_duplicate_publications",
+            "Publishes not carried out because their idempotency key had published already",
+            registry=self.registry,
+        )
         self.broker_errors = Counter(
             "roomcast_broker_errors", "Broker operations that failed", registry=self.registry
         )

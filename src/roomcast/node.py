@@ -24,7 +24,7 @@ from .events import EventBus, MessagePublished, RoomOccupied, RoomVacated
 from .limits import ConnectionLimits
 from .log import log_event, redact_url
 from .metrics import Metrics
-from .protocol import ephemeral_frame, message_prefix
+from .protocol import SERVER_SENDER, ephemeral_frame, message_prefix
 from .registry import TopicRegistry
 from .rooms import LocalRooms, Member, MemberHandle
 from .settings import Settings
@@ -274,19 +274,35 @@ class Node:
 
     # commands
 
-    async def _publish(
+    async def publish(
         self,
         room: str,
         topic: str,
         payload: Any,
-        sender: str,
-        to: str | None,
+        *,
+        sender: str = SERVER_SENDER,
+        to: str | None = None,
         exclude: str | None = None,
-    ) -> int:
+        key: str | None = None,
+    ) -> Publication:
+        """Publish to `room` (or to its member `to`): the one path of every room message
+        with an offset, which the commands `PublishToRoom` and `SendToMember` take too.
+        `exclude` names a connection that does not get it (`"echo": false`).
+
+        Returns the publication; for a `key` published already within the idempotency
+        window, the first one's offset with `duplicate` set (nothing was published).
+
+        Raises:
+            MemberNotFound: `to` is connected nowhere in the cluster.
+            BrokerUnavailable: nothing was published.
+            BrokerTimeout: the broker stopped answering: it may or may not have been.
+        """
+        if to is not None:
+            await self._find_member(room, to)
         prefix = message_prefix(topic, payload, room, sender, to)
         self._publishing += 1
         try:
-            publication = await self.broker.publish(room, prefix, to, exclude)
+            publication = await self.broker.publish(room, prefix, to, exclude, key=key)
         except Exception:
             self.metrics.broker_errors.inc()
             raise
@@ -295,6 +311,9 @@ class Node:
             published = self._published
             if not self._publishing and published is not None and not published.done():
                 published.set_result(None)
+        if publication.duplicate:
+            self.metrics.duplicates.inc()
+            return publication
         self.metrics.publications.inc()
         if self.publish_counts is not None:
             self.publish_counts[room] += 1
@@ -302,23 +321,30 @@ class Node:
             self.events.publish(
                 MessagePublished(room, topic, payload, sender, publication.offset, to)
             )
-        return publication.offset
+        return publication
 
     async def _publish_to_room(self, command: PublishToRoom) -> int:
-        return await self._publish(
-            command.room, command.topic, command.payload, command.sender, None, command.exclude
-        )
-
-    async def _send_to_member(self, command: SendToMember) -> int:
-        await self._find_member(command.room, command.username)
-        return await self._publish(
+        publication = await self.publish(
             command.room,
             command.topic,
             command.payload,
-            command.sender,
-            command.username,
-            command.exclude,
+            sender=command.sender,
+            exclude=command.exclude,
+            key=command.key,
         )
+        return publication.offset
+
+    async def _send_to_member(self, command: SendToMember) -> int:
+        publication = await self.publish(
+            command.room,
+            command.topic,
+            command.payload,
+            sender=command.sender,
+            to=command.username,
+            exclude=command.exclude,
+            key=command.key,
+        )
+        return publication.offset
 
     async def _publish_ephemeral(self, command: PublishEphemeral) -> None:
         room, to = command.room, command.to

@@ -18,9 +18,11 @@ from .errors import FrameError
 __all__ = [
     "BUILTIN_TOPICS",
     "DEFAULT_HISTORY_LIMIT",
+    "IDEMPOTENCY_WINDOW",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_HISTORY_LIMIT",
     "MAX_JSON_DEPTH",
+    "MAX_KEY_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_TOPIC_LENGTH",
     "ROOM_TOPIC_PREFIX",
@@ -52,6 +54,7 @@ __all__ = [
     "parse_room_payload",
     "presence_frame",
     "server_frame",
+    "validate_key",
     "validate_name",
     "validate_topic",
     "welcome_frame",
@@ -64,6 +67,10 @@ FrameId = str | int
 
 MAX_NAME_LENGTH = 128
 MAX_TOPIC_LENGTH = 128
+MAX_KEY_LENGTH = 128
+IDEMPOTENCY_WINDOW = 300.0
+"""Seconds during which a second publish to a room with the same idempotency key is answered
+with the first one's offset instead of being published (docs/protocol.md, section 10)."""
 SERVER_SENDER = "$server"
 """The `from` of messages sent through the HTTP API or a command."""
 
@@ -216,6 +223,20 @@ def validate_topic(value: object) -> Topic:
     return Topic(value)
 
 
+def validate_key(value: object, what: str = "key") -> str:
+    """Check an idempotency key (a frame's `key`, the `Idempotency-Key` header): a string of
+    1-128 characters.
+
+    Raises:
+        FrameError: `invalid_frame`, naming `what` and the rule.
+    """
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
+        raise FrameError(
+            ErrorCode.INVALID_FRAME, f"{what} must be a string of 1-{MAX_KEY_LENGTH} characters"
+        )
+    return value
+
+
 def parse_offset(value: str | None, what: str = "since") -> int | None:
     """Parse a non-negative integer query parameter; `None` when absent.
 
@@ -241,6 +262,9 @@ class ClientFrame:
     """The room the frame is for; None for the connection's first room."""
     echo: bool = True
     """False (`"echo": false`): the message is not delivered back to the sending connection."""
+    key: str | None = None
+    """The idempotency key: a second publish with it within :data:`IDEMPOTENCY_WINDOW`
+    seconds is not published again."""
 
 
 def parse_client_frame(text: str | bytes) -> ClientFrame:
@@ -248,8 +272,8 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
 
     Raises:
         FrameError: `invalid_json` when the text is not JSON; `invalid_frame` when it is not an
-            object with a valid topic, a non-null payload, and well-typed `id`, `to`, `room`
-            and `echo`. The error carries the frame's `id` whenever that could be read.
+            object with a valid topic, a non-null payload, and well-typed `id`, `to`, `room`,
+            `echo` and `key`. The error carries the frame's `id` whenever that could be read.
     """
     try:
         data = orjson.loads(text)
@@ -286,10 +310,15 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         echo = data.get("echo", True)
         if not isinstance(echo, bool):
             raise FrameError(ErrorCode.INVALID_FRAME, "echo must be true or false")
+        key = data.get("key")
+        if key is not None:
+            key = validate_key(key)
     except FrameError as exc:
         exc.frame_id = frame_id
         raise
-    return ClientFrame(topic=topic, payload=payload, id=frame_id, to=to, room=room, echo=echo)
+    return ClientFrame(
+        topic=topic, payload=payload, id=frame_id, to=to, room=room, echo=echo, key=key
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,11 +447,14 @@ def message_frame(prefix: str, offset: int) -> str:
     return f"{prefix}{offset}}}"
 
 
-def ack_frame(frame_id: FrameId, offset: int | None = None) -> str:
-    """The `ack` for frame `frame_id`, with the offset of the message it published, if any."""
+def ack_frame(frame_id: FrameId, offset: int | None = None, duplicate: bool = False) -> str:
+    """The `ack` for frame `frame_id`, with the offset of the message it published, if any;
+    `duplicate` when its key had published that message already (it was not published again)."""
     payload: dict[str, Any] = {"id": frame_id}
     if offset is not None:
         payload["offset"] = offset
+    if duplicate:
+        payload["duplicate"] = True
     return server_frame("ack", payload)
 
 

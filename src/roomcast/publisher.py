@@ -22,7 +22,7 @@ from .brokers import Broker, from_url, is_shared
 from .commands import Command, KickMember, PublishToRoom, SendToMember
 from .errors import ConfigError
 from .node import Node
-from .protocol import validate_name, validate_topic
+from .protocol import validate_key, validate_name, validate_topic
 from .settings import Settings
 
 __all__ = ["Publisher"]
@@ -96,10 +96,19 @@ class Publisher:
             await self.node.start()
         return await self.node.commands.send(command)
 
-    async def publish(self, room: str, topic: str, payload: Any) -> int:
-        """Publish to every member of `room`; returns the message's offset."""
+    async def publish(self, room: str, topic: str, payload: Any, *, key: str | None = None) -> int:
+        """Publish to every member of `room`; returns the message's offset.
+
+        With `key` (1-128 characters), a retry after `BrokerTimeout` publishes at most once:
+        a repeat within 300 seconds returns the first one's offset (see `PublishToRoom`).
+        """
         return await self.send(
-            PublishToRoom(validate_name(room, "roomID"), validate_topic(topic), payload)
+            PublishToRoom(
+                validate_name(room, "roomID"),
+                validate_topic(topic),
+                payload,
+                key=None if key is None else validate_key(key),
+            )
         )
 
     async def send_to(self, room: str, username: str, topic: str, payload: Any) -> int:

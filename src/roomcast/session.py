@@ -17,8 +17,9 @@ from typing import Any
 
 from . import membership
 from .auth import ConnectRequest, Identity, RefreshingResolver, RoomAuthorizer
+from .brokers import Publication
 from .codes import CloseCode, ErrorCode
-from .commands import PublishEphemeral, PublishToRoom, SendToMember
+from .commands import PublishEphemeral
 from .connection import Connection
 from .context import Context
 from .errors import BrokerUnavailable, FrameError, MemberNotFound, Refused, RoomcastError
@@ -478,10 +479,10 @@ class Session:
         self, frame: ClientFrame, member: Member, previous: asyncio.Task[None] | None
     ) -> None:
         """Publish `frame` to the room; answer it once the frame before it was answered."""
-        offset: int | None = None
+        publication: Publication | None = None
         error: RoomcastError | None = None
         try:
-            offset = await self._publish(frame, member)
+            publication = await self._publish(frame, member)
         except RoomcastError as exc:
             error = exc
         except Exception:
@@ -490,7 +491,7 @@ class Session:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
         if error is None:
-            self._ack(frame, offset)
+            self._ack_published(frame, publication)
         else:
             self.send_error(error.code, error.message, frame.id)
 
@@ -563,13 +564,14 @@ class Session:
         if handlers:
             self._ack(frame, await self._run_handlers(frame, member, handlers))
         elif self.node.registry.relays(topic):
-            self._ack(frame, await self._publish(frame, member))
+            self._ack_published(frame, await self._publish(frame, member))
         else:
             raise RoomcastError(f"no handler for topic {topic!r}", code=ErrorCode.UNKNOWN_TOPIC)
 
-    async def _publish(self, frame: ClientFrame, member: Member) -> int | None:
-        """The default relay of `frame` to its room (or to its `to` member); returns the
-        message's offset, None for an ephemeral topic (docs/protocol.md, section 10)."""
+    async def _publish(self, frame: ClientFrame, member: Member) -> Publication | None:
+        """The default relay of `frame` to its room (or to its `to` member), with its `key`;
+        returns the publication, None for an ephemeral topic (docs/protocol.md, section 10:
+        it has no offset, so its key is not used)."""
         node, room, sender = self.node, member.room, member.username
         exclude = None if frame.echo else self.connection_id
         if frame.topic in node.ephemeral_topics(room):
@@ -577,13 +579,15 @@ class Session:
                 PublishEphemeral(room, frame.topic, frame.payload, sender, frame.to, exclude)
             )
             return None
-        if frame.to is None:
-            command: PublishToRoom | SendToMember = PublishToRoom(
-                room, frame.topic, frame.payload, sender, exclude
-            )
-        else:
-            command = SendToMember(room, frame.to, frame.topic, frame.payload, sender, exclude)
-        return await node.commands.send(command)
+        return await node.publish(
+            room,
+            frame.topic,
+            frame.payload,
+            sender=sender,
+            to=frame.to,
+            exclude=exclude,
+            key=frame.key,
+        )
 
     async def _builtin(self, frame: ClientFrame) -> None:
         """The topics the server answers itself (other than `ping`)."""
@@ -642,7 +646,14 @@ class Session:
         """Run the handlers of `frame`; returns the offset of the last message they published."""
         node = self.node
         ctx = Context(
-            frame.topic, frame.payload, frame.id, frame.to, member, node.commands, node.events
+            frame.topic,
+            frame.payload,
+            frame.id,
+            frame.to,
+            member,
+            node.commands,
+            node.events,
+            key=frame.key,
         )
         if len(handlers) == 1:
             results: list[Any] = [await _capture(handlers[0], ctx)]
@@ -751,6 +762,14 @@ class Session:
     def _ack(self, frame: ClientFrame, offset: int | None = None) -> None:
         if frame.id is not None:
             self.connection.send(ack_frame(frame.id, offset))
+
+    def _ack_published(self, frame: ClientFrame, publication: Publication | None) -> None:
+        """The ack of a relayed frame: its offset (none for an ephemeral topic), and
+        `duplicate` when its key had published it already."""
+        if publication is None:
+            self._ack(frame)
+        elif frame.id is not None:
+            self.connection.send(ack_frame(frame.id, publication.offset, publication.duplicate))
 
     def send_error(self, code: ErrorCode, message: str, frame_id: Any = None) -> None:
         """Send an `error` frame; the connection stays open."""

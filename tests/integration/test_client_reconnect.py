@@ -14,6 +14,7 @@ from roomcast.client import (
     ClientClosed,
     ClientState,
     ConnectionLost,
+    RequestError,
     RequestTimeout,
     Welcome,
 )
@@ -212,12 +213,13 @@ async def test_4401_when_the_provider_has_no_token() -> None:
 
 
 async def test_request_timeout_and_connection_lost() -> None:
-    """A request with no answer times out; one cut by a disconnect raises ConnectionLost."""
+    """A request with no answer times out; a built-in topic's request cut by a disconnect
+    raises ConnectionLost (a publish would be sent again after the reconnect)."""
 
     async def script(ws: ServerConnection, number: int) -> None:
         await ws.send(welcome())
         async for raw in ws:
-            if json.loads(raw)["topic"] == "drop":
+            if json.loads(raw)["topic"] == "presence":
                 await ws.close(1012)
 
     async with FakeServer(script) as server:
@@ -226,8 +228,73 @@ async def test_request_timeout_and_connection_lost() -> None:
         with pytest.raises(RequestTimeout):
             await client.request("chat", {"text": "x"}, timeout=0.2)
         with pytest.raises(ConnectionLost):
-            await client.request("drop", {})
+            await client.presence()
         await server.wait_connections(2)
+        await client.close()
+
+
+async def send_duplicate_ack(ws: ServerConnection, frame_id: object, offset: int) -> None:
+    """The ack a server sends for a key that published already."""
+    ack = {"id": frame_id, "offset": offset, "duplicate": True}
+    await ws.send(json.dumps({"topic": "ack", "payload": ack}))
+
+
+async def test_a_publish_cut_by_a_disconnect_is_sent_again_with_its_key() -> None:
+    """A request without an answer when the connection drops is sent again after the
+    reconnect, the same frame with the same key, and returns the offset its ack gives."""
+    frames: list[dict[str, object]] = []
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.send(welcome(offset=0, recovered=True if number else None))
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["topic"] != "chat":
+                continue
+            frames.append(frame)
+            if number == 0:
+                await ws.close(1011)
+            else:
+                await send_duplicate_ack(ws, frame["id"], 1)
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="r1", backoff=FAST)
+        await client.connect()
+        assert await client.request("chat", {"text": "x"}) == 1
+        assert len(frames) == 2
+        assert isinstance(frames[0]["key"], str)
+        assert frames[1] == frames[0]
+        await client.close()
+
+
+async def test_a_publish_answered_timeout_is_sent_again_until_acked() -> None:
+    """`timeout` (outcome unknown) sends the frame again with its key, and so do the
+    `unavailable` answers after it; without a `timeout` first, `unavailable` is raised."""
+    answers = ["timeout", "unavailable", "unavailable"]
+    frames: list[dict[str, object]] = []
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.send(welcome(offset=0))
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["topic"] != "chat":
+                continue
+            frames.append(frame)
+            if answers:
+                error = {"code": answers.pop(0), "message": "", "id": frame["id"]}
+                await ws.send(json.dumps({"topic": "error", "payload": error}))
+            else:
+                await send_duplicate_ack(ws, frame["id"], 7)
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="r1", backoff=FAST)
+        await client.connect()
+        assert await client.request("chat", "maybe") == 7
+        assert len(frames) == 4
+        assert all(f == frames[0] for f in frames)
+        answers.append("unavailable")
+        with pytest.raises(RequestError) as raised:
+            await client.request("chat", "not handled")
+        assert raised.value.wire_code == "unavailable"
         await client.close()
 
 

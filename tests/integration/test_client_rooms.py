@@ -103,7 +103,7 @@ async def test_join_with_a_backlog_gives_it_to_a_handler_added_after_the_join() 
         first = rooms.frames[0][0]
         assert (first["topic"], first["payload"]) == ("room.join", {"roomID": "news", "backlog": 2})
         assert await c.join("news") is room
-        assert c.rooms == {"news": room}
+        assert c.rooms == {"lobby": c.first_room, "news": room}
 
 
 async def test_frames_reach_only_their_rooms_handlers() -> None:
@@ -157,7 +157,7 @@ async def test_a_refused_join_raises_and_leaves_no_handle() -> None:
         with pytest.raises(RequestError) as full:
             await c.join("full")
         assert full.value.wire_code == "too_many_rooms"
-        assert c.rooms == {}
+        assert list(c.rooms) == ["lobby"]
         assert c.connected
 
 
@@ -178,7 +178,7 @@ async def test_leave_and_a_kick_end_the_rooms_delivery() -> None:
         assert (await left.wait(1))[0].payload["reason"] == "kicked"
         assert kicked.left
         assert seen.frames == []
-        assert c.rooms == {}
+        assert list(c.rooms) == ["lobby"]
 
 
 async def test_every_room_is_joined_again_with_its_own_since_and_epoch() -> None:
@@ -272,3 +272,40 @@ async def test_rooms_on_a_real_server_resume_each_across_a_network_cut(
             assert {f.payload["room"] for f in frames} == {name}
         assert sorted(alice.rooms) == sorted(names)
     await proxy.close()
+
+
+async def test_the_url_room_is_a_room_handle() -> None:
+    """The URL's room is a Room too: listed in `rooms`, returned by `join()`, with the
+    client's members, offset and epoch; its handlers get its frames beside the client's."""
+    rooms = Rooms(offset=2)
+    async with connected(rooms) as c:
+        lobby = c.first_room
+        assert isinstance(lobby, Room)
+        assert c.rooms == {"lobby": lobby}
+        assert await c.join("lobby") is lobby
+        assert (lobby.id, lobby.members, lobby.epoch, lobby.offset) == ("lobby", ["alice"], "e1", 2)
+        mine, everyone = Collector(), Collector()
+        lobby.on("chat")(mine)
+        c.on("chat")(everyone)
+        await rooms.chat(rooms.sockets[0], "hi", "lobby", 3)
+        assert [f.payload for f in await mine.wait(1)] == ["hi"]
+        assert [f.payload for f in await everyone.wait(1)] == ["hi"]
+        assert (c.offset, lobby.offset) == (3, 3)
+        assert await lobby.presence() == ["alice", "zed"]
+        assert c.members == ["alice", "zed"]
+        assert rooms.frames[0][-1]["payload"] == {"roomID": "lobby"}
+
+
+async def test_leaving_the_url_room_reconnects_without_it() -> None:
+    """After `first_room.leave()` the handle is left, gone from `rooms`, and the next
+    connection names no room."""
+    rooms = Rooms(offset=0)
+    async with connected(rooms) as c:
+        lobby = c.first_room
+        assert lobby is not None
+        await lobby.leave()
+        assert lobby.left
+        assert c.rooms == {}
+        await rooms.sockets[0].close(1012)
+        await rooms.server.wait_connections(2)
+        assert "roomID" not in rooms.server.queries[1]

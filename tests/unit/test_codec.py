@@ -80,6 +80,10 @@ def test_not_json_is_invalid_json(text: str) -> None:
         '{"topic":"t","payload":1,"to":1}',
         '{"topic":"t","payload":1,"to":""}',
         '{"topic":"t","payload":1,"to":"a b"}',
+        '{"topic":"t","payload":1,"key":""}',
+        '{"topic":"t","payload":1,"key":7}',
+        '{"topic":"t","payload":1,"key":["k"]}',
+        '{"topic":"t","payload":1,"key":"' + "k" * 129 + '"}',
     ],
 )
 def test_invalid_frames(text: str) -> None:
@@ -87,6 +91,18 @@ def test_invalid_frames(text: str) -> None:
     error = parse_error(text)
     assert error.code is ErrorCode.INVALID_FRAME
     assert error.message
+
+
+@pytest.mark.parametrize("key", ["k", "k" * 128, "a b:{c}/é"])
+def test_a_key_is_any_string_of_1_to_128_characters(key: str) -> None:
+    """`key` is kept as it is; the ack of a duplicate says so, others do not."""
+    frame = parse_client_frame(orjson.dumps({"topic": "t", "payload": 1, "id": 1, "key": key}))
+    assert frame.key == key
+    assert orjson.loads(ack_frame(1, 5, True)) == {
+        "topic": "ack",
+        "payload": {"id": 1, "offset": 5, "duplicate": True},
+    }
+    assert orjson.loads(ack_frame(1, 5)) == {"topic": "ack", "payload": {"id": 1, "offset": 5}}
 
 
 def test_error_keeps_a_readable_id() -> None:

@@ -3,8 +3,10 @@
  *
  * The client reconnects by itself, following the close code table of the wire contract
  * (docs/protocol.md), and resumes every room with `since` + `epoch` so that the application sees
- * every room message once, in offset order, across reconnects. One connection may be in many
- * rooms (protocol v1.1): `client.join(roomID)` gives a {@link Room} handle.
+ * every room message once, in offset order, across reconnects. Every request carries an
+ * idempotency `key` and is sent again after a reconnect until it is answered, so a publish is
+ * neither lost nor duplicated. One connection may be in many rooms (protocol v1.1):
+ * `client.join(roomID)` gives a {@link Room} handle.
  *
  * @example
  * const client = await connect({ url: "ws://127.0.0.1:8000/api/v1/ws", username: "alice", room: "lobby" });
@@ -214,6 +216,12 @@ interface Pending {
   sent: boolean;
   /** Resolve with the answer frame that precedes the ack (`room.history`). */
   answered?: boolean;
+  /** The frame, with its key. */
+  text: string;
+  /** A publish, sent again after a reconnect or a `timeout` error (built-in topics are not). */
+  resend: boolean;
+  /** `timeout` and later `unavailable` answers so far: the outcome is unknown until an `ack`. */
+  uncertain: number;
 }
 
 type Handlers = Map<string, Set<Handler>>;
@@ -289,7 +297,8 @@ export class Room {
 
   /**
    * Publish like {@link publish} and wait for the `ack`: resolves with the offset (undefined
-   * for an ephemeral topic).
+   * for an ephemeral topic). Sent again after a reconnect until answered, with the same key
+   * (see {@link Client.request}).
    */
   request(topic: string, payload: unknown, to?: string, options: PublishOptions = {}): Promise<number | undefined> {
     return this.client.request(topic, payload, to, this.id, options);
@@ -340,6 +349,8 @@ export class Client {
   private pending = new Map<number, Pending>();
   private queue: [string, number?][] = [];
   private nextId = 1;
+  /** The start of this client's idempotency keys (the frame id follows). */
+  private readonly keys = randomKey();
   private attempt = 0;
   private authFailures = 0;
   private timer?: ReturnType<typeof setTimeout>;
@@ -445,12 +456,17 @@ export class Client {
   }
 
   /**
-   * Publish like {@link send} and wait for the server's `ack`.
+   * Publish like {@link send} and wait for the server's `ack`. The frame carries an idempotency
+   * `key` unique to this client: when the connection drops before the answer, it is sent again
+   * after the reconnect (in order, with the same key, before newer frames), and so it is after
+   * an `error` with code `timeout`; the server publishes a key at most once, so the message
+   * reaches the room exactly once (protocol section 10). Built-in topics (`presence`, `room.*`)
+   * are not sent again: they fail with `disconnected`.
    *
-   * @returns the offset the message got in the room (undefined for topics that publish
-   *   nothing, and for ephemeral topics).
+   * @returns the offset the message got in the room (the first one's when the key had published
+   *   already; undefined for topics that publish nothing, and for ephemeral topics).
    * @throws RoomcastError with the `code` and `message` of the server's `error` frame, or
-   *   `disconnected`, `timeout`, `closed`.
+   *   `disconnected`, `timeout` (no answer within `requestTimeout`, resends included), `closed`.
    */
   request(
     topic: string,
@@ -459,7 +475,7 @@ export class Client {
     room?: string,
     options: PublishOptions = {},
   ): Promise<number | undefined> {
-    return this.call(topic, frame(topic, payload, to, this.nextId, room, options.echo), false);
+    return this.call(topic, (id, key) => frame(topic, payload, to, id, room, options.echo, key), false);
   }
 
   /**
@@ -479,21 +495,26 @@ export class Client {
     if (options.limit !== undefined) payload.limit = options.limit;
     const answer: Message<HistoryPage> = await this.call(
       "room.history",
-      frame("room.history", payload, undefined, this.nextId),
+      (id, key) => frame("room.history", payload, undefined, id, undefined, undefined, key),
       true,
     );
     return { epoch: answer.payload.epoch, messages: answer.payload.messages };
   }
 
-  /** Send `text` (a frame with the id `nextId`) and wait for its ack, or its answer frame. */
-  private call(topic: string, text: string, answered: boolean): Promise<any> {
+  /**
+   * Send the frame `build(id, key)` makes (with this request's id and idempotency key) and wait
+   * for its ack, or its answer frame.
+   */
+  private call(topic: string, build: (id: number, key: string) => string, answered: boolean): Promise<any> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
         () => this.answer(id, new RoomcastError("timeout", `no answer to ${topic} in time`)),
         this.o.requestTimeout ?? 10000,
       );
-      this.pending.set(id, { resolve, reject, timer, sent: false, answered });
+      const text = build(id, `${this.keys}-${id}`);
+      const resend = !(["ping", "presence", "auth.refresh"].includes(topic) || topic.startsWith("room."));
+      this.pending.set(id, { resolve, reject, timer, sent: false, answered, text, resend, uncertain: 0 });
       try {
         this.write(text, id);
       } catch (error) {
@@ -643,6 +664,17 @@ export class Client {
         return;
       case "error":
         if (p.id != null && this.pending.has(p.id)) {
+          const pending = this.pending.get(p.id)!;
+          // The outcome is unknown: the same key publishes at most once, and only its answer
+          // can say what became of it (`unavailable` meanwhile is retried after a backoff).
+          if (pending.resend && (p.code === "timeout" || (p.code === "unavailable" && pending.uncertain))) {
+            const delay = p.code === "timeout" ? 0 : this.backoff(pending.uncertain - 1);
+            pending.uncertain++;
+            const ws = this.ws;
+            // a connection lost meanwhile sends it again after the reconnect
+            setTimeout(() => ws === this.ws && this.pending.get(p.id) === pending && this.write(pending.text, p.id), delay);
+            return;
+          }
           return this.answer(p.id, new RoomcastError(p.code, p.message));
         }
         // an error frame without id precedes a refusal's close
@@ -767,10 +799,17 @@ export class Client {
     this.ws = undefined;
     clearTimeout(this.keepalive);
     clearTimeout(this.refresher);
-    // a request already sent may or may not have been handled: let the caller decide
+    // a publish already sent may or may not have been handled: it goes first after the
+    // reconnect, with its key; a built-in request fails
+    const again: [string, number][] = [];
     for (const [id, pending] of this.pending) {
-      if (pending.sent) this.answer(id, new RoomcastError("disconnected", "the connection dropped"));
+      if (!pending.sent) continue;
+      if (pending.resend) {
+        pending.sent = false;
+        again.push([pending.text, id]);
+      } else this.answer(id, new RoomcastError("disconnected", "the connection dropped"));
     }
+    this.queue = [...again, ...this.queue];
     if (this.closed) return;
     const refusal = this.refusal;
     const why = refusal?.message ?? (reason || this.failure || "");
@@ -798,10 +837,7 @@ export class Client {
     let delay: number;
     if (RESTART.includes(code)) {
       delay = Math.random() * 1000;
-    } else {
-      const ceiling = Math.min(this.o.maxDelay ?? 20000, (this.o.minDelay ?? 500) * 2 ** this.attempt++);
-      delay = ceiling / 2 + (Math.random() * ceiling) / 2;
-    }
+    } else delay = this.backoff(this.attempt++);
     this.setStatus(this.welcome ? "reconnecting" : "connecting", {
       code,
       reason,
@@ -809,6 +845,12 @@ export class Client {
     });
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.closed || this.open(), delay);
+  }
+
+  /** The exponential backoff with jitter of attempt `n` (from 0), in milliseconds. */
+  private backoff(n: number): number {
+    const ceiling = Math.min(this.o.maxDelay ?? 20000, (this.o.minDelay ?? 500) * 2 ** n);
+    return ceiling / 2 + (Math.random() * ceiling) / 2;
   }
 
   private finish(code: number | undefined, reason: string, error?: RoomcastError): void {
@@ -844,13 +886,30 @@ export async function connect(options: ClientOptions): Promise<Client> {
   return client;
 }
 
-function frame(topic: string, payload: unknown, to?: string, id?: number, room?: string, echo?: boolean): string {
+function frame(
+  topic: string,
+  payload: unknown,
+  to?: string,
+  id?: number,
+  room?: string,
+  echo?: boolean,
+  key?: string,
+): string {
   const f: Record<string, unknown> = { topic, payload };
   if (to !== undefined) f.to = to;
   if (id !== undefined) f.id = id;
   if (room !== undefined) f.room = room;
   if (echo === false) f.echo = false;
+  if (key !== undefined) f.key = key;
   return JSON.stringify(f);
+}
+
+/** 16 random bytes in hex: `crypto.getRandomValues` works outside secure contexts too. */
+function randomKey(): string {
+  const bytes = new Uint8Array(16);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** The `exp` of a JWT in milliseconds, read without verifying it (undefined for other tokens). */

@@ -228,15 +228,59 @@ test("a request with no answer rejects with timeout", async (t) => {
   await assert.rejects(c.request("chat", "unanswered"), { code: "timeout" });
 });
 
-test("a request in flight when the connection drops rejects with disconnected", async (t) => {
+test("a publish in flight when the connection drops is sent again, with its key, after the reconnect", async (t) => {
+  const frames = [];
   const server = await fakeServer(t, (ws, url, n) => {
     welcome(ws, url, { recovered: n ? true : undefined });
-    // the first connection ends when the request arrives, before any answer
+    ws.on("message", (raw) => {
+      const f = JSON.parse(raw);
+      if (f.topic !== "chat") return;
+      frames.push(f);
+      // the first connection ends when the request arrives, before any answer
+      if (n === 0) ws.close(1011);
+      else sendFrame(ws, "ack", { id: f.id, offset: 1, duplicate: true });
+    });
+  });
+  const c = client(t, server.url, "alice", "r1");
+  await within(c.ready, "welcome");
+  assert.equal(await within(c.request("chat", "resent"), "the ack"), 1);
+  assert.equal(frames.length, 2);
+  assert.equal(typeof frames[0].key, "string");
+  assert.deepEqual(frames[1], frames[0]);
+});
+
+test("a built-in request in flight when the connection drops rejects with disconnected", async (t) => {
+  const server = await fakeServer(t, (ws, url, n) => {
+    welcome(ws, url, { recovered: n ? true : undefined });
     if (n === 0) ws.on("message", () => ws.close(1011));
   });
   const c = client(t, server.url, "alice", "r1");
   await within(c.ready, "welcome");
   const recovered = status(c, "recovered");
-  await assert.rejects(c.request("chat", "lost"), { code: "disconnected" });
+  await assert.rejects(c.presence(), { code: "disconnected" });
   await recovered;
+});
+
+test("a publish answered timeout is sent again with its key, through unavailable, until acked", async (t) => {
+  const answers = ["timeout", "unavailable", "unavailable"];
+  const frames = [];
+  const server = await fakeServer(t, (ws, url) => {
+    welcome(ws, url);
+    ws.on("message", (raw) => {
+      const f = JSON.parse(raw);
+      if (f.topic !== "chat") return;
+      frames.push(f);
+      const code = answers.shift();
+      if (code) sendFrame(ws, "error", { code, message: code, id: f.id });
+      else sendFrame(ws, "ack", { id: f.id, offset: 7, duplicate: true });
+    });
+  });
+  const c = client(t, server.url, "alice", "r1");
+  await within(c.ready, "welcome");
+  assert.equal(await within(c.request("chat", "maybe"), "the ack"), 7);
+  assert.equal(frames.length, 4);
+  for (const f of frames) assert.deepEqual(f, frames[0]);
+  // without a timeout first, unavailable is the answer: the frame was not handled
+  answers.push("unavailable");
+  await assert.rejects(c.request("chat", "not handled"), { code: "unavailable" });
 });

@@ -40,6 +40,9 @@ class Publication:
             broker does not say); a node that sees it change knows history was lost.
         exclude: the connection it is not delivered to (its sender's, for `"echo": false`),
             or `None`.
+        duplicate: what `publish` returns for a key it saw within the idempotency window:
+            nothing was published; `offset` and `epoch` are the first publish's (`frame` is
+            the one asked for, completed with that offset).
     """
 
     room: str
@@ -48,6 +51,7 @@ class Publication:
     to: str | None = None
     epoch: str = ""
     exclude: str | None = None
+    duplicate: bool = False
 
     @property
     def ephemeral(self) -> bool:
@@ -150,11 +154,23 @@ class Broker(Protocol):
         """Stop receiving the room's traffic on this node (last local member left)."""
 
     async def publish(
-        self, room: str, prefix: str, to: str | None = None, exclude: str | None = None
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
     ) -> Publication:
         """Give a message the room's next offset, retain it, and deliver it to every node
         subscribed to the room; the frame is `prefix + str(offset) + "}"`. With `exclude`,
-        that connection does not get it live."""
+        that connection does not get it live.
+
+        With `key`: when a publish to the room with the same key succeeded within the last
+        `IDEMPOTENCY_WINDOW` seconds (protocol.py), nothing is published and the first one's
+        offset comes back with `duplicate` set. Remembering the key is one atomic step with
+        the publish, cluster-wide: of two racing publishes with one key, exactly one
+        publishes."""
 
     async def publish_ephemeral(
         self, room: str, frame: str, to: str | None = None, exclude: str | None = None

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
 
-from ..protocol import message_frame
+from ..protocol import IDEMPOTENCY_WINDOW, message_frame
 from ..room_classes import RoomClasses
 from .base import (
     BrokerListener,
@@ -44,11 +44,17 @@ class MemoryBroker:
     history: its offset and epoch are forgotten and it starts again under a new epoch (the
     same rule as the Redis broker, where its keys expire).
 
+    Idempotency keys are remembered `idempotency_window` seconds each, whatever happens to the
+    room meanwhile: what they hold is bounded by the keyed publishes of the last window (one
+    small entry each), and expired ones are dropped as the room's next keyed publish passes
+    them and by a sweep every 1024 publishes.
+
     Args:
         history_size: messages retained per room.
         history_ttl: seconds retained messages live after their publish.
         classes: the room classes, whose `history_size` and `history_ttl` apply per room
             instead (their default class has the two above).
+        idempotency_window: seconds a publish's key is remembered.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class MemoryBroker:
         history_size: int = 100,
         history_ttl: float = 300.0,
         classes: RoomClasses | None = None,
+        idempotency_window: float = IDEMPOTENCY_WINDOW,
     ) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -65,6 +72,10 @@ class MemoryBroker:
             if classes is None
             else classes
         )
+        self.idempotency_window = idempotency_window
+        # Per room, key -> (until, offset, epoch), in publish order, which is also the order
+        # in which they expire (every key lives the same window).
+        self._keys: dict[str, dict[str, tuple[float, int, str]]] = {}
         self._listener: BrokerListener | None = None
         self._subscribed: set[str] = set()
         self._streams: dict[str, _Stream] = {}
@@ -138,10 +149,27 @@ class MemoryBroker:
             entries.popleft()
 
     async def publish(
-        self, room: str, prefix: str, to: str | None = None, exclude: str | None = None
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
     ) -> Publication:
-        """Assign the next offset, retain, and deliver synchronously (one order per room)."""
+        """Assign the next offset, retain, and deliver synchronously (one order per room);
+        a key seen within the window publishes nothing (see `Broker.publish`)."""
         now = time.monotonic()
+        keys = None
+        if key is not None:
+            keys = self._keys.setdefault(room, {})
+            _expire_keys(keys, now)
+            seen = keys.get(key)
+            if seen is not None:
+                _, offset, epoch = seen
+                return Publication(
+                    room, offset, message_frame(prefix, offset), to, epoch, duplicate=True
+                )
         stream = self._stream(room, now)
         stream.offset += 1
         stream.touched = now
@@ -153,6 +181,8 @@ class MemoryBroker:
             entries.append((now, publication))
             if len(entries) > stream.size:
                 entries.popleft()
+        if keys is not None and key is not None:
+            keys[key] = (now + self.idempotency_window, stream.offset, stream.epoch)
         if room in self._subscribed and self._listener is not None:
             self._listener.on_publication(publication)
         self._publishes += 1
@@ -168,9 +198,13 @@ class MemoryBroker:
             self._listener.on_publication(Publication(room, 0, frame, to, exclude=exclude))
 
     def _sweep(self, now: float) -> None:
-        """Drop the state of rooms whose history was lost (see the class)."""
+        """Drop the state of rooms whose history was lost (see the class), and expired keys."""
         for room in [r for r, s in self._streams.items() if self._lost(r, s, now)]:
             del self._streams[room]
+        for room, keys in list(self._keys.items()):
+            _expire_keys(keys, now)
+            if not keys:
+                del self._keys[room]
 
     async def signal(self, signal: Signal) -> None:
         """Deliver a signal to the listener when the room is subscribed."""
@@ -336,3 +370,12 @@ class MemoryBroker:
             wanted.discard(outbox.popleft()[0])
         if wanted:
             self._outbox = deque(e for e in outbox if e[0] not in wanted)
+
+
+def _expire_keys(keys: dict[str, tuple[float, int, str]], now: float) -> None:
+    """Drop the keys whose window is over (the oldest come first)."""
+    while keys:
+        key = next(iter(keys))
+        if keys[key][0] > now:
+            return
+        del keys[key]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BrokerUnavailable, ConfigError
 from ..log import log_event, redact_url
+from ..protocol import IDEMPOTENCY_WINDOW
 from .base import (
     Broker,
     BrokerListener,
@@ -116,6 +117,7 @@ class ShardedBroker:
         presence_ttl: float = 15.0,
         presence: bool = True,
         classes: RoomClasses | None = None,
+        idempotency_window: float = IDEMPOTENCY_WINDOW,
     ) -> ShardedBroker:
         """One `RedisBroker` per URL, each with the options given (see `RedisBroker`); with
         `presence`, each server's place in the list is recorded and checked."""
@@ -141,6 +143,7 @@ class ShardedBroker:
                     presence_ttl=presence_ttl,
                     presence=presence,
                     classes=classes,
+                    idempotency_window=idempotency_window,
                 )
                 for url in urls
             ],
@@ -270,10 +273,17 @@ class ShardedBroker:
         await self.shards[self.shard(room)].unsubscribe(room)
 
     async def publish(
-        self, room: str, prefix: str, to: str | None = None, exclude: str | None = None
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
     ) -> Publication:
-        """Publish on the room's shard; see `Broker.publish`."""
-        return await self._of(room).publish(room, prefix, to, exclude)
+        """Publish on the room's shard (its idempotency key with it, in the room's keys
+        there); see `Broker.publish`."""
+        return await self._of(room).publish(room, prefix, to, exclude, key=key)
 
     async def publish_ephemeral(
         self, room: str, frame: str, to: str | None = None, exclude: str | None = None

@@ -9,6 +9,7 @@ import inspect
 import itertools
 import logging
 import random
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
+from ..protocol import is_builtin
 from ._errors import ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout
 from ._frames import Frame, FrameHandler, HistoryPage, Welcome, parse_frame, parse_welcome
 from ._policy import Backoff, ClientState, Reconnect, reconnect_rule
@@ -51,6 +53,24 @@ RecoveryCallback = Callable[[Welcome], Awaitable[None] | None]
 
 H = TypeVar("H", bound=FrameHandler)
 _Item = Frame | tuple[Frame, Room] | Callable[[], Awaitable[None] | None] | None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A frame with an `id` waiting for its `ack` or `error`."""
+
+    future: asyncio.Future[Any]
+    frame: dict[str, Any]
+    resend: bool
+    """Whether it is sent again after a reconnect and on a `timeout` error (a publish, with
+    its key); frames of built-in topics fail with `ConnectionLost` instead."""
+    sent_on: ClientConnection | None = None
+    """The connection it was last written to."""
+    answered: bool = False
+    """Whether its ack resolves with the answer frame that precedes it (`room.history`)."""
+    uncertain: int = 0
+    """`timeout` and later `unavailable` answers so far: its outcome is unknown, so it is sent
+    again until an `ack` (or another error) says what became of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +106,17 @@ class Client:
     1012, and after an exponential backoff with jitter otherwise. When it reconnects it sends
     the last offset and epoch it saw, so every room message reaches the application once and
     in order; when the server cannot replay them, `on_recovery_failed` is called.
+
+    Every frame sent with an `id` (:meth:`request`) carries an idempotency `key`, unique to
+    this client, so a publish is neither lost nor duplicated across a reconnect: a request
+    not yet answered when the connection drops is sent again, with the same key and in
+    order, once the client has reconnected and resumed its rooms, and so is one answered by an
+    `error` with code `timeout` (its outcome was unknown); the server publishes a key at most
+    once (protocol section 10), and the resumed room replays the message when the first attempt
+    had published it. Frames without an `id` (:meth:`send`) are not resent.
+
+    The URL's `room` is a :class:`Room` handle too (:attr:`first_room`, listed in
+    :attr:`rooms`); `members`, `offset` and `epoch` of the client are its.
 
     Frames reach the application either through handlers (`client.on("chat")`), called one
     at a time in arrival order, or through `async for frame in client` / `await recv()` for
@@ -154,7 +185,6 @@ class Client:
         self.url = _ws_url(url)
         self.username = username
         self.room = room
-        self._backlog = backlog
         self._token = token
         self._token_provider = token_provider
         self._on_state = on_state
@@ -173,22 +203,30 @@ class Client:
         self._state = ClientState.IDLE
         self._changed = asyncio.Event()
         self._ws: ClientConnection | None = None
-        self._offset: int | None = since
-        self._epoch: str | None = epoch
-        self._members: list[str] = []
         self._welcome: Welcome | None = None
         self._last_close: CloseInfo | None = None
         self._final: CloseInfo | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[str | int, tuple[asyncio.Future[Any], bool]] = {}
+        self._keys = secrets.token_urlsafe(12)
+        """The start of this client's idempotency keys (the frame id follows)."""
+        self._pending: dict[str | int, _Pending] = {}
         self._presence_pending = 0
-        self._last_presence: list[str] = []
-        self._answered: set[int] = set()
-        """Requests whose ack resolves with the answer frame that precedes it."""
+        self._resends: set[asyncio.Task[None]] = set()
         self._last_answer: Frame | None = None
+        """The last `room.history` answer: the ack that follows resolves with it."""
         self._handlers: dict[str, list[FrameHandler]] = {}
         self._rooms: dict[str, Room] = {}
-        self._room_left = False
+        self._url_room: Room | None = None
+        if room is not None:
+            self._url_room = self._rooms[room] = Room(
+                self,
+                room,
+                backlog=backlog,
+                since=since,
+                epoch=epoch,
+                max_waiting=max_queue,
+                keeps_early=False,
+            )
         self._incoming: asyncio.Queue[_Item] = asyncio.Queue()
         self._inbox: deque[Frame] = deque()
         self._inbox_ready = asyncio.Event()
@@ -213,9 +251,15 @@ class Client:
         return self._state is ClientState.CONNECTED
 
     @property
+    def first_room(self) -> Room | None:
+        """The handle of the URL's `room` (None without one); it stays the same object across
+        reconnects, and is `left` once the connection was taken out of it."""
+        return self._url_room
+
+    @property
     def members(self) -> list[str]:
         """The room's members as this client knows them (welcome, then presence frames)."""
-        return list(self._members)
+        return [] if self._url_room is None else self._url_room.members
 
     @property
     def welcome(self) -> Welcome | None:
@@ -225,16 +269,17 @@ class Client:
     @property
     def offset(self) -> int | None:
         """The offset of the last room message seen (or the room's offset at join)."""
-        return self._offset
+        return None if self._url_room is None else self._url_room.offset
 
     @property
     def epoch(self) -> str | None:
         """The epoch of the room's history that `offset` belongs to."""
-        return self._epoch
+        return None if self._url_room is None else self._url_room.epoch
 
     @property
     def rooms(self) -> dict[str, Room]:
-        """The rooms joined with :meth:`join` and not left, by id."""
+        """The rooms the client is in and has not left, by id: the URL's room (while the
+        connection is in it) and those joined with :meth:`join`."""
         return dict(self._rooms)
 
     @property
@@ -393,7 +438,8 @@ class Client:
         `backlog` replays the room's last N retained messages; `since` + `epoch` resume it.
         The client joins the room again after every reconnect, resuming from its own offset;
         when the server cannot replay what was missed, `on_recovery_failed(room, joined)` is
-        called. Joining a room joined already returns the same handle.
+        called. Joining a room joined already (the URL's room included) returns the same
+        handle.
 
         Raises:
             RequestError: the server refused (`forbidden`, `duplicate`, `too_many_rooms`,
@@ -438,7 +484,8 @@ class Client:
         """Send `room.join`; a refusal drops the room (and tells its handlers `left`)."""
         frame_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[frame_id] = (future, False)
+        frame = self._frame("room.join", room._join_payload(), None, frame_id, None)
+        self._pending[frame_id] = _Pending(future, frame, resend=False)
 
         def answered(done: asyncio.Future[Any]) -> None:
             self._pending.pop(frame_id, None)
@@ -452,15 +499,22 @@ class Client:
 
         future.add_done_callback(answered)
         with contextlib.suppress(ConnectionLost):  # sent again after the reconnect
-            await self._write(ws, _frame("room.join", room._join_payload(), None, frame_id))
+            await self._write(ws, frame)
 
     async def _rejoin(self, ws: ClientConnection) -> None:
-        """Join every room again on a new connection, each from its own offset."""
+        """Join every room again on a new connection, each from its own offset, then send
+        again what was not answered on the previous one (in order, with the same keys)."""
         sent: set[str] = set()
-        while todo := [r for r in self._rooms.values() if r.id not in sent]:
+        while todo := [
+            r for r in self._rooms.values() if r.id not in sent and r is not self._url_room
+        ]:
             for room in todo:
                 sent.add(room.id)
                 await self._send_join(ws, room)
+        for entry in list(self._pending.values()):
+            if entry.resend and entry.sent_on is not ws and not entry.future.done():
+                with contextlib.suppress(ConnectionLost):  # then after the next reconnect
+                    await self._write_pending(ws, entry)
 
     async def send(
         self,
@@ -480,7 +534,7 @@ class Client:
             ConnectionLost: the connection dropped while sending.
         """
         ws = await self._wait_connected()
-        await self._write(ws, _frame(topic, payload, to, None, room, echo))
+        await self._write(ws, self._frame(topic, payload, to, None, room, echo))
 
     async def request(
         self,
@@ -492,22 +546,28 @@ class Client:
         room: str | None = None,
         echo: bool = True,
     ) -> int | None:
-        """Send a frame with an `id` and wait for the server's answer (`echo` as
-        :meth:`send`).
+        """Send a frame with an `id` and an idempotency `key`, and wait for the server's answer
+        (`echo` as :meth:`send`).
+
+        When the connection drops before the answer, the frame is sent again after the
+        reconnect (same key, in order with the other unanswered ones, before newer frames),
+        and so it is after an `error` with code `timeout`: the server publishes it at most
+        once, so the message reaches the room exactly once (protocol section 10). Built-in
+        topics (`presence`, `room.*`, ...) are not sent again.
 
         Returns:
-            The offset the `ack` carries (the message's offset when it was relayed), or None
-            (also for an ephemeral topic, which takes no offset).
+            The offset the `ack` carries (the message's offset when it was relayed; the first
+            one's when the key had published already), or None (also for an ephemeral topic,
+            which takes no offset).
 
         Raises:
             RequestError: the server answered with an `error` frame (its code and message).
-            RequestTimeout: no answer within `timeout` seconds (waiting to reconnect included).
-            ConnectionLost: the connection dropped before the answer came.
+            RequestTimeout: no answer within `timeout` seconds (waiting to reconnect and
+                resending included).
+            ConnectionLost: a built-in topic's connection dropped before the answer came.
             ClientClosed: the client is closed.
         """
-        result: int | None = await self._request(
-            topic, payload, to, timeout, False, room, echo=echo
-        )
+        result: int | None = await self._request(topic, payload, to, timeout, room, echo=echo)
         return result
 
     async def history(
@@ -535,21 +595,12 @@ class Client:
             payload["before"] = before
         if limit is not None:
             payload["limit"] = limit
-        answer = await self._request("room.history", payload, None, timeout, False, answered=True)
+        answer = await self._request("room.history", payload, None, timeout, None, answered=True)
         data = answer.payload if isinstance(answer, Frame) else None
         if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
             raise RequestError("invalid_frame", "the server's history answer is malformed", None)
         messages = tuple(parse_frame(m) for m in data["messages"] if isinstance(m, dict))
         return HistoryPage(str(data.get("epoch", "")), messages)
-
-    async def presence(self, *, timeout: float | None = 10.0) -> list[str]:
-        """Ask the server for the room's members, cluster-wide.
-
-        Raises:
-            RequestTimeout, ConnectionLost, ClientClosed: as :meth:`request`.
-        """
-        members: list[str] = await self._request("presence", {}, None, timeout, True)
-        return members
 
     async def _request(
         self,
@@ -557,30 +608,86 @@ class Client:
         payload: Any,
         to: str | None,
         timeout: float | None,
-        presence: bool,
-        room: str | None = None,
+        room: str | None,
         *,
         echo: bool = True,
         answered: bool = False,
     ) -> Any:
         frame_id = next(self._ids)
+        presence = topic == "presence"
+        resend = not is_builtin(topic)
         try:
             async with asyncio.timeout(timeout):
                 ws = await self._wait_connected()
                 future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                self._pending[frame_id] = (future, presence)
+                frame = self._frame(topic, payload, to, frame_id, room, echo)
+                entry = _Pending(future, frame, resend, answered=answered)
+                self._pending[frame_id] = entry
                 self._presence_pending += presence
-                if answered:
-                    self._answered.add(frame_id)
                 try:
-                    await self._write(ws, _frame(topic, payload, to, frame_id, room, echo))
+                    if resend:
+                        # a frame the connection could not take is sent after the reconnect
+                        with contextlib.suppress(ConnectionLost):
+                            await self._write_pending(ws, entry)
+                    else:
+                        await self._write_pending(ws, entry)
                     return await future
                 finally:
-                    self._answered.discard(frame_id)
                     if self._pending.pop(frame_id, None) is not None:
                         self._presence_pending -= presence
         except TimeoutError:
             raise RequestTimeout(f"no answer to {topic!r} within {timeout} s", code=None) from None
+
+    async def presence(self, *, timeout: float | None = 10.0) -> list[str]:
+        """Ask the server for the room's members, cluster-wide.
+
+        Raises:
+            RequestTimeout, ConnectionLost, ClientClosed: as :meth:`request`.
+        """
+        first = self._url_room
+        if first is None or first.left:
+            await self.request("presence", {}, timeout=timeout)  # not_joined
+            return []
+        return await first.presence(timeout=timeout)
+
+    def _frame(
+        self,
+        topic: str,
+        payload: Any,
+        to: str | None,
+        frame_id: int | None,
+        room: str | None,
+        echo: bool = True,
+    ) -> dict[str, Any]:
+        """A client frame; one with an `id` carries this client's key for that id."""
+        frame = _frame(topic, payload, to, frame_id, room, echo)
+        if frame_id is not None:
+            frame["key"] = f"{self._keys}-{frame_id}"
+        return frame
+
+    async def _write_pending(self, ws: ClientConnection, entry: _Pending) -> None:
+        entry.sent_on = ws
+        await self._write(ws, entry.frame)
+
+    def _resend(self, entry: _Pending, delay: float) -> None:
+        """Send `entry` again after `delay` seconds (its outcome is unknown), or after the
+        reconnect when the connection is gone by then."""
+        ws = self._ws
+        entry.sent_on = None
+
+        async def resend() -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            if self._ws is not ws or ws is None or entry.sent_on is not None:
+                return  # the reconnect sent it (or sends it)
+            if entry.future.done():
+                return
+            with contextlib.suppress(ConnectionLost):
+                await self._write_pending(ws, entry)
+
+        task = asyncio.get_running_loop().create_task(resend())
+        self._resends.add(task)
+        task.add_done_callback(self._resends.discard)
 
     async def _write(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         try:
@@ -690,9 +797,11 @@ class Client:
             return
         self._final = info
         error = self._closed_error()
-        for future, _ in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for task in self._resends:
+            task.cancel()
+        for entry in self._pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(error)
         self._pending.clear()
         for room in self._rooms.values():
             room._refused = error
@@ -709,12 +818,13 @@ class Client:
             if k not in ("username", "roomID", "since", "epoch", "backlog")
         ]
         query += [("username", self.username)]
-        if self.room is not None and not self._room_left:
-            query += [("roomID", self.room)]
-            if self._offset is not None and self._epoch is not None:
-                query += [("since", str(self._offset)), ("epoch", self._epoch)]
-            elif self._backlog:
-                query += [("backlog", str(self._backlog))]
+        first = self._url_room
+        if first is not None and not first.left:
+            query += [("roomID", first.id)]
+            if first.offset is not None and first.epoch is not None:
+                query += [("since", str(first.offset)), ("epoch", first.epoch)]
+            elif first._backlog:
+                query += [("backlog", str(first._backlog))]
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     async def _connect_once(self) -> tuple[CloseInfo, bool]:
@@ -756,7 +866,7 @@ class Client:
                 else:
                     welcome = parse_welcome(first.payload)
             if error is None:
-                self._on_welcome(welcome)
+                self._on_welcome(welcome, first.payload)
                 # every other room before any frame that may be meant for it
                 await self._rejoin(ws)
                 self._set_state(ClientState.CONNECTED)
@@ -810,25 +920,26 @@ class Client:
             self._token = token
 
     def _drop_pending(self) -> None:
+        """The connection ended: requests of built-in topics fail with `ConnectionLost`; the
+        others wait to be sent again after the reconnect."""
         error = ConnectionLost("the connection dropped before the answer came")
-        for future, _ in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self._pending.clear()
+        for frame_id, entry in list(self._pending.items()):
+            if entry.resend:
+                continue
+            del self._pending[frame_id]
+            if not entry.future.done():
+                entry.future.set_exception(error)
         self._presence_pending = 0
 
-    def _on_welcome(self, welcome: Welcome) -> None:
+    def _on_welcome(self, welcome: Welcome, payload: Any) -> None:
         self._welcome = welcome
-        if not welcome.room:
+        first = self._url_room
+        if not welcome.room or first is None:
             return  # a connection in no room: each room has its own state
-        self._members = list(welcome.members)
-        if welcome.recovered is not True:
-            # A first join, or history that could not be replayed: start from the room's
-            # current offset in its current epoch (a first join's backlog replays up to it).
-            backlog = (self._backlog or 0) if welcome.recovered is None else 0
-            self._offset = max(0, welcome.offset - backlog)
-        self._epoch = welcome.epoch
-        if welcome.recovered is False and self._on_recovery_failed is not None:
+        # A first join, or history that could not be replayed, starts from the room's
+        # current offset in its current epoch (as a `joined` frame does for other rooms).
+        recovered = first._on_joined(payload)
+        if recovered is False and self._on_recovery_failed is not None:
             callback = self._on_recovery_failed
             self._incoming.put_nowait(lambda: callback(welcome))
 
@@ -839,60 +950,65 @@ class Client:
         if topic == "room.history":
             self._last_answer = frame  # the answer to history(): its ack comes next
             return
-        room = self._rooms.get(frame.room) if frame.room is not None else None
-        if room is not None and frame.room != self.room:
-            if topic == "joined" and isinstance(frame.payload, dict):
-                callback = room._on_recovery_failed
-                if room._on_joined(frame.payload) is False and callback is not None:
-                    payload = frame.payload
-                    self._incoming.put_nowait(lambda: callback(room, payload))
-            elif topic == "left":
-                self._drop_room(room)
-            elif topic == "presence" and self._presence_pending:
-                room._accept(frame)
-                return  # the answer to Room.presence()
-            if room._accept(frame):
-                self._incoming.put_nowait((frame, room))
-            return
-        if frame.room is not None and frame.room != self.room and topic not in ("error", "ack"):
-            return  # a room left meanwhile
-        if topic == "left" and frame.room == self.room:
-            self._room_left = True  # removed from the URL's room: reconnect without it
         if topic == "ack" or topic == "error":
             frame_id = _payload_id(frame)
             entry = self._pending.get(frame_id) if frame_id is not None else None
             if entry is not None:
-                future, presence = entry
-                if not future.done():
-                    if topic == "error":
-                        code, message = _error_of(frame)
-                        future.set_exception(RequestError(code, message, frame_id))
-                    elif presence:
-                        future.set_result(self._last_presence)
-                    elif frame_id in self._answered:
-                        future.set_result(self._last_answer)
-                    else:
-                        offset = frame.payload.get("offset")
-                        future.set_result(offset if isinstance(offset, int) else None)
+                self._answer(entry, frame, topic)
                 return
             if topic == "ack":
                 return
-        elif topic == "presence" and self._presence_pending:
-            members = frame.payload.get("members") if isinstance(frame.payload, dict) else None
-            self._last_presence = [str(m) for m in members or []]
-            self._members = list(self._last_presence)
+        first = self._url_room
+        if frame.room is not None:
+            room = self._rooms.get(frame.room)
+        elif topic == "presence":
+            room = first  # a v1 server's answer does not name its room
+        else:
+            room = None
+        if room is None:
+            if frame.room is not None and topic != "error":
+                return  # a room left meanwhile
+            self._incoming.put_nowait(frame)
             return
-        elif topic in ("presence.join", "presence.leave") and isinstance(frame.payload, dict):
-            username = str(frame.payload.get("username"))
-            if topic == "presence.join" and username not in self._members:
-                self._members.append(username)
-            elif topic == "presence.leave" and username in self._members:
-                self._members.remove(username)
-        if frame.offset is not None:
-            if self._offset is not None and frame.offset <= self._offset:
-                return  # already delivered before a reconnect
-            self._offset = frame.offset
-        self._incoming.put_nowait(frame)
+        if topic == "joined" and isinstance(frame.payload, dict) and room is not first:
+            callback = room._on_recovery_failed
+            if room._on_joined(frame.payload) is False and callback is not None:
+                payload = frame.payload
+                self._incoming.put_nowait(lambda: callback(room, payload))
+        elif topic == "left":
+            # out of the room; the URL's room is then left out of the reconnects
+            self._drop_room(room)
+        elif topic == "presence" and self._presence_pending:
+            room._accept(frame)
+            return  # the answer to presence()
+        if not room._accept(frame):
+            return  # already delivered before a reconnect
+        self._incoming.put_nowait(frame if room is first else (frame, room))
+
+    def _answer(self, entry: _Pending, frame: Frame, topic: str) -> None:
+        """Settle a request with its `ack` or `error`; a `timeout` error (the outcome is
+        unknown) sends a resendable request again instead."""
+        future = entry.future
+        if future.done():
+            return
+        if topic == "ack":
+            if entry.answered:
+                future.set_result(self._last_answer)
+                return
+            offset = frame.payload.get("offset")
+            future.set_result(offset if isinstance(offset, int) else None)
+            return
+        code, message = _error_of(frame)
+        if entry.resend and (code == "timeout" or (code == "unavailable" and entry.uncertain)):
+            # The first attempt may have published: only an answer to the same key can say.
+            # `unavailable` (the broker is down meanwhile) is retried after a backoff.
+            delay = 0.0
+            if code == "unavailable":
+                delay = self._backoff.delay(Reconnect.BACKOFF, entry.uncertain - 1, self._rng)
+            entry.uncertain += 1
+            self._resend(entry, delay)
+            return
+        future.set_exception(RequestError(code, message, _payload_id(frame)))
 
     async def _dispatch(self) -> None:
         """Hand frames to handlers or to the inbox, one at a time, in arrival order."""
@@ -919,6 +1035,9 @@ class Client:
                     await _call(item)
                     continue
                 handlers = self._handlers.get(item.topic, []) + self._handlers.get("*", [])
+                first = self._url_room
+                if first is not None and item.room == first.id:
+                    handlers += first._targets(item)
                 if handlers:
                     for handler in handlers:
                         await _call(handler, item)

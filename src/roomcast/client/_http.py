@@ -33,12 +33,20 @@ class HttpApi:
         self.api_key = api_key
         self.timeout = timeout
 
-    def publish(self, room: str, topic: str, payload: Any, to: str | None = None) -> int:
-        """Publish to `room` (or to its member `to`); returns the message's offset."""
+    def publish(
+        self, room: str, topic: str, payload: Any, to: str | None = None, *, key: str | None = None
+    ) -> int:
+        """Publish to `room` (or to its member `to`); returns the message's offset.
+
+        With `key` (sent as `Idempotency-Key`), retrying the call after an error or a
+        timeout publishes the message at most once: a repeat within 300 seconds returns the
+        first one's offset.
+        """
         body: dict[str, Any] = {"topic": topic, "payload": payload}
         if to is not None:
             body["to"] = to
-        answer = self._call("POST", f"/api/v1/rooms/{_seg(room)}/messages", body)
+        headers = None if key is None else {"Idempotency-Key": key}
+        answer = self._call("POST", f"/api/v1/rooms/{_seg(room)}/messages", body, headers)
         return int(answer["offset"])
 
     def rooms(self) -> list[dict[str, Any]]:
@@ -66,8 +74,10 @@ class HttpApi:
         (`GET /api/v1/admin/stats`, served when the server's admin is on; docs/admin.md)."""
         return dict(self._call("GET", "/api/v1/admin/stats"))
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Accept": "application/json"}
+    def _call(
+        self, method: str, path: str, body: Any = None, extra: dict[str, str] | None = None
+    ) -> Any:
+        headers = {"Accept": "application/json", **(extra or {})}
         data = None
         if body is not None:
             data = json.dumps(body).encode()

@@ -58,12 +58,14 @@ class _Connection(Protocol):
 
 
 class Room:
-    """One room of a client's connection, from ``room = await client.join("r2")``.
+    """One room of a client's connection, from ``room = await client.join("r2")``, or the
+    URL's room (``client.first_room``).
 
     It has its own handlers, members, offset and epoch; the client joins it again after
-    every reconnect, resuming from its offset, until :meth:`leave` (or a kick). Frames of the
-    room that arrive before the room has a handler for their topic (the backlog a join
-    replays) wait, and go to the first handler registered for that topic, in order.
+    every reconnect, resuming from its offset, until :meth:`leave` (or a kick). Frames of a
+    joined room that arrive before the room has a handler for their topic (the backlog a join
+    replays) wait, and go to the first handler registered for that topic, in order; those of
+    the URL's room go to the client's handlers and iteration instead.
     """
 
     def __init__(
@@ -75,8 +77,10 @@ class Room:
         since: int | None,
         epoch: str | None,
         max_waiting: int,
+        keeps_early: bool = True,
     ) -> None:
         self.id = room_id
+        self._keeps_early = keeps_early
         self._client = client
         self._backlog = backlog
         self._offset = since
@@ -142,7 +146,9 @@ class Room:
         self, topic: str, payload: Any, to: str | None = None, *, echo: bool = True
     ) -> None:
         """Send a frame to this room, or to its member `to`; waits while reconnecting.
-        `echo=False`: not delivered back to this connection."""
+        `echo=False`: not delivered back to this connection. It has no `id`: use
+        :meth:`request` for a publish that is acknowledged and, across reconnects, neither
+        lost nor duplicated."""
         await self._client.send(topic, payload, to, room=self.id, echo=echo)
 
     async def request(
@@ -154,7 +160,8 @@ class Room:
         timeout: float | None = 10.0,
         echo: bool = True,
     ) -> int | None:
-        """Send a frame to this room and wait for the answer, as :meth:`Client.request`."""
+        """Send a frame to this room and wait for the answer, as :meth:`Client.request`
+        (with an idempotency key, resent after a reconnect until it is answered)."""
         return await self._client.request(
             topic, payload, to, timeout=timeout, room=self.id, echo=echo
         )
@@ -222,7 +229,7 @@ class Room:
     def _targets(self, frame: Frame) -> list[FrameHandler]:
         """The handlers of `frame`, or none after keeping it for a later handler."""
         handlers = self._handlers.get(frame.topic, []) + self._handlers.get("*", [])
-        if not handlers:
+        if not handlers and self._keeps_early:
             self._waiting.append(frame)
         return handlers
 

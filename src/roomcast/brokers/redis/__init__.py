@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from ...errors import BrokerUnavailable
 from ...log import log_event, redact_url
+from ...protocol import IDEMPOTENCY_WINDOW
 from ...room_classes import RoomClasses
 from ..base import BrokerListener, HistoryPage, OutboxEntry, Publication, Signal
 from . import wire
@@ -73,6 +74,8 @@ class RedisBroker:
             publisher that holds no connections (it then needs no subscription either).
         classes: the room classes, whose `history_size` and `history_ttl` the scripts
             apply per room instead (their default class has the two above).
+        idempotency_window: seconds a publish's idempotency key is remembered (a key of its
+            own in the room's slot, with that time to live, set by the PUBLISH script).
     """
 
     batches_publishes = True
@@ -88,6 +91,7 @@ class RedisBroker:
         presence_ttl: float = 15.0,
         presence: bool = True,
         classes: RoomClasses | None = None,
+        idempotency_window: float = IDEMPOTENCY_WINDOW,
     ) -> None:
         self.url = url
         self.history_size = history_size
@@ -137,6 +141,7 @@ class RedisBroker:
             channel_prefix=channel_prefix,
             retention=self._retention,
             keys=self._room_keys,
+            idempotency_window_ms=max(1, math.ceil(idempotency_window * 1000)),
             deliveries=deliveries,
             serves=self._subscriber.serves,
         )
@@ -283,14 +288,21 @@ class RedisBroker:
         await self._calls.call(lambda: drop_stats(redis, node_id))
 
     async def publish(
-        self, room: str, prefix: str, to: str | None = None, exclude: str | None = None
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
     ) -> Publication:
         """Assign the next offset, retain and announce, in one script; see `Broker.publish`.
+        With `key`, the same script checks and remembers it (the same atomic step).
 
         When this node serves the room, it returns once the message reached the local
         members (so a sender's `ack` follows its own message), or after a bounded wait.
         """
-        return await self._publishing.publish(room, prefix, to, exclude)
+        return await self._publishing.publish(room, prefix, to, exclude, key)
 
     async def publish_ephemeral(
         self, room: str, frame: str, to: str | None = None, exclude: str | None = None

@@ -110,6 +110,7 @@ class Publishing:
         channel_prefix: the start of the room channels (wire.channel_prefix).
         retention: a room's history size and ttl in milliseconds (its class's).
         keys: a room's keys for the PUBLISH script (wire.room_keys, as its class has them).
+        idempotency_window_ms: how long a publish's idempotency key is remembered.
         deliveries: where the subscription reports what it delivered.
         serves: whether this node receives a room (then `publish` waits for its own copy).
     """
@@ -121,6 +122,7 @@ class Publishing:
         channel_prefix: str,
         retention: Callable[[str], tuple[int, int]],
         keys: Callable[[str], list[str]],
+        idempotency_window_ms: int,
         deliveries: Deliveries,
         serves: Callable[[str], bool],
     ) -> None:
@@ -128,6 +130,7 @@ class Publishing:
         self._channel_prefix = channel_prefix
         self._retention = retention
         self._keys = keys
+        self._idempotency_window_ms = idempotency_window_ms
         self._serves = serves
         self._deliveries = deliveries
         self._batch: _Batch = []
@@ -136,24 +139,33 @@ class Publishing:
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def publish(
-        self, room: str, prefix: str, to: str | None, exclude: str | None = None
+        self,
+        room: str,
+        prefix: str,
+        to: str | None,
+        exclude: str | None = None,
+        key: str | None = None,
     ) -> Publication:
         """Publish one message (see `Broker.publish`); waits for its own delivery when this
-        node serves the room, at most `DELIVERY_WAIT` seconds."""
+        node serves the room, at most `DELIVERY_WAIT` seconds (a duplicate too: its ack
+        follows the first one's copy, as the first one's would)."""
         if not self._calls.available:
             raise unavailable()
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         size, ttl_ms = self._retention(room)
-        args = (
-            *self._keys(room),
+        keys = self._keys(room)
+        argv: list[Any] = [
             prefix,
             wire.encode_target(to, exclude),
             size,
             ttl_ms,
             wire.channel(self._channel_prefix, room),
             secrets.token_hex(6),
-        )
-        self._batch.append((args, waiter))
+        ]
+        if key is not None:
+            keys.append(wire.idempotency_key(room, key))
+            argv.append(self._idempotency_window_ms)
+        self._batch.append(((len(keys), *keys, *argv), waiter))
         if not self._flushing:
             self._flushing = True
             task = asyncio.get_running_loop().create_task(self._flush())
@@ -163,7 +175,10 @@ class Publishing:
         offset, epoch = int(result[0]), result[1].decode()
         if self._serves(room):
             await self._deliveries.wait(room, offset, DELIVERY_WAIT)
-        return Publication(room, offset, message_frame(prefix, offset), to, epoch, exclude)
+        duplicate = len(result) > 2
+        return Publication(
+            room, offset, message_frame(prefix, offset), to, epoch, exclude, duplicate
+        )
 
     async def _flush(self) -> None:
         """Send the publishes queued meanwhile in one pipeline: one round trip, not one each.
@@ -205,7 +220,7 @@ class Publishing:
     async def _run(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         groups: dict[object, list[int]] = {}
         for index, args in enumerate(calls):
-            groups.setdefault(self._calls.server_of(args[0]), []).append(index)
+            groups.setdefault(self._calls.server_of(args[1]), []).append(index)
         if len(groups) == 1:
             return await self._run_slot(calls)
         results: list[Any] = [None] * len(calls)
@@ -271,10 +286,12 @@ class Publishing:
                 them all (the connection failed, or no answer within the reply timeout):
                 some may have run.
         """
-        conn, release = await self._calls.connection(calls[0][0])
-        replicas = self._calls.replicas(calls[0][0])
+        # each call is (number of keys, *keys, *argv): its first key names its slot
+        conn, release = await self._calls.connection(calls[0][1])
+        replicas = self._calls.replicas(calls[0][1])
         try:
-            commands: list[tuple[Any, ...]] = [("EVALSHA", sha, 4, *args) for args in calls]
+            # each call is (number of keys, *keys, *argv)
+            commands: list[tuple[Any, ...]] = [("EVALSHA", sha, *args) for args in calls]
             if replicas:
                 # A Redis Cluster shard with a replica: answer once the replica has the
                 # batch too (bounded), so that a publish acknowledged before its master

@@ -30,8 +30,18 @@ __all__ = [
 
 PUBLISH = (
     """
--- KEYS: offset, epoch, stream, presence
--- ARGV: prefix, to, history size, history ttl (ms), channel, epoch if none exists
+-- KEYS: offset, epoch, stream, presence[, idempotency key]
+-- ARGV: prefix, to, history size, history ttl (ms), channel, epoch if none exists[,
+--       idempotency window (ms)]
+-- Returns {offset, epoch}, or {first offset, its epoch, 1} for an idempotency key that
+-- published already within its window (then nothing is published).
+if KEYS[5] then
+  local seen = redis.call('GET', KEYS[5])
+  if seen then
+    local space = string.find(seen, ' ', 1, true)
+    return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1), 1}
+  end
+end
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   -- A new incarnation (the room is new, or its history was lost): nothing of an older one
@@ -59,6 +69,9 @@ if redis.call('EXISTS', KEYS[4]) == 0 then
   -- makes them persistent, its room's last leave gives them the history ttl again).
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+if KEYS[5] then
+  redis.call('SET', KEYS[5], id .. ' ' .. epoch, 'PX', ARGV[7])
 end
 redis.call('PUBLISH', ARGV[5], """
     + LUA_PUBLICATION

@@ -49,6 +49,7 @@ __all__ = [
     "encode_signal",
     "encode_target",
     "hold_key",
+    "idempotency_key",
     "lease_key",
     "member_entry",
     "member_set_key",
@@ -135,6 +136,12 @@ def presence_keys(room: str) -> list[str]:
     """The KEYS of ADD_MEMBER and REMOVE_MEMBER: presence hash, the room's offset and epoch
     (one slot: the room's)."""
     return [presence_key(room), _room_key(room, "o"), _room_key(room, "e")]
+
+
+def idempotency_key(room: str, key: str) -> str:
+    """The PUBLISH script's fifth KEY for a publish with idempotency `key`: it holds the first
+    publish's `offset epoch` for the window (in the room's slot, after its hash tag)."""
+    return _room_key(room, f"k:{key}")
 
 
 def member_set_key(node_id: str) -> str:
