@@ -190,14 +190,18 @@ async def test_publish_callouts_rewrite_and_refuse(
     await bob.close()
 
 
+@pytest.mark.parametrize("broker", ["memory", "redis"])
 async def test_a_slow_publish_call_delays_no_other_connection(
-    start_server: StartServer, backend: Backend
+    start_server: StartServer, backend: Backend, request: pytest.FixtureRequest, broker: str
 ) -> None:
     """While the backend holds one connection's publish call, the other connections' frames
     are asked about, published and acknowledged; the held connection's frames then follow
-    in their order."""
+    in their order (on redis:// too, where frames are otherwise pipelined to the broker)."""
     backend.rules({"path": "/publish", "contains": "slowpoke", "hold": True})
-    server = start_server(*proxy_flags(backend, "publish"), "--proxy-timeout", "30")
+    flags: tuple[str, ...] = ()
+    if broker == "redis":
+        flags = ("--broker", request.getfixturevalue("redis_server").url)
+    server = start_server(*proxy_flags(backend, "publish"), "--proxy-timeout", "30", *flags)
     alice, bob, carol = [await Client.connect(server.ws_url, n, "r1") for n in ("a", "b", "c")]
     for client in (alice, bob, carol):
         await client.join()
