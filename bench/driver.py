@@ -184,7 +184,14 @@ QUICK = {
     "join": join(("join_one_room", 50, 50), ("join_rooms_of_10", 100, 10)),
     "storm": storm(40, 10, recovery_timeout=30),
 }
-OPT_IN = {"idle100k": idle_many(100_000, 5)}
+OPT_IN = {
+    "idle100k": idle_many(100_000, 5),
+    # 1,000 and 5,000 members joining one room, with presence and (with classes) without.
+    "join5k": {
+        **join(("join_one_room", 1000, 1000), ("join_one_room_5000", 5000, 5000)),
+        "scenario": "join",  # the generator's scenario
+    },
+}
 """Scenarios run only when named in --scenarios."""
 ONLY = {"storm": {"roomcast-redis-1"}}
 """Scenarios that only some servers run (the storm needs history that survives a restart)."""
