@@ -22,6 +22,7 @@ explains the hash and what adding a server does to the rooms' history.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,8 @@ class ShardedBroker:
         self._reported = False
         """The availability last reported to the listener (any shard usable)."""
         self.node_id = ""
+        self._starts: list[int] | None = None
+        """Where each server's outbox shards start (`_outbox_starts`)."""
 
     @classmethod
     def from_urls(
@@ -415,7 +418,7 @@ class ShardedBroker:
     def outbox_shards(self) -> int:
         """Every server's outbox shards (`WebhookOutbox`): a room's events stay on the server
         that holds the room."""
-        return sum(self._outbox(i).outbox_shards for i in range(len(self.shards)))
+        return self._outbox_starts()[-1]
 
     def _outbox(self, index: int) -> WebhookOutbox:
         shard = self.shards[index]
@@ -423,20 +426,28 @@ class ShardedBroker:
             raise BrokerUnavailable(f"broker server #{index} keeps no webhook outbox")
         return shard
 
+    def _outbox_starts(self) -> list[int]:
+        """Where each server's outbox shards start in the overall numbering, then the total
+        (counted once: a server's number of outbox shards does not change)."""
+        if self._starts is None:
+            starts = [0]
+            for index in range(len(self.shards)):
+                starts.append(starts[-1] + self._outbox(index).outbox_shards)
+            self._starts = starts
+        return self._starts
+
     def _locate(self, shard: int) -> tuple[WebhookOutbox, int]:
         """The server's outbox and its own number for the overall outbox shard `shard`."""
-        for index in range(len(self.shards)):
-            outbox = self._outbox(index)
-            if shard < outbox.outbox_shards:
-                return outbox, shard
-            shard -= outbox.outbox_shards
-        raise ValueError(f"no outbox shard {shard}")
+        starts = self._outbox_starts()
+        index = bisect.bisect_right(starts, shard) - 1
+        if not 0 <= index < len(self.shards):
+            raise ValueError(f"no outbox shard {shard}")
+        return self._outbox(index), shard - starts[index]
 
     def shard_of(self, room: str) -> int:
         """The overall outbox shard of `room`'s events: on the room's server."""
         index = self.shard(room)
-        before = sum(self._outbox(i).outbox_shards for i in range(index))
-        return before + self._outbox(index).shard_of(room)
+        return self._outbox_starts()[index] + self._outbox(index).shard_of(room)
 
     async def append_events(
         self, entries: list[OutboxEntry], max_pending: int
