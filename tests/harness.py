@@ -183,6 +183,28 @@ class ServerProcess:
                 self.proc.stderr.close()
 
 
+def logged(servers: Sequence[ServerProcess], *parts: str) -> int:
+    """Log lines of `servers` that contain every one of `parts`, counted over all of them."""
+    return sum(
+        1
+        for server in servers
+        if server.log is not None
+        for line in list(server.log.lines)
+        if all(part in line for part in parts)
+    )
+
+
+async def logged_once_at_least(
+    servers: Sequence[ServerProcess], *parts: str, timeout: float = 10.0
+) -> int:
+    """:func:`logged`, once it is at least 1 (bounded by `timeout`): a process writes its log
+    line before or after the frames it sends, and the log is read by another thread."""
+    async with asyncio.timeout(timeout):
+        while (count := logged(servers, *parts)) == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return count
+
+
 @contextlib.contextmanager
 def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     """A roomcast server on a free port, stopped on exit."""

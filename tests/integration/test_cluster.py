@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import websockets
 
-from tests.harness import READY, Client, RedisProcess, ServerProcess
+from tests.harness import READY, Client, RedisProcess, ServerProcess, logged_once_at_least
 
 Start = Callable[..., ServerProcess]
 
@@ -169,15 +169,6 @@ async def test_duplicate_username_across_nodes(
     await alice.close()
 
 
-def presence_lost(server: ServerProcess, username: str) -> int:
-    assert server.log is not None
-    return sum(
-        1
-        for line in list(server.log.lines)
-        if "presence.lost" in line and f"username={username}" in line
-    )
-
-
 async def test_killed_node_members_leave_once_and_can_rejoin(
     start_server: Start, redis_server: RedisProcess
 ) -> None:
@@ -201,7 +192,7 @@ async def test_killed_node_members_leave_once_and_can_rejoin(
     assert time.monotonic() - killed < 6  # the bound for --presence-ttl 3, with slack
     await alice.barrier()
     await bob.barrier()
-    assert presence_lost(a, "carol") + presence_lost(b, "carol") == 1
+    assert await logged_once_at_least([a, b], "presence.lost", "username=carol") == 1
     async with httpx.AsyncClient(base_url=a.url) as http:
         assert (await http.get("/api/v1/rooms/r1/members")).json() == {"members": ["alice", "bob"]}
     again = await joined(a, "carol")

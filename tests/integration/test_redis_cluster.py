@@ -11,7 +11,13 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.harness import Client, RedisClusterProcess, RedisProcess, ServerProcess
+from tests.harness import (
+    Client,
+    RedisClusterProcess,
+    RedisProcess,
+    ServerProcess,
+    logged_once_at_least,
+)
 from tests.integration.reliability import Publisher, ResumingClient
 
 Start = Callable[..., ServerProcess]
@@ -93,14 +99,6 @@ async def test_cross_node_delivery_in_one_order(
             await client.close()
 
 
-def presence_lost(server: ServerProcess, room: str, username: str) -> int:
-    return sum(
-        1
-        for line in list(server.log.lines)
-        if "presence.lost" in line and f"username={username}" in line and f"room={room}" in line
-    )
-
-
 async def test_presence_across_nodes_and_after_kill_9_of_a_node(
     start_server: Start, redis_cluster: RedisClusterProcess
 ) -> None:
@@ -133,7 +131,8 @@ async def test_presence_across_nodes_and_after_kill_9_of_a_node(
     for room in rooms:
         await alice[room].barrier()
         await bob[room].barrier()
-        assert presence_lost(a, room, "carol") + presence_lost(b, room, "carol") == 1
+        lost = await logged_once_at_least([a, b], "presence.lost", "username=carol", f"room={room}")
+        assert lost == 1
     async with httpx.AsyncClient(base_url=b.url) as http:
         for room in rooms:
             members = (await http.get(f"/api/v1/rooms/{room}/members")).json()

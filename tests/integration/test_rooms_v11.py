@@ -510,7 +510,8 @@ async def test_resume_of_several_rooms_while_publishing(
     """A client that drops and comes back resumes three rooms at once (URL room with since,
     the others with room.join since+epoch) while publishers keep publishing: per room, every
     offset once, in order."""
-    pair = deploy(kind, start_server, redis_or_none)
+    # Publishers go as fast as acks come: keep far more history than one reconnect needs.
+    pair = deploy(kind, start_server, redis_or_none, "--history-size", "100000")
     rooms = [rid("z") for _ in range(3)]
     publishers = [await connect(pair.b, f"p{n}", room) for n, room in enumerate(rooms)]
     stop = asyncio.Event()

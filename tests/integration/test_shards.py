@@ -16,7 +16,7 @@ import pytest
 
 from roomcast import Publisher
 from roomcast.brokers.sharded import shard_of
-from tests.harness import ROOT, Client, RedisProcess, ServerProcess
+from tests.harness import ROOT, Client, RedisProcess, ServerProcess, logged_once_at_least
 from tests.integration.reliability import Publisher as HttpPublisher
 from tests.integration.reliability import ResumingClient
 
@@ -62,15 +62,6 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=20,
         cwd=ROOT,
         check=False,
-    )
-
-
-def presence_lost(server: ServerProcess, username: str, room: str) -> int:
-    assert server.log is not None
-    return sum(
-        1
-        for line in list(server.log.lines)
-        if "presence.lost" in line and f"username={username}" in line and f"room={room}" in line
     )
 
 
@@ -165,7 +156,9 @@ async def test_killed_node_leaves_every_shard_once_and_its_members_recover(
     for member, publisher in zip(resuming, publishers, strict=True):
         await member.wait_offset(max(publisher.offsets))
     for room in rooms:
-        assert presence_lost(b, "carol", room) == 1
+        assert (
+            await logged_once_at_least([b], "presence.lost", "username=carol", f"room={room}") == 1
+        )
     async with httpx.AsyncClient(base_url=b.url) as http:
         for i, room in enumerate(rooms):
             members = (await http.get(f"/api/v1/rooms/{room}/members")).json()["members"]

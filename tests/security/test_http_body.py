@@ -33,6 +33,49 @@ async def test_oversized_content_length_is_413_before_the_body(server: ServerPro
     writer.close()
 
 
+async def _response(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes]]:
+    """One HTTP/1.1 response read off `reader`: its status line and (lowercased) headers;
+    the body (by Content-Length) is read and dropped."""
+    async with asyncio.timeout(5):
+        status = await reader.readline()
+        headers: dict[bytes, bytes] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return status, headers
+
+
+async def test_answer_before_the_body_keeps_the_socket_usable(server: ServerProcess) -> None:
+    """A refusal answered from the request head (a bad room ID) before the small body is sent:
+    the body is then read and dropped, and the same socket serves the next request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    body = b'{"topic":"t","payload":1}'
+    writer.write(HEAD.replace("body-room", "a%20b").format(length=len(body)).encode())
+    await writer.drain()
+    status, headers = await _response(reader)
+    assert status.startswith(b"HTTP/1.1 400 ")
+    assert headers.get(b"connection") != b"close"
+    writer.write(body)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await writer.drain()
+    status, _ = await _response(reader)
+    assert status.startswith(b"HTTP/1.1 200 ")
+    writer.close()
+
+
+async def test_answer_before_a_large_body_says_connection_close(server: ServerProcess) -> None:
+    """A 413 from a Content-Length of 50 MB says `Connection: close` and the socket ends, so
+    that no client sends its next request on a socket about to close."""
+    reader, writer = await _open(server, 50_000_000)
+    status, headers = await _response(reader)
+    assert status.startswith(b"HTTP/1.1 413 ")
+    assert headers[b"connection"] == b"close"
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+    writer.close()
+
+
 async def test_trickled_body_is_408_within_the_time_limit(
     start_server: Callable[..., ServerProcess],
 ) -> None:

@@ -91,6 +91,11 @@ READ_SLICE = 2048
 """Bytes of one read fed to the WebSocket parser at a time. After a slice that yielded frames,
 the rest waits until the application has handled them, and one event-loop iteration passes."""
 
+DRAIN_BYTES = 65536
+"""Largest request body (by its Content-Length) still read and dropped after an answer given
+before it arrived (a 400, 401, 413...), so that the socket stays usable. A larger body, one of
+unknown length, or a 408 gets `Connection: close` on the answer instead."""
+
 POST_CLOSE_BYTES = 16384
 """Bytes of a peer's that are still parsed after the server's close frame (looking for the
 peer's close frame); what comes after them is dropped unread until the close times out."""
@@ -156,7 +161,7 @@ _HTTP_METHODS = (
     "handle_websocket_upgrade",
     "on_response_complete",
 )
-_HTTP_ATTRIBUTES = ("client", "conn", "loop", "transport")
+_HTTP_ATTRIBUTES = ("client", "conn", "headers", "loop", "transport")
 
 
 def missing_internals() -> list[str]:
@@ -872,6 +877,40 @@ def _http_refusal(status: int, phrase: str, body: str) -> bytes:
 
 
 @functools.cache
+class _EarlyAnswers(h11.Connection):
+    """The server side of an HTTP/1.1 connection whose answers may come before the request's
+    body (a refusal does not read it): such an answer says `Connection: close` when the rest
+    of the body is not worth reading (see :data:`DRAIN_BYTES`), else the body is read and
+    dropped and the socket kept alive. Closing without saying so would race the client's
+    next request on the kept-alive socket."""
+
+    def __init__(self, protocol: H11Protocol, max_incomplete_event_size: int | None) -> None:
+        if max_incomplete_event_size is None:
+            super().__init__(h11.SERVER)
+        else:
+            super().__init__(h11.SERVER, max_incomplete_event_size)
+        self._protocol = weakref.ref(protocol)
+
+    def send_with_data_passthrough(self, event: h11.Event) -> list[bytes] | None:
+        if (
+            type(event) is h11.Response
+            and self.their_state is h11.SEND_BODY
+            and (event.status_code == 408 or not self._drainable())
+        ):
+            headers = [*event.headers.raw_items(), (b"connection", b"close")]
+            event = h11.Response(
+                status_code=event.status_code, headers=headers, reason=event.reason
+            )
+        return super().send_with_data_passthrough(event)
+
+    def _drainable(self) -> bool:
+        protocol = self._protocol()
+        for name, value in (protocol.headers or []) if protocol is not None else []:
+            if name == b"content-length":
+                return value.isdigit() and int(value) <= DRAIN_BYTES
+        return False
+
+
 def handshake_protocol(
     timeout: float, limits: ConnectionLimits | None = None
 ) -> type[asyncio.Protocol]:
@@ -888,6 +927,10 @@ def handshake_protocol(
         _handshake_timer: asyncio.TimerHandle | None = None
         _deadline = 0.0
 
+        def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+            super().__init__(config, *args, **kwargs)
+            self.conn = _EarlyAnswers(self, config.h11_max_incomplete_event_size)
+
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._arm()
@@ -898,7 +941,7 @@ def handshake_protocol(
 
         def handle_events(self) -> None:
             super().handle_events()
-            if self.conn.their_state is not h11.IDLE:
+            if self.conn.our_state is h11.SEND_RESPONSE:  # a request head is complete
                 self._disarm()
 
         def handle_websocket_upgrade(self, event: Any) -> None:
@@ -921,14 +964,10 @@ def handshake_protocol(
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if self.transport.is_closing():
-                return
-            if self.conn.their_state is h11.IDLE:
+            # The rest of a body answered early (uvicorn drops it) and the next request's
+            # head must both come within the deadline; pipelined requests may already be in.
+            if not self.transport.is_closing() and self.conn.our_state is not h11.SEND_RESPONSE:
                 self._arm()
-            elif self.conn.their_state is not h11.DONE:
-                # Answered before its body was read (413, 408, 415): the rest of the body
-                # would be read as the next request, so the socket ends here.
-                self.transport.close()
 
         def _arm(self) -> None:
             self._disarm()
