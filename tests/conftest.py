@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from websockets.protocol import State
 
-from tests.harness import RedisClusterProcess, RedisProcess, SentinelSet, ServerProcess
+from tests.harness import (
+    OPEN_CLIENTS,
+    RedisClusterProcess,
+    RedisProcess,
+    SentinelSet,
+    ServerProcess,
+)
+
+
+@pytest.fixture(autouse=True)
+async def _abort_clients_left_open() -> AsyncIterator[None]:
+    """A test that fails before it closes its clients does not leave their sockets to fail
+    the next test on the same worker (an unclosed socket is a ResourceWarning, an error)."""
+    yield
+    left = [client for client in OPEN_CLIENTS if client.ws.state is not State.CLOSED]
+    OPEN_CLIENTS.clear()
+    for client in left:
+        client.ws.transport.abort()
+    if left:
+        await asyncio.sleep(0)  # the transports' connection_lost runs in the next iteration
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -567,11 +568,17 @@ class RedisClusterProcess:
             node.stop()
 
 
+OPEN_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+"""Every :class:`Client` made; what a test left open (it failed before closing them) is
+aborted after it, so that its sockets do not fail a later test with a ResourceWarning."""
+
+
 class Client:
     """A WebSocket client that reads JSON frames with a bounded wait."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+        OPEN_CLIENTS.add(self)
 
     @classmethod
     async def connect(

@@ -197,7 +197,10 @@ async def test_publish_to_a_frozen_redis_is_answered_timeout(
     """A publish that reached Redis before it froze (SIGSTOP) is answered `timeout` (HTTP
     504), not `unavailable`: once Redis resumes, the message turns out published. A frame sent
     once the node knows Redis is unreachable is `unavailable`: it was not handled."""
-    a = node(start_server, redis_server, "a", "--presence-ttl", "3")
+    # The POST must reach the node before its heartbeat takes the frozen Redis for gone
+    # (two unanswered pings, 2 s apart with this presence ttl): a busy machine may hold the
+    # request for a second or more.
+    a = node(start_server, redis_server, "a", "--presence-ttl", "12")
     alice = await Client.connect(a.ws_url, "alice", "r1")
     await alice.join()
     await alice.send({"topic": "chat", "payload": "first", "id": 0})  # Redis has the script
@@ -212,7 +215,11 @@ async def test_publish_to_a_frozen_redis_is_answered_timeout(
             )
             assert answer.status_code == 504
             assert answer.json()["error"]["code"] == "timeout"
+            # /readyz turns 503 on its own ping; the node refuses frames once its heartbeat
+            # has taken Redis for gone.
             await wait_ready(a, 503)
+            assert a.log is not None
+            await asyncio.to_thread(a.log.wait_for, "broker.lost", 20)
             await alice.send({"topic": "chat", "payload": "refused", "id": 1})
             refused = await alice.recv_topic("error")
             assert (refused["payload"]["code"], refused["payload"]["id"]) == ("unavailable", 1)

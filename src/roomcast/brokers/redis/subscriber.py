@@ -182,7 +182,15 @@ class Subscriber:
 
     async def _connect(self) -> None:
         conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
-        await conn.connect()
+        try:
+            await conn.connect()
+        except BaseException:
+            # Not yet this subscriber's (close() would not find it), and the pool does not
+            # track what make_connection made: a socket opened before a cancellation is
+            # closed here.
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            raise
         self._conn = conn
         self._last_read = time.monotonic()
         self._heartbeat = asyncio.get_running_loop().create_task(
