@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -17,7 +18,15 @@ from tests.harness import (
 )
 
 
-@pytest.fixture(autouse=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every coroutine test gets :func:`_abort_clients_left_open` (the sync ones, e.g. the
+    Playwright tests, run their own loops and make no :class:`Client`)."""
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.append("_abort_clients_left_open")
+
+
+@pytest.fixture
 async def _abort_clients_left_open() -> AsyncIterator[None]:
     """A test that fails before it closes its clients does not leave their sockets to fail
     the next test on the same worker (an unclosed socket is a ResourceWarning, an error)."""

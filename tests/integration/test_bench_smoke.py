@@ -68,4 +68,5 @@ def test_bench_shards_quick(tmp_path: Path) -> None:
     for row in rows:
         assert row["publishes"] > 0
         assert len(row["redis_cpu_pct"]) == row["servers"]
-        assert row["redis_us_per_publish"] > 0
+        # CPU time comes in 10 ms ticks: a 0.3 s run on a busy machine may show none.
+        assert row["redis_us_per_publish"] >= 0
