@@ -25,7 +25,7 @@ def _node() -> str:
 def _run_suite(cwd: str, files: list[str], env: dict[str, str]) -> None:
     result = subprocess.run(
         # Bounds for a busy machine (a file's tests, tsc): a file passes in seconds when quiet.
-        [_node(), "--test", "--test-timeout=120000", "--test-reporter=tap", *files],
+        [_node(), "--test", "--test-timeout=240000", "--test-reporter=tap", *files],
         cwd=cwd,
         env=env,
         capture_output=True,
