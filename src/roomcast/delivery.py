@@ -31,7 +31,7 @@ from .log import log_event
 from .metrics import Metrics
 from .protocol import presence_frame
 from .room_classes import RoomClasses
-from .rooms import LocalRooms, MemberHandle
+from .rooms import LocalRoom, LocalRooms, MemberHandle
 
 __all__ = ["Delivery", "RoomCursor"]
 
@@ -105,7 +105,7 @@ class Delivery:
             return
         if publication.ephemeral:
             # Outside the room's order: no gap to notice, nothing to repair.
-            self._deliver(publication)
+            self._deliver(publication, local)
             return
         position = self._positions.get(publication.room)
         if position is not None and publication.epoch:
@@ -119,12 +119,14 @@ class Delivery:
             if publication.offset <= position.offset:
                 return
             position.offset = publication.offset
-        self._deliver(publication)
+        self._deliver(publication, local)
 
-    def _deliver(self, publication: Publication) -> None:
-        local = self.rooms.get(publication.room)
+    def _deliver(self, publication: Publication, local: LocalRoom | None = None) -> None:
+        """Deliver to the local members it is for (`local`: the room, when the caller has it)."""
         if local is None:
-            return
+            local = self.rooms.get(publication.room)
+            if local is None:
+                return
         exclude = publication.exclude
         if publication.ephemeral:
             sent = local.fan_out_ephemeral(publication.frame, publication.to, exclude)

@@ -250,9 +250,10 @@ def parse_offset(value: str | None, what: str = "since") -> int | None:
     return int(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientFrame:
-    """A validated client frame."""
+    """A validated client frame (read-only by convention: not frozen, because a frozen
+    dataclass's constructor costs a call per field, and one is built per frame)."""
 
     topic: Topic
     payload: Any
@@ -281,21 +282,23 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         raise FrameError(ErrorCode.INVALID_JSON, "frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise FrameError(ErrorCode.INVALID_FRAME, "frame must be a JSON object")
+    payload = data.get("payload")
+    topic_value = data.get("topic")
+    if len(data) == 2 and type(payload) in _FLAT and type(topic_value) is str:
+        # The common frame: exactly a topic and a string, integer or boolean payload, which
+        # is within the JSON limits and has nothing else to check.
+        return ClientFrame(validate_topic(topic_value), payload)
     frame_id = data.get("id")
     if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, str | int)):
         raise FrameError(ErrorCode.INVALID_FRAME, "id must be a string or an integer")
     try:
-        payload = data.get("payload")
         # A frame of known fields, each a string, a boolean or an integer (orjson gives a
         # float for an integer beyond 64 bits), is within the limits: no need to look.
-        topic_value = data.get("topic")
         if not (
             type(payload) in _FLAT
             and type(topic_value) is str
-            and (
-                len(data) == 2  # exactly topic and payload
-                or (data.keys() <= _FRAME_KEYS and all(type(v) in _FLAT for v in data.values()))
-            )
+            and data.keys() <= _FRAME_KEYS
+            and all(type(v) in _FLAT for v in data.values())
         ):
             check_limits(text, data)
         topic = validate_topic(topic_value)
@@ -316,9 +319,7 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     except FrameError as exc:
         exc.frame_id = frame_id
         raise
-    return ClientFrame(
-        topic=topic, payload=payload, id=frame_id, to=to, room=room, echo=echo, key=key
-    )
+    return ClientFrame(topic, payload, frame_id, to, room, echo, key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publication:
-    """A room message with its offset, as every subscribed node receives it.
+    """A room message with its offset, as every subscribed node receives it (read-only by
+    convention: not frozen, because a frozen dataclass's constructor costs a call per field,
+    and one is built per message).
 
     Attributes:
         room: the room id.

@@ -170,7 +170,13 @@ class MemoryBroker:
                 return Publication(
                     room, offset, message_frame(prefix, offset), to, epoch, duplicate=True
                 )
-        stream = self._stream(room, now)
+        stream = self._streams.get(room)
+        if stream is None or now - stream.touched > stream.ttl:
+            stream = self._stream(room, now)  # maybe lost: the general path decides
+        else:
+            entries = stream.entries
+            if entries and entries[0][0] < now - stream.ttl:
+                self._expire(stream, now)
         stream.offset += 1
         stream.touched = now
         publication = Publication(
