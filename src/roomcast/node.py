@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .auth import IdentityResolver
-from .brokers import Broker, HistoryPage, Publication, Signal, WebhookOutbox, from_url
+from .brokers import (
+    Broker,
+    HistoryPage,
+    ImmediatePublish,
+    Publication,
+    Signal,
+    WebhookOutbox,
+    from_url,
+)
 from .codes import CloseCode, ErrorCode
 from .commands import CommandBus, KickMember, PublishEphemeral, PublishToRoom, SendToMember
 from .delivery import Delivery
@@ -79,6 +86,9 @@ class Node:
                 classes=self.classes,
             )
         )
+        self._publish_now = (
+            self.broker.publish_now if isinstance(self.broker, ImmediatePublish) else None
+        )
         self.metrics = Metrics()
         self.proxy: Proxy | None = None
         """The backend proxy's calls, with any `--proxy-*-url` (proxy.py)."""
@@ -113,7 +123,7 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publishing = 0
         self._published: asyncio.Future[None] | None = None
-        self.publish_counts: Counter[str] | None = None
+        self.publish_counts: dict[str, int] | None = None
         """Messages published from this node per room, while the stats publisher counts."""
         self.stats = StatsPublisher(self, settings.stats_interval or 1.0)
         self.webhooks: Webhooks | None = None
@@ -311,15 +321,47 @@ class Node:
             published = self._published
             if not self._publishing and published is not None and not published.done():
                 published.set_result(None)
+        return self._published_one(publication, topic, payload, sender)
+
+    def publish_now(
+        self,
+        room: str,
+        topic: str,
+        payload: Any,
+        *,
+        sender: str = SERVER_SENDER,
+        exclude: str | None = None,
+        key: str | None = None,
+    ) -> Publication | None:
+        """:meth:`publish` to the whole room, done before returning when the broker publishes
+        synchronously (`ImmediatePublish`: `memory://`); None, with nothing done, when it
+        does not (then :meth:`publish` it)."""
+        publish_now = self._publish_now
+        if publish_now is None:
+            return None
+        prefix = message_prefix(topic, payload, room, sender)
+        try:
+            publication = publish_now(room, prefix, None, exclude, key=key)
+        except Exception:
+            self.metrics.broker_errors.inc()
+            raise
+        return self._published_one(publication, topic, payload, sender)
+
+    def _published_one(
+        self, publication: Publication, topic: str, payload: Any, sender: str
+    ) -> Publication:
+        """Count a publication and tell the event bus (a duplicate is only counted)."""
         if publication.duplicate:
             self.metrics.duplicates.inc()
             return publication
         self.metrics.publications.inc()
-        if self.publish_counts is not None:
-            self.publish_counts[room] += 1
+        room = publication.room
+        counts = self.publish_counts
+        if counts is not None:
+            counts[room] = counts.get(room, 0) + 1  # a plain dict: half a Counter's cost
         if self.events.wants(MessagePublished):
             self.events.publish(
-                MessagePublished(room, topic, payload, sender, publication.offset, to)
+                MessagePublished(room, topic, payload, sender, publication.offset, publication.to)
             )
         return publication
 

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from . import membership
@@ -55,6 +55,8 @@ connection's next frame waits (backpressure)."""
 REFUSAL_INTERVAL = 1.0
 """Seconds during which further rate-limited frames without an `id` get no error frame of
 their own after one did (a flood gets one answer, not one per frame)."""
+
+_OK, _LIMITED, _EXCEEDED = Admission.OK, Admission.LIMITED, Admission.EXCEEDED
 
 REFUSAL_LOG_INTERVAL = 10.0
 """Seconds between two `frame.rejected` log lines of one connection; the next line counts
@@ -377,11 +379,16 @@ class Session:
         """Whether a frame is being handled or relayed frames still wait for the broker."""
         return self._busy or bool(self._relays)
 
-    async def receive(self, text: str) -> None:
-        """Handle one text frame from the client.
+    def handle(self, text: str) -> Coroutine[Any, Any, None] | None:
+        """Handle one text frame from the client as far as it can be without waiting.
+
+        Returns None when the frame is handled: a room message on a broker that publishes
+        synchronously (`memory://`), and every refusal while no relayed frame waits for the
+        broker. Otherwise what is left to do, which the caller must await before it hands
+        over the next frame (:meth:`receive` does both).
 
         Answers (acks, errors) go out in frame order. With a broker that batches publishes,
-        a default relay of a room message returns once its publish is under way, so that the
+        a default relay of a room message is done once its publish is under way, so that the
         connection's next frames can join the same round trip; any other frame first waits
         for the relays in flight.
         """
@@ -390,44 +397,86 @@ class Session:
         if self.closing or not node.accepting:
             # Shutting down: frames that arrive now are not handled (no ack is sent); the
             # client resends them after reconnecting.
-            return
+            return None
         max_size = node.settings.max_message_size
         if len(text) * 4 > max_size and len(text.encode()) > max_size:
-            if not self._relays or await self._settle():
-                self.close(
-                    CloseCode.MESSAGE_TOO_BIG,
-                    ErrorCode.MESSAGE_TOO_BIG,
-                    f"frame larger than {max_size} bytes",
-                )
-            return
-        admission = Admission.OK if self.bucket is None else self.bucket.take()
-        if admission is Admission.EXCEEDED:
-            if not self._relays or await self._settle():
-                self.close(
-                    CloseCode.RATE_LIMITED,
-                    ErrorCode.RATE_LIMITED,
-                    "too many frames: kept sending while rate limited",
-                )
-            return
+            return self._after_relays(
+                self.close,
+                CloseCode.MESSAGE_TOO_BIG,
+                ErrorCode.MESSAGE_TOO_BIG,
+                f"frame larger than {max_size} bytes",
+            )
+        admission = _OK if self.bucket is None else self.bucket.take()
+        if admission is _EXCEEDED:
+            return self._after_relays(
+                self.close,
+                CloseCode.RATE_LIMITED,
+                ErrorCode.RATE_LIMITED,
+                "too many frames: kept sending while rate limited",
+            )
         try:
             frame = parse_client_frame(text)
         except FrameError as exc:
-            if self._relays and not await self._settle():
-                return
-            if admission is Admission.LIMITED:
-                self._rate_limited(exc.frame_id)
-            else:
-                self.send_error(exc.code, exc.message, exc.frame_id)
-            return
-        if admission is Admission.LIMITED:
-            if not self._relays or await self._settle():
-                self._rate_limited(frame.id)
-            return
+            if admission is _LIMITED:
+                return self._after_relays(self._rate_limited, exc.frame_id)
+            return self._after_relays(self.send_error, exc.code, exc.message, exc.frame_id)
+        if admission is _LIMITED:
+            return self._after_relays(self._rate_limited, frame.id)
         # The default relay of a room message skips dispatch; everything else goes through it.
         member = self._relayable(frame)
-        if member is not None and self._pipelined:
-            await self._start_relay(frame, member)
-            return
+        if member is not None:
+            if self._pipelined:
+                return self._start_relay(frame, member)
+            if not self._relays and self._publish_now(frame, member):
+                return None
+        return self._run(frame, member)
+
+    async def receive(self, text: str) -> None:
+        """Handle one text frame from the client, to its end (see :meth:`handle`)."""
+        rest = self.handle(text)
+        if rest is not None:
+            await rest
+
+    def _after_relays(
+        self, answer: Callable[..., None], *args: Any
+    ) -> Coroutine[Any, Any, None] | None:
+        """Give `answer(*args)` now, or once the relays in flight are answered (not at all
+        when the connection closes meanwhile): what the caller must await, if anything."""
+        if not self._relays:
+            answer(*args)
+            return None
+        return self._settled(answer, *args)
+
+    async def _settled(self, answer: Callable[..., None], *args: Any) -> None:
+        if await self._settle():
+            answer(*args)
+
+    def _publish_now(self, frame: ClientFrame, member: Member) -> bool:
+        """Relay `frame` to `member`'s room and answer it, when the broker publishes
+        synchronously and its topic is not ephemeral; False when nothing was done."""
+        node = self.node
+        if frame.topic in node.ephemeral_topics(member.room):
+            return False
+        try:
+            publication = node.publish_now(
+                member.room,
+                frame.topic,
+                frame.payload,
+                sender=member.username,
+                exclude=None if frame.echo else self.connection_id,
+                key=frame.key,
+            )
+        except Exception as exc:
+            self._failed(frame, exc)
+            return True
+        if publication is None:
+            return False
+        self._ack_published(frame, publication)
+        return True
+
+    async def _run(self, frame: ClientFrame, member: Member | None) -> None:
+        """Handle a valid frame that must wait (for the relays in flight, or for its own
+        work): the default relay to `member`'s room, else :meth:`dispatch`."""
         if self._relays and not await self._settle():
             return
         self._busy = True
@@ -436,16 +485,26 @@ class Session:
                 await self.dispatch(frame)
             else:
                 self._ack_published(frame, await self._publish(frame, member))
-        except RoomcastError as exc:
-            self.send_error(exc.code, exc.message, frame.id)
-        except Exception:
-            self._log("frame.error", level=logging.ERROR, topic=frame.topic, exc_info=True)
-            self.send_error(ErrorCode.INTERNAL, "internal error", frame.id)
+        except Exception as exc:
+            self._failed(frame, exc)
         finally:
             self._busy = False
             idle = self._idle
             if idle is not None and not idle.done():
                 idle.set_result(None)
+
+    def _failed(self, frame: ClientFrame, exc: Exception) -> None:
+        """Answer a frame whose handling raised: its error, or `internal` (logged)."""
+        if isinstance(exc, RoomcastError):
+            self.send_error(exc.code, exc.message, frame.id)
+            return
+        self._log(
+            "frame.error",
+            level=logging.ERROR,
+            topic=frame.topic,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        self.send_error(ErrorCode.INTERNAL, "internal error", frame.id)
 
     def _relayable(self, frame: ClientFrame) -> Member | None:
         """The membership `frame` is relayed to, when it takes the default relay to a whole
@@ -487,20 +546,17 @@ class Session:
     ) -> None:
         """Publish `frame` to the room; answer it once the frame before it was answered."""
         publication: Publication | None = None
-        error: RoomcastError | None = None
+        failure: Exception | None = None
         try:
             publication = await self._publish(frame, member)
-        except RoomcastError as exc:
-            error = exc
-        except Exception:
-            self._log("frame.error", level=logging.ERROR, topic=frame.topic, exc_info=True)
-            error = RoomcastError("internal error", code=ErrorCode.INTERNAL)
+        except Exception as exc:
+            failure = exc
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
-        if error is None:
+        if failure is None:
             self._ack_published(frame, publication)
         else:
-            self.send_error(error.code, error.message, frame.id)
+            self._failed(frame, failure)
 
     def _relay_done(self, task: asyncio.Task[None]) -> None:
         relays = self._relays

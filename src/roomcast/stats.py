@@ -36,7 +36,7 @@ DROP_TIMEOUT = 1.0
 class Measured(Protocol):
     """What the stats read of a node (the node itself; stats.py does not import it)."""
 
-    publish_counts: Counter[str] | None
+    publish_counts: dict[str, int] | None
     """Publishes per room since the last measure, counted while the stats run."""
 
     @property
@@ -79,7 +79,7 @@ def _samples(node: Measured) -> tuple[float, float, dict[str, int]]:
     return frames_in, frames_out, closes
 
 
-def _busiest(node: Measured, published: Counter[str], seconds: float) -> list[dict[str, Any]]:
+def _busiest(node: Measured, published: dict[str, int], seconds: float) -> list[dict[str, Any]]:
     """This node's busiest rooms: by messages published from here per second, then members."""
     rows: dict[str, dict[str, Any]] = {}
     for local in node.rooms:
@@ -113,7 +113,7 @@ class StatsPublisher:
     def start(self) -> None:
         """Measure now and every `interval` seconds, until :meth:`stop`."""
         if self._task is None:
-            self.node.publish_counts = Counter()
+            self.node.publish_counts = {}
             frames_in, frames_out, _ = _samples(self.node)
             self._last = (time.monotonic(), frames_in, frames_out)
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -142,9 +142,9 @@ class StatsPublisher:
         then, last_in, last_out = self._last
         seconds = max(now - then, 1e-3)
         self._last = (now, frames_in, frames_out)
-        published: Counter[str] = node.publish_counts or Counter()
+        published = node.publish_counts or {}
         if node.publish_counts is not None:
-            node.publish_counts = Counter()
+            node.publish_counts = {}
         self.latest = {
             "node": node.node_id,
             "started": round(self.started, 3),

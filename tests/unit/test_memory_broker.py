@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from roomcast.brokers import DuplicateMember, MemoryBroker, Publication, Signal
+from roomcast.brokers import DuplicateMember, ImmediatePublish, MemoryBroker, Publication, Signal
 from roomcast.brokers import memory as memory_module
 from roomcast.protocol import message_prefix
 
@@ -204,3 +204,17 @@ async def test_ping_and_available() -> None:
     broker, _ = await started()
     assert broker.available
     await broker.ping()
+
+
+async def test_publish_now_is_publish_without_a_coroutine() -> None:
+    """`publish_now` shares the room's offsets, history and keys with `publish`."""
+    broker, listener = await started()
+    assert isinstance(broker, ImmediatePublish)
+    await broker.subscribe("r1")
+    assert (await broker.publish("r1", prefix(1))).offset == 1
+    now = broker.publish_now("r1", prefix(2), key="k")
+    assert (now.offset, now.duplicate) == (2, False)
+    again = await broker.publish("r1", prefix(3), key="k")
+    assert (again.offset, again.duplicate) == (2, True)
+    assert [p.offset for p in listener.publications] == [1, 2]
+    assert [p.offset for p in (await broker.history("r1")).publications] == [1, 2]

@@ -15,6 +15,7 @@ __all__ = [
     "BrokerListener",
     "DuplicateMember",
     "HistoryPage",
+    "ImmediatePublish",
     "OutboxEntry",
     "Publication",
     "RoomFull",
@@ -231,6 +232,27 @@ class Broker(Protocol):
 
     async def ping(self) -> None:
         """Check the broker answers; raises `BrokerUnavailable` when it does not."""
+
+
+@runtime_checkable
+class ImmediatePublish(Protocol):
+    """An optional broker capability: a publish that is done when the call returns (one
+    process: `memory://`), with no coroutine to await.
+
+    The node takes it for a room message when it can (:meth:`roomcast.node.Node.publish_now`):
+    the common frame is then handled in the socket's read callback without a coroutine.
+    """
+
+    def publish_now(
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> Publication:
+        """What :meth:`Broker.publish` does, done before returning."""
 
 
 @runtime_checkable

@@ -159,6 +159,18 @@ class MemoryBroker:
     ) -> Publication:
         """Assign the next offset, retain, and deliver synchronously (one order per room);
         a key seen within the window publishes nothing (see `Broker.publish`)."""
+        return self.publish_now(room, prefix, to, exclude, key=key)
+
+    def publish_now(
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> Publication:
+        """:meth:`publish`, without a coroutine (`ImmediatePublish`)."""
         now = time.monotonic()
         keys = None
         if key is not None:

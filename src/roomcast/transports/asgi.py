@@ -269,8 +269,9 @@ class WebSocketEndpoint:
 
 
 class _DirectReceiver:
-    """The receiver of a direct socket: runs `Session.receive` up to its first wait as the
-    current task (which waits in `receive()` meanwhile), in a context copied from it."""
+    """The receiver of a direct socket: runs `Session.handle` in a context copied from the
+    connection's task (which waits in `receive()` meanwhile), then what it left to do, up to
+    its first wait, as that task."""
 
     __slots__ = ("_context", "_loop", "_session", "_task")
 
@@ -284,8 +285,9 @@ class _DirectReceiver:
 
     def __call__(self, data: str | bytes) -> object | None:
         if isinstance(data, str):
-            return asyncio_tasks.first_step(
-                self._loop, self._task, self._context, self._session.receive(data)
-            )
+            rest = self._context.run(self._session.handle, data)
+            if rest is None:
+                return None
+            return asyncio_tasks.first_step(self._loop, self._task, self._context, rest)
         self._session.receive_binary()
         return None
