@@ -23,6 +23,13 @@ from .base import (
 __all__ = ["MemoryBroker"]
 
 
+_Entry = tuple[float, int, str, str | None, str | None]
+"""A retained message: (when published, offset, frame, to, exclude). Plain values, not a
+Publication: a tuple of strings and numbers is not tracked by the garbage collector, so
+retained history does not make every full collection walk it (a Publication would be
+tracked, and a node's history is most of its objects)."""
+
+
 @dataclass(slots=True)
 class _Stream:
     epoch: str
@@ -31,7 +38,8 @@ class _Stream:
     ttl: float
     """Seconds they live (the room class's `history_ttl`)."""
     offset: int = 0
-    entries: deque[tuple[float, Publication]] = field(default_factory=deque)
+    entries: deque[_Entry] = field(default_factory=deque)
+    """Retained messages, oldest first."""
     touched: float = 0.0
     """The last publish, or the moment the room was last left (whichever is later)."""
 
@@ -196,7 +204,7 @@ class MemoryBroker:
         )
         if stream.size:
             entries = stream.entries
-            entries.append((now, publication))
+            entries.append((now, stream.offset, publication.frame, to, exclude))
             if len(entries) > stream.size:
                 entries.popleft()
         if keys is not None and key is not None:
@@ -295,12 +303,17 @@ class MemoryBroker:
         """Retained messages after `since`."""
         stream = self._stream(room, time.monotonic())
         entries = stream.entries
-        first = entries[0][1].offset if entries else stream.offset + 1
+        first = entries[0][1] if entries else stream.offset + 1
         after = since if since is not None else first - 1
         complete = after >= first - 1
-        publications = [p for _, p in entries if p.offset > after]
+        kept = [e for e in entries if e[1] > after]
         if limit is not None:
-            publications = publications[:limit]
+            kept = kept[:limit]
+        epoch = stream.epoch
+        publications = [
+            Publication(room, offset, frame, to, epoch, exclude)
+            for _, offset, frame, to, exclude in kept
+        ]
         return HistoryPage(stream.epoch, stream.offset, publications, complete)
 
     async def ping(self) -> None:
