@@ -432,15 +432,19 @@ def message_prefix(topic: str, payload: Any, room: str, sender: str, to: str | N
     The broker assigns the offset; encoding everything else once, here, lets every node and
     every member receive the same bytes without re-encoding.
     """
-    return ephemeral_frame(topic, payload, room, sender, to)[:-1] + ',"offset":'
+    return _room_message(topic, payload, room, sender, to)[:-1].decode() + ',"offset":'
 
 
 def ephemeral_frame(topic: str, payload: Any, room: str, sender: str, to: str | None = None) -> str:
     """Encode a message of an ephemeral topic: a room message without an offset."""
+    return _room_message(topic, payload, room, sender, to).decode()
+
+
+def _room_message(topic: str, payload: Any, room: str, sender: str, to: str | None) -> bytes:
     frame: dict[str, Any] = {"topic": topic, "payload": payload, "room": room, "from": sender}
     if to is not None:
         frame["to"] = to
-    return dumps(frame)
+    return orjson.dumps(frame)
 
 
 def message_frame(prefix: str, offset: int) -> str:

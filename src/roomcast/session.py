@@ -526,14 +526,23 @@ class Session:
                 return member
         return None
 
-    async def _start_relay(self, frame: ClientFrame, member: Member) -> None:
-        """Start relaying `frame` as a task, after a free place among the relays in flight."""
+    def _start_relay(self, frame: ClientFrame, member: Member) -> Coroutine[Any, Any, None] | None:
+        """Start relaying `frame` as a task now, or (what the caller must await) once there
+        is a free place among the relays in flight."""
+        if len(self._relays) >= MAX_RELAYS_IN_FLIGHT:
+            return self._relay_when_free(frame, member)
+        self._spawn_relay(frame, member)
+        return None
+
+    async def _relay_when_free(self, frame: ClientFrame, member: Member) -> None:
         relays = self._relays
-        if len(relays) >= MAX_RELAYS_IN_FLIGHT:
-            while len(relays) >= MAX_RELAYS_IN_FLIGHT:
-                await asyncio.wait((relays[0],))
-            if self.closing or not self.node.accepting:
-                return
+        while len(relays) >= MAX_RELAYS_IN_FLIGHT:
+            await asyncio.wait((relays[0],))
+        if not self.closing and self.node.accepting:
+            self._spawn_relay(frame, member)
+
+    def _spawn_relay(self, frame: ClientFrame, member: Member) -> None:
+        relays = self._relays
         previous = relays[-1] if relays else None
         # The task's first step runs up to the broker's queue without suspending: tasks
         # start in creation order, so the publishes are asked for in frame order.
