@@ -55,7 +55,7 @@ class MemoryBroker:
     Idempotency keys are remembered `idempotency_window` seconds each, whatever happens to the
     room meanwhile: what they hold is bounded by the keyed publishes of the last window (one
     small entry each), and expired ones are dropped as the room's next keyed publish passes
-    them and by a sweep every 1024 publishes.
+    them and by a sweep every 1024 publishes (every 8 per room, with more than 128 rooms).
 
     Args:
         history_size: messages retained per room.
@@ -88,7 +88,8 @@ class MemoryBroker:
         self._subscribed: set[str] = set()
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, str]] = {}
-        self._publishes = 0
+        self._until_sweep = 1024
+        """Publishes before the next sweep."""
         self._stats: dict[str, tuple[float, bytes]] = {}
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._outbox_seq = 0
@@ -211,8 +212,8 @@ class MemoryBroker:
             keys[key] = (now + self.idempotency_window, stream.offset, stream.epoch)
         if room in self._subscribed and self._listener is not None:
             self._listener.on_publication(publication)
-        self._publishes += 1
-        if self._publishes % 1024 == 0:
+        self._until_sweep -= 1
+        if not self._until_sweep:
             self._sweep(now)
         return publication
 
@@ -224,7 +225,12 @@ class MemoryBroker:
             self._listener.on_publication(Publication(room, 0, frame, to, exclude=exclude))
 
     def _sweep(self, now: float) -> None:
-        """Drop the state of rooms whose history was lost (see the class), and expired keys."""
+        """Drop the state of rooms whose history was lost (see the class), and expired keys.
+
+        The next sweep comes after 1024 publishes, or 8 per room held if that is more: a
+        sweep walks every room, and must not cost much per publish when rooms are many.
+        """
+        self._until_sweep = max(1024, 8 * len(self._streams))
         for room in [r for r, s in self._streams.items() if self._lost(r, s, now)]:
             del self._streams[room]
         for room, keys in list(self._keys.items()):
