@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
@@ -80,6 +81,9 @@ class MemoryBroker:
         self._subscribed: set[str] = set()
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, str]] = {}
+        # Each room's usernames, kept sorted as they come and go: a join's member list is a
+        # copy, not a sort of the whole room per join.
+        self._sorted: dict[str, list[str]] = {}
         self._publishes = 0
         self._stats: dict[str, tuple[float, bytes]] = {}
         self._outbox: deque[tuple[str, bytes]] = deque()
@@ -99,6 +103,7 @@ class MemoryBroker:
         """Forget every subscription and member."""
         self._subscribed.clear()
         self._presence.clear()
+        self._sorted.clear()
 
     async def subscribe(self, room: str) -> None:
         """Deliver the room's traffic to the listener."""
@@ -237,6 +242,8 @@ class MemoryBroker:
         if previous is not None and not replace:
             raise DuplicateMember(username)
         members[username] = connection_id
+        if previous is None:
+            insort(self._sorted.setdefault(room, []), username)
         return previous
 
     async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
@@ -254,8 +261,11 @@ class MemoryBroker:
             members[username] = " ".join(ids)
             return False
         del members[username]
+        names = self._sorted[room]
+        del names[bisect_left(names, username)]
         if not members:
             del self._presence[room]
+            del self._sorted[room]
             self._released(room)
         return True
 
@@ -265,11 +275,11 @@ class MemoryBroker:
 
     async def members(self, room: str) -> list[str]:
         """Sorted usernames of the room."""
-        return sorted(self._presence.get(room, ()))
+        return list(self._sorted.get(room, ()))
 
     async def rooms(self) -> dict[str, list[str]]:
         """Every room with members."""
-        return {room: sorted(members) for room, members in sorted(self._presence.items())}
+        return {room: list(self._sorted[room]) for room in sorted(self._presence)}
 
     async def history(
         self, room: str, since: int | None = None, limit: int | None = None
