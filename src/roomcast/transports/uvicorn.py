@@ -48,6 +48,7 @@ import asyncio
 import functools
 import logging
 import struct
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -95,6 +96,13 @@ DRAIN_BYTES = 65536
 """Largest request body (by its Content-Length) still read and dropped after an answer given
 before it arrived (a 400, 401, 413...), so that the socket stays usable. A larger body, one of
 unknown length, or a 408 gets `Connection: close` on the answer instead."""
+
+LATER_RATIO = 4
+"""A presence window lasts at least this many times as long as the previous one's writes
+took: those writes then take at most about a fifth of the event loop."""
+
+LATER_MAX = 1.0
+"""Longest presence window in seconds, however long the writes took."""
 
 POST_CLOSE_BYTES = 16384
 """Bytes of a peer's that are still parsed after the server's close frame (looking for the
@@ -246,10 +254,13 @@ class DirectWriter:
     end of a window of a few milliseconds instead, together with whatever that connection got
     meanwhile: when members join a room faster than one per loop iteration, each member gets
     one write per window, not one per join. A frame that may not wait, held behind them, takes
-    them along at the end of its iteration, so that nothing is reordered.
+    them along at the end of its iteration, so that nothing is reordered. A window lasts at
+    least :data:`LATER_RATIO` times as long as the previous window's writes took, so that
+    those writes take a bounded share of the loop however slowly the joins come (in a big
+    room each join costs more, and fewer of them would share a fixed window).
     """
 
-    __slots__ = ("_dirty", "_later", "_loop", "last_frame", "last_text")
+    __slots__ = ("_dirty", "_later", "_loop", "_spent", "last_frame", "last_text")
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DirectWriter] = (
         weakref.WeakKeyDictionary()
@@ -259,6 +270,7 @@ class DirectWriter:
         self._loop = loop
         self._dirty: list[WebSocketProtocol] = []
         self._later: list[WebSocketProtocol] = []
+        self._spent = 0.0  # seconds the last window's writes took
         self.last_text: str | None = None
         self.last_frame = b""
 
@@ -285,7 +297,7 @@ class DirectWriter:
     def mark_later(self, protocol: WebSocketProtocol, delay: float) -> None:
         """`protocol` holds frames that may wait: write them within `delay` seconds."""
         if not self._later:
-            self._loop.call_later(delay, self._flush_later)
+            self._loop.call_later(max(delay, LATER_RATIO * self._spent), self._flush_later)
         self._later.append(protocol)
 
     def _flush(self) -> None:
@@ -294,7 +306,9 @@ class DirectWriter:
 
     def _flush_later(self) -> None:
         later, self._later = self._later, []
+        started = time.perf_counter()
         self._write(later)
+        self._spent = min(time.perf_counter() - started, LATER_MAX / LATER_RATIO)
 
     @staticmethod
     def _write(protocols: list[WebSocketProtocol]) -> None:
