@@ -799,19 +799,20 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return True
         frame = writer.last_frame if data is writer.last_text else writer.encode(data)
         pending = self._pending
-        soon = not later or not self.presence_window
-        if pending is None:
-            self._pending = [frame]
-            self._soon = soon
-            if soon:
-                writer.mark(self)
-            else:
-                writer.mark_later(self, self.presence_window)
-        else:
+        if pending is not None:
+            # The common case of a burst of joins: one more frame for the same write.
             pending.append(frame)
-            if soon and not self._soon:
+            if not later and not self._soon:
                 self._soon = True
                 writer.mark(self)
+        elif later and self.presence_window:
+            self._pending = [frame]
+            self._soon = False
+            writer.mark_later(self, self.presence_window)
+        else:
+            self._pending = [frame]
+            self._soon = True
+            writer.mark(self)
         return True
 
     def flush(self) -> None:
