@@ -461,6 +461,10 @@ class Run:
             if windows:
                 r.update(min(windows, key=BEST[phase]))
                 r["windows"] = windows
+            elif (phase, 0) in server and r.get("connections"):
+                # A join phase: the server's CPU over its joins, and per join.
+                r.update(server[(phase, 0)])
+                r["server_us_per_join"] = 1e6 * r["server_cpu_s"] / r["connections"]
         for p in self.procs:
             if p.poll() is not None:
                 for r in results.values():

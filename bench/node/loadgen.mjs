@@ -551,12 +551,15 @@ async function join() {
   for (const p of spec.phases) {
     phaseName = p.name;
     const times = [];
+    // The server's CPU time over the joins alone (the driver reads it at these marks).
+    emit({ event: "mark", name: "start", phase: p.name, index: 0 });
     const { clients, seconds } = await connectAll(
       p.connections,
       (i) => `${p.room_prefix ?? ""}j${RUN}${p.name}-${Math.floor(i / p.room_size)}`,
       p.concurrency,
       times,
     );
+    emit({ event: "mark", name: "end", phase: p.name, index: 0 });
     const sorted = [...times].sort((a, b) => a - b);
     const tenth = Math.max(1, Math.floor(times.length / 10));
     emit({

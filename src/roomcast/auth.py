@@ -28,6 +28,7 @@ __all__ = [
     "IdentityResolver",
     "RefreshingResolver",
     "RoomAuthorizer",
+    "authorizes_rooms",
     "check_room_claim",
     "host_allowed",
     "identity_from_claims",
@@ -103,6 +104,20 @@ class RoomAuthorizer(Protocol):
         Raises:
             Refused: `forbidden` when it may not.
         """
+
+
+def authorizes_rooms(resolver: object) -> bool:
+    """Whether `resolver` is a :class:`RoomAuthorizer` (by its class, which is what a resolver
+    defines it in): decided once per class, since an `isinstance` check against a runtime
+    protocol costs tens of microseconds, and every connection asks."""
+    kind = type(resolver)
+    known = _AUTHORIZES.get(kind)
+    if known is None:
+        known = _AUTHORIZES[kind] = issubclass(kind, RoomAuthorizer)
+    return known
+
+
+_AUTHORIZES: dict[type, bool] = {}
 
 
 @runtime_checkable

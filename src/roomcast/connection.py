@@ -22,6 +22,11 @@ class Connection(Protocol):
     def send(self, data: str) -> None:
         """Queue one text frame; never blocks. Ignored once the connection is closing."""
 
+    def send_later(self, data: str) -> None:
+        """Queue one text frame that may wait a few milliseconds to share its write with the
+        frames after it (presence); it keeps its place among them. A transport without such
+        a window sends it as :meth:`send` does."""
+
     def close(self, code: int, reason: str = "") -> None:
         """Close after the frames already queued are written; never blocks."""
 

@@ -89,19 +89,20 @@ class Member:
             self.connection.send(frame)
 
     def notify(self, frame: str) -> None:
-        """Send a frame without offset (presence); held like messages while joining, so that
-        the welcome frame always comes first."""
+        """Send a frame without offset (presence), which may wait a few milliseconds to share
+        a write with the next ones (`Connection.send_later`); held like messages while
+        joining, so that the welcome frame always comes first."""
         if self.held is not None:
             self.held.append((0, frame))
         else:
-            self.connection.send(frame)
+            self.connection.send_later(frame)
 
     def release(self) -> None:
         """End the joining state: send what was held, messages deduplicated by offset."""
         held, self.held = self.held or [], None
         for offset, frame in held:
             if offset == 0:
-                self.connection.send(frame)
+                self.connection.send_later(frame)
             else:
                 self.deliver(offset, frame)
 
@@ -161,10 +162,21 @@ class LocalRoom:
     def broadcast(self, frame: str, *, exclude: str | None = None) -> int:
         """Send a frame without offset (presence) to every local member but `exclude`."""
         count = 0
-        for member in self.all():
-            if member.username != exclude:
-                member.notify(frame)
-                count += 1
+        for member in self.members.values():
+            # Member.notify, inline: a join is announced to every member of the room.
+            if member.username == exclude:
+                continue
+            if member.held is None:
+                member.connection.send_later(frame)
+            else:
+                member.held.append((0, frame))
+            count += 1
+        if self.shared:
+            for username, more in self.shared.items():
+                if username != exclude:
+                    for member in more:
+                        member.notify(frame)
+                    count += len(more)
         return count
 
     def all_of(self, username: str) -> list[Member]:

@@ -154,7 +154,8 @@ def _protocols(settings: Settings, limits: ConnectionLimits | None) -> dict[str,
     if not settings.fast_path:
         log_event("transport.plain_path", reason="--fast-path false")
         return {"ws": "websockets-sansio", "http": http}
-    return {"ws": _fast.websocket_protocol(settings.handshake_timeout), "http": http}
+    ws = _fast.websocket_protocol(settings.handshake_timeout, settings.presence_window)
+    return {"ws": ws, "http": http}
 
 
 def _config(

@@ -119,6 +119,9 @@ class Settings:
     """Seconds a pong may take before the connection is closed (4408)."""
     presence_ttl: float = 15.0
     """Seconds a dead node's members stay in presence at most (its lease)."""
+    presence_window: float = 0.02
+    """`roomcast serve`: seconds a presence frame may wait to share one write per member with
+    the frames after it (0: no wait beyond its event-loop iteration)."""
     rate_limit: float | None = 1000.0
     """Frames per second per connection (token bucket refill)."""
     rate_burst: int = 2000
@@ -218,6 +221,8 @@ class Settings:
             raise ConfigError(f"jwt-leeway must be >= 0, got {self.jwt_leeway}")
         if self.rate_limit is not None and (self.rate_limit <= 0 or self.rate_burst < 1):
             raise ConfigError("rate-limit must be > 0 and rate-burst >= 1")
+        if not 0 <= self.presence_window <= 1:
+            raise ConfigError(f"presence-window must be 0 to 1 seconds, got {self.presence_window}")
         if self.handshake_timeout <= 0:
             raise ConfigError(f"handshake-timeout must be > 0, got {self.handshake_timeout}")
         if self.stats_interval is not None and self.stats_interval <= 0:
@@ -471,6 +476,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("ping_timeout", _optional(_float), "seconds to wait for a pong (default 20)", "SECONDS"),
     Option(
         "presence_ttl", _float, "seconds a dead node's members stay listed (default 15)", "SECONDS"
+    ),
+    Option(
+        "presence_window",
+        _float,
+        "seconds a presence frame may wait to share a write with the next (default 0.02)",
+        "SECONDS",
     ),
     Option("rate_limit", _optional(_float), "frames per second per connection (default 1000)", "N"),
     Option("rate_burst", _int, "frames a connection may send at once (default 2000)", "N"),

@@ -27,6 +27,8 @@ class Recording:
     def send(self, data: str) -> None:
         self.frames.append(data)
 
+    send_later = send
+
     def close(self, code: int, reason: str = "") -> None:
         pass
 

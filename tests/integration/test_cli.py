@@ -22,6 +22,8 @@ BAD_FLAGS = {
     "workers with memory": (["--workers", "2"], "redis://"),
     "bad relay": (["--relay", "maybe"], "--relay"),
     "flag without value": (["--port"], "--port"),
+    "negative presence-window": (["--presence-window", "-0.01"], "presence-window"),
+    "presence-window over 1 s": (["--presence-window", "2"], "presence-window"),
 }
 
 

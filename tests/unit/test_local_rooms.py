@@ -14,6 +14,8 @@ class Sink:
     def send(self, data: str) -> None:
         self.sent.append(data)
 
+    send_later = send
+
     def close(self, code: int, reason: str = "") -> None:
         """Unused here."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
@@ -187,6 +189,39 @@ async def test_members_and_rooms_listing() -> None:
     await broker.remove_member("r1", "zed", "z")
     assert await broker.rooms() == {"r2": ["alice", "bob", "carol"]}
     assert await broker.members("r1") == []
+
+
+async def test_members_stay_sorted_through_joins_shares_replaces_and_leaves() -> None:
+    """The sorted member list kept as members come and go matches a sort of presence after
+    every step (random order; shared and replaced connections; the room emptied)."""
+    broker, _ = await started()
+    rng = random.Random(17)
+    names = [f"u{rng.randrange(1000)}" for _ in range(60)]
+    present: dict[str, list[str]] = {}
+    for step in range(400):
+        name = rng.choice(names)
+        connection = f"c{step}"
+        if name in present and rng.random() < 0.5:
+            ids = present[name]
+            gone = ids.pop(rng.randrange(len(ids)))
+            assert await broker.remove_member("r1", name, gone) is (not ids)
+            if not ids:
+                del present[name]
+        elif name in present and rng.random() < 0.5:
+            await broker.add_member("r1", name, connection, share=True)
+            present[name].append(connection)
+        elif name in present:
+            await broker.add_member("r1", name, connection, replace=True)
+            present[name] = [connection]
+        else:
+            assert await broker.add_member("r1", name, connection) is None
+            present[name] = [connection]
+        assert await broker.members("r1") == sorted(present)
+    for name, ids in list(present.items()):
+        for connection in ids:
+            await broker.remove_member("r1", name, connection)
+    assert await broker.members("r1") == []
+    assert await broker.rooms() == {}
 
 
 async def test_signals_reach_subscribed_rooms_only() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
@@ -90,6 +91,9 @@ class MemoryBroker:
         self._presence: dict[str, dict[str, str]] = {}
         self._until_sweep = 1024
         """Publishes before the next sweep."""
+        # Each room's usernames, kept sorted as they come and go: a join's member list is a
+        # copy, not a sort of the whole room per join.
+        self._sorted: dict[str, list[str]] = {}
         self._stats: dict[str, tuple[float, bytes]] = {}
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._outbox_seq = 0
@@ -108,6 +112,7 @@ class MemoryBroker:
         """Forget every subscription and member."""
         self._subscribed.clear()
         self._presence.clear()
+        self._sorted.clear()
 
     async def subscribe(self, room: str) -> None:
         """Deliver the room's traffic to the listener."""
@@ -269,6 +274,8 @@ class MemoryBroker:
         if previous is not None and not replace:
             raise DuplicateMember(username)
         members[username] = connection_id
+        if previous is None:
+            insort(self._sorted.setdefault(room, []), username)
         return previous
 
     async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
@@ -286,8 +293,11 @@ class MemoryBroker:
             members[username] = " ".join(ids)
             return False
         del members[username]
+        names = self._sorted[room]
+        del names[bisect_left(names, username)]
         if not members:
             del self._presence[room]
+            del self._sorted[room]
             self._released(room)
         return True
 
@@ -297,11 +307,11 @@ class MemoryBroker:
 
     async def members(self, room: str) -> list[str]:
         """Sorted usernames of the room."""
-        return sorted(self._presence.get(room, ()))
+        return list(self._sorted.get(room, ()))
 
     async def rooms(self) -> dict[str, list[str]]:
         """Every room with members."""
-        return {room: sorted(members) for room, members in sorted(self._presence.items())}
+        return {room: list(self._sorted[room]) for room in sorted(self._presence)}
 
     async def history(
         self, room: str, since: int | None = None, limit: int | None = None

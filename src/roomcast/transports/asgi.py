@@ -58,9 +58,10 @@ else is received."""
 class DirectSocket(Protocol):
     """What the direct path needs of the server's protocol object."""
 
-    def hold(self, data: str) -> bool:
-        """Write `data`'s text frame at the end of this event-loop iteration; False (and
-        nothing held) while the socket takes no more (above its high-water mark)."""
+    def hold(self, data: str, later: bool = False) -> bool:
+        """Write `data`'s text frame at the end of this event-loop iteration (with `later`:
+        within the presence window, in order with the frames after it); False (and nothing
+        held) while the socket takes no more (above its high-water mark)."""
 
     def flush(self) -> None:
         """Write the frames held now."""
@@ -128,6 +129,16 @@ class AsgiConnection:
         if direct is not None and outbox.idle and direct.hold(data):
             return
         self.flush()  # what was written directly goes first
+        outbox.send(data)
+
+    def send_later(self, data: str) -> None:
+        """Like :meth:`send`, for a frame that may wait a few milliseconds (presence) to share
+        its write with the frames after it; nothing overtakes it, it overtakes nothing."""
+        direct = self._direct
+        outbox = self.outbox
+        if direct is not None and outbox.idle and direct.hold(data, True):
+            return
+        self.flush()
         outbox.send(data)
 
     def flush(self) -> None:

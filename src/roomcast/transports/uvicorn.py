@@ -48,6 +48,7 @@ import asyncio
 import functools
 import logging
 import struct
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -95,6 +96,13 @@ DRAIN_BYTES = 65536
 """Largest request body (by its Content-Length) still read and dropped after an answer given
 before it arrived (a 400, 401, 413...), so that the socket stays usable. A larger body, one of
 unknown length, or a 408 gets `Connection: close` on the answer instead."""
+
+LATER_RATIO = 4
+"""A presence window lasts at least this many times as long as the previous one's writes
+took: those writes then take at most about a fifth of the event loop."""
+
+LATER_MAX = 1.0
+"""Longest presence window in seconds, however long the writes took."""
 
 POST_CLOSE_BYTES = 16384
 """Bytes of a peer's that are still parsed after the server's close frame (looking for the
@@ -240,9 +248,19 @@ def text_frame(data: str) -> bytes:
 class DirectWriter:
     """The direct path of one event loop: frames held during one loop iteration go out in one
     write per connection at its end, and a string sent to many connections in a row (a
-    fan-out) is encoded once."""
+    fan-out) is encoded once.
 
-    __slots__ = ("_dirty", "_loop", "last_frame", "last_text")
+    Frames that may wait (presence: :meth:`WebSocketProtocol.hold` with `later`) go out at the
+    end of a window of a few milliseconds instead, together with whatever that connection got
+    meanwhile: when members join a room faster than one per loop iteration, each member gets
+    one write per window, not one per join. A frame that may not wait, held behind them, takes
+    them along at the end of its iteration, so that nothing is reordered. A window lasts at
+    least :data:`LATER_RATIO` times as long as the previous window's writes took, so that
+    those writes take a bounded share of the loop however slowly the joins come (in a big
+    room each join costs more, and fewer of them would share a fixed window).
+    """
+
+    __slots__ = ("_dirty", "_later", "_loop", "_spent", "last_frame", "last_text")
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DirectWriter] = (
         weakref.WeakKeyDictionary()
@@ -251,6 +269,8 @@ class DirectWriter:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._dirty: list[WebSocketProtocol] = []
+        self._later: list[WebSocketProtocol] = []
+        self._spent = 0.0  # seconds the last window's writes took
         self.last_text: str | None = None
         self.last_frame = b""
 
@@ -274,9 +294,26 @@ class DirectWriter:
             self._loop.call_soon(self._flush)
         self._dirty.append(protocol)
 
+    def mark_later(self, protocol: WebSocketProtocol, delay: float) -> None:
+        """`protocol` holds frames that may wait: write them within `delay` seconds."""
+        if not self._later:
+            self._loop.call_later(max(delay, LATER_RATIO * self._spent), self._flush_later)
+        self._later.append(protocol)
+
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, []
-        for protocol in dirty:
+        self._write(dirty)
+
+    def _flush_later(self) -> None:
+        later, self._later = self._later, []
+        started = time.perf_counter()
+        self._write(later)
+        self._spent = min(time.perf_counter() - started, LATER_MAX / LATER_RATIO)
+
+    @staticmethod
+    def _write(protocols: list[WebSocketProtocol]) -> None:
+        # A connection written already (its frames were due sooner) has nothing pending.
+        for protocol in protocols:
             # WebSocketProtocol.flush, inline: this loop runs once per member and iteration.
             frames = protocol._pending
             if frames is not None:
@@ -387,6 +424,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         "_parse_scheduled",
         "_pending",
         "_receiver",
+        "_soon",
         "_unparsed",
         "_writable",
         "reservation",
@@ -395,6 +433,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     handshake_timeout: float | None = None
     """Seconds from the upgrade to the 101 response; None leaves it to the HTTP protocol."""
+    presence_window: float = 0.0
+    """Seconds a frame held with `later` (presence) may wait for the frames after it, so that
+    they share one write; 0: it goes out at the end of its loop iteration like the others."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -404,6 +445,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timeout = CLOSE_TIMEOUT
         self.writer: DirectWriter | None = None
         self._pending: list[bytes] | None = None
+        self._soon = False  # the frames pending are due at the end of this loop iteration
         self._unparsed = b""
         self._parse_scheduled = False
         self._after_close = 0
@@ -744,9 +786,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     # Writing
 
-    def hold(self, data: str) -> bool:
+    def hold(self, data: str, later: bool = False) -> bool:
         """Write the text frame of `data` at the end of this loop iteration (direct path),
-        unless the transport is above its high-water mark: then False, and nothing is held."""
+        unless the transport is above its high-water mark: then False, and nothing is held.
+        With `later` (a presence frame), within :attr:`presence_window` instead, unless a
+        frame that may not wait comes after it sooner; the frames' order is kept either way."""
         if not self._writable:
             return False
         writer = self.writer
@@ -755,11 +799,20 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return True
         frame = writer.last_frame if data is writer.last_text else writer.encode(data)
         pending = self._pending
-        if pending is None:
-            self._pending = [frame]
-            writer.mark(self)
-        else:
+        if pending is not None:
+            # The common case of a burst of joins: one more frame for the same write.
             pending.append(frame)
+            if not later and not self._soon:
+                self._soon = True
+                writer.mark(self)
+        elif later and self.presence_window:
+            self._pending = [frame]
+            self._soon = False
+            writer.mark_later(self, self.presence_window)
+        else:
+            self._pending = [frame]
+            self._soon = True
+            writer.mark(self)
         return True
 
     def flush(self) -> None:
@@ -862,9 +915,13 @@ def _pong_payload(chunk: bytes) -> bytes:
 
 
 @functools.cache
-def websocket_protocol(handshake_timeout: float | None) -> type[WebSocketProtocol]:
-    """:class:`WebSocketProtocol` with its own handshake timeout (uvicorn's `ws=` class)."""
-    return type("WebSocketProtocol", (WebSocketProtocol,), {"handshake_timeout": handshake_timeout})
+def websocket_protocol(
+    handshake_timeout: float | None, presence_window: float = 0.0
+) -> type[WebSocketProtocol]:
+    """:class:`WebSocketProtocol` with its own handshake timeout and presence window
+    (uvicorn's `ws=` class)."""
+    attributes = {"handshake_timeout": handshake_timeout, "presence_window": presence_window}
+    return type("WebSocketProtocol", (WebSocketProtocol,), attributes)
 
 
 def _http_refusal(status: int, phrase: str, body: str) -> bytes:
