@@ -321,25 +321,27 @@ class Presence:
 
     async def _sweep_node(self, node_id: str, *, force: bool = False) -> None:
         """Remove a dead node's entries (or, `force`d, this node's own from an earlier
-        process) and announce each member this call removed."""
-        removed = await self._sweep(node_id, force=force)
+        process); each member this call removed is announced (by the sweep's script) and
+        handed to the listener."""
+        removed = await self._sweep(node_id, force=force, announce=True)
         if not removed:
             return
         log_event("presence.swept", node_id=self.node_id, lost_node=node_id, members=len(removed))
         by_room: dict[str, list[str]] = {}
         for room, username in removed:
             by_room.setdefault(room, []).append(username)
-        for room, usernames in by_room.items():
-            if self.listener is not None:
+        if self.listener is not None:
+            for room, usernames in by_room.items():
                 self.listener.on_members_lost(room, usernames, node_id)
-            for username in usernames:
-                await self._announce(Signal("leave", room, username, "", self.node_id, "node_lost"))
 
-    async def _sweep(self, node_id: str, *, force: bool) -> list[tuple[str, str]]:
+    async def _sweep(
+        self, node_id: str, *, force: bool, announce: bool = False
+    ) -> list[tuple[str, str]]:
         """Sweep a node's entries in the three steps of scripts.py: claim them (unless the
         lease is live, or `force`), take their tokens out of presence one room slot at a
-        time (at most `SWEEP_BATCH` entries per call), forget the finished ones, and take a
-        node that is gone off the nodes set. The (room, username) pairs this caller removed."""
+        time (at most `SWEEP_BATCH` entries per call; with `announce`, the same call
+        announces each username that left), forget the finished ones, and take a node that
+        is gone off the nodes set. The (room, username) pairs this caller removed."""
         redis = self._calls.redis
         keys = wire.node_keys(node_id)
         claim = self._calls.script_sweep_claim
@@ -363,7 +365,14 @@ class Presence:
                 args: list[Any] = [self._history_ttl_ms]
                 for _, room, username, connection_id in batch:
                     room_keys += wire.presence_keys(room)
-                    args += [room, username, wire.presence_value(node_id, connection_id)]
+                    signal = Signal("leave", room, username, "", self.node_id, "node_lost")
+                    args += [
+                        room,
+                        username,
+                        wire.presence_value(node_id, connection_id),
+                        wire.channel(self._channel_prefix, room),
+                        wire.encode_signal(signal) if announce else "",
+                    ]
                 result = await self._calls.run(partial(sweep, keys=room_keys, args=args))
                 removed += zip(
                     (room.decode() for room in result[::2]),
