@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .auth import ConnectRequest, RoomAuthorizer, origin_allowed
+from .auth import ConnectRequest, authorizes_rooms, origin_allowed
 from .codes import CloseCode, ErrorCode
 from .connection import Connection
 from .errors import BrokerUnavailable, FrameError, Refused
@@ -113,7 +113,7 @@ async def open_session(
         lease = node.limits.acquire(client, identity.username)
         # A resolver without its own per-room step is asked again at every room.join, with
         # the request as it was: only then is the request kept.
-        keep = None if isinstance(node.resolver, RoomAuthorizer) else request
+        keep = None if authorizes_rooms(node.resolver) else request
         session = Session(node, connection, identity, connection_id, lease=lease, request=keep)
         try:
             if wanted.room is None:

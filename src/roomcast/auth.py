@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 from urllib.parse import urlsplit
 
 from .codes import CloseCode, ErrorCode
@@ -28,6 +28,7 @@ __all__ = [
     "IdentityResolver",
     "RefreshingResolver",
     "RoomAuthorizer",
+    "authorizes_rooms",
     "check_room_claim",
     "host_allowed",
     "identity_from_claims",
@@ -103,6 +104,13 @@ class RoomAuthorizer(Protocol):
         Raises:
             Refused: `forbidden` when it may not.
         """
+
+
+def authorizes_rooms(resolver: object) -> TypeGuard[RoomAuthorizer]:
+    """Whether `resolver` is a :class:`RoomAuthorizer`: what `isinstance` answers for the
+    protocol (it has an `authorize` that is not None), without the tens of microseconds a
+    runtime protocol check costs, once per connection (a reconnect storm makes thousands)."""
+    return getattr(resolver, "authorize", None) is not None
 
 
 @runtime_checkable

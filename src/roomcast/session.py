@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from . import membership
-from .auth import ConnectRequest, Identity, RefreshingResolver, RoomAuthorizer
+from .auth import ConnectRequest, Identity, RefreshingResolver, authorizes_rooms
 from .brokers import Publication
 from .codes import CloseCode, ErrorCode
 from .commands import PublishEphemeral
@@ -318,7 +318,7 @@ class Session:
             Refused: `forbidden` (or the resolver's own code) when it may not.
         """
         resolver = self.node.resolver
-        if isinstance(resolver, RoomAuthorizer):
+        if authorizes_rooms(resolver):
             await resolver.authorize(self.identity, room)
             return
         if self._request is None:
