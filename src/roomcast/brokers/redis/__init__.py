@@ -358,7 +358,7 @@ class RedisBroker:
         ]
         keys = self._room_keys(room)
         step = (script, keys, args)
-        (result,) = await self._calls.call(lambda: self._calls.in_order([step], again=[step]))
+        (result,) = await self._calls.steps([step], again=[step])
         epoch, offset, first_id, entries = (
             result[0].decode(),
             int(result[1]),

@@ -33,7 +33,7 @@ __all__ = ["FAULTS", "POOL_SIZE", "Calls", "unavailable"]
 
 T = TypeVar("T")
 Step = tuple[Any, ...]
-"""One step of `Calls.in_order`: a command `(name, *args)`, or `(script, keys, args)`."""
+"""One step of `Calls.steps`: a command `(name, *args)`, or `(script, keys, args)`."""
 
 POOL_SIZE = 64
 """Redis calls of one node under way at once; more wait their turn (pub/sub has its own)."""
@@ -112,7 +112,7 @@ class Calls:
         Cluster: those of at least one shard; a room whose shard is down fails per call)."""
         self._slots = asyncio.Semaphore(POOL_SIZE)
         self._queue: list[tuple[list[Step], asyncio.Future[list[Any]]]] = []
-        """Steps of `in_order` calls waiting for this loop iteration's pipeline."""
+        """Steps of `steps` calls waiting for this loop iteration's pipeline."""
         self._flushes: set[asyncio.Task[None]] = set()
         register = self.redis.register_script
         self.publish_source = scripts.sharded(scripts.PUBLISH) if self.cluster else scripts.PUBLISH
@@ -202,7 +202,29 @@ class Calls:
         except FAULTS as exc:
             raise unavailable(exc) from None
 
-    async def in_order(self, steps: list[Step], *, again: list[Step]) -> list[Any]:
+    async def steps(
+        self, steps: list[Step], *, again: list[Step], upkeep: bool = False
+    ) -> list[Any]:
+        """Run `steps` one after the other (see `_in_order`) for a client of the node, as
+        `call` runs a call (refused at once while unavailable), or, with `upkeep`, as `run`
+        does. On one Redis the call holds no slot of the pool while it waits: the pipeline
+        it joins takes one for the whole batch, so a storm of joins is not held to
+        `POOL_SIZE` joins at a time.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable (or, unless `upkeep`, this node's
+                subscription is down).
+        """
+        if not upkeep and not self.available:
+            raise unavailable()
+        if isinstance(self.redis, RedisCluster):
+            return await self.run(lambda: self._in_order(steps, again=again))
+        try:
+            return await self._in_order(steps, again=again)
+        except FAULTS as exc:
+            raise unavailable(exc) from None
+
+    async def _in_order(self, steps: list[Step], *, again: list[Step]) -> list[Any]:
         """Run `steps` one after the other (a Redis command `(name, *args)`, or a script
         `(script, keys, args)`) and return their answers; each step runs only once the one
         before it did. On one Redis they share one round trip with the steps of every other
@@ -222,7 +244,8 @@ class Calls:
                 if isinstance(answer, Exception):
                     raise answer
             return answers
-        return [await self._step(self.redis, step) for step in again]
+        async with self._slots:  # each caller on its own: a slot each, as for `run`
+            return [await self._step(self.redis, step) for step in again]
 
     async def _batched(self, steps: list[Step]) -> list[Any]:
         """The answers to `steps`, sent in the pipeline of this loop iteration's calls."""
@@ -241,7 +264,7 @@ class Calls:
         try:
             await asyncio.sleep(0)  # let the calls of this loop iteration join the batch
             batch, self._queue = self._queue, []
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._slots, self.redis.pipeline(transaction=False) as pipe:
                 for steps, _ in batch:
                     for step in steps:
                         if isinstance(step[0], str):
