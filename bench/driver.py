@@ -433,6 +433,7 @@ class Run:
                         await gen.stdin.drain()
                     elif event == "kill":
                         # The storm: SIGKILL the first node, start it again on its port.
+                        redis_cpu = cpu_seconds([p.pid for p in self.redis + self.cluster])
                         started = await self.restart(0)
                         pids = self.pids()
                         gen.stdin.write(f"go {time.monotonic() - started:.3f}\n".encode())
@@ -440,6 +441,12 @@ class Run:
                     elif event == "result":
                         if name == "storm":
                             out["server_peak_rss_mib"] = peak_rss_bytes(self.procs[-1]) / 2**20
+                            # CPU of the restarted node since its start, and of Redis since
+                            # the kill: the storm's cost, whatever else ran on the machine.
+                            out["server_cpu_s"] = cpu_seconds([self.procs[-1].pid])
+                            out["redis_cpu_s"] = (
+                                cpu_seconds([p.pid for p in self.redis + self.cluster]) - redis_cpu
+                            )
                         results[line["scenario"]] = {**out, **line}
                         out = {}
                     elif event == "error":

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 from urllib.parse import urlsplit
 
 from .codes import CloseCode, ErrorCode
@@ -106,18 +106,11 @@ class RoomAuthorizer(Protocol):
         """
 
 
-def authorizes_rooms(resolver: object) -> bool:
-    """Whether `resolver` is a :class:`RoomAuthorizer` (by its class, which is what a resolver
-    defines it in): decided once per class, since an `isinstance` check against a runtime
-    protocol costs tens of microseconds, and every connection asks."""
-    kind = type(resolver)
-    known = _AUTHORIZES.get(kind)
-    if known is None:
-        known = _AUTHORIZES[kind] = issubclass(kind, RoomAuthorizer)
-    return known
-
-
-_AUTHORIZES: dict[type, bool] = {}
+def authorizes_rooms(resolver: object) -> TypeGuard[RoomAuthorizer]:
+    """Whether `resolver` is a :class:`RoomAuthorizer`: what `isinstance` answers for the
+    protocol (it has an `authorize` that is not None), without the tens of microseconds a
+    runtime protocol check costs, once per connection (a reconnect storm makes thousands)."""
+    return getattr(resolver, "authorize", None) is not None
 
 
 @runtime_checkable

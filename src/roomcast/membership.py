@@ -120,18 +120,31 @@ async def join(
         handle=handle,
         held=[],
     )
+    signals: list[Signal] = []
+    if replaced is not None:
+        signals.append(Signal("replace", room, username, replaced, node.node_id))
+    announce = previous is None and cls.presence
+    if announce and cls.join_leave:
+        signals.append(Signal("join", room, username, connection_id, node.node_id))
+    recovering = since is not None
+    asked = False
     try:
         await node.attach(member, share=share)
-        if replaced is not None:
-            await node.broker.signal(Signal("replace", room, username, replaced, node.node_id))
-        recovering = since is not None
-        page = await node.broker.history(
-            room, since, None if recovering or backlog is not None else 0
+        asked = True
+        # The signals, the history and the members in one broker step (Redis: one script).
+        page, members = await node.broker.read_join(
+            room,
+            since,
+            None if recovering or backlog is not None else 0,
+            members=cls.presence,
+            signals=signals,
         )
-        members = await node.broker.members(room) if cls.presence else []
     except BaseException:
-        # Nothing was announced yet, so nothing is taken back: no presence.leave, no event.
-        await leave(node, member, "join_failed", announce=False)
+        # No event was published yet, so none is taken back. The join signal may have gone
+        # out with a read that failed on its way back: then its leave follows it.
+        joined = asked and any(signal.kind == "join" for signal in signals)
+        if await leave(node, member, "join_failed", announce=False) and joined:
+            await _signal_leave(node, member)
         raise
     recovered = recovering and page.complete and page.epoch == epoch and (since or 0) <= page.offset
     connection.send(
@@ -151,9 +164,7 @@ async def join(
         replaced=replaced is not None,
         shared=share and previous is not None,
     )
-    if previous is None and cls.presence:
-        if cls.join_leave:
-            await node.broker.signal(Signal("join", room, username, connection_id, node.node_id))
+    if announce:
         node.events.publish(MemberJoined(room, username, connection_id, node.node_id))
     return member
 
@@ -198,21 +209,33 @@ async def leave(node: Node, member: Member, reason: str, *, announce: bool = Tru
         removed = await node.broker.remove_member(
             member.room, member.username, member.connection_id
         )
-        if removed and announce and cls.join_leave:
-            await node.broker.signal(
-                Signal("leave", member.room, member.username, member.connection_id, node.node_id)
-            )
     except Exception:
-        log_event(
-            "presence.leave_failed",
-            level=logging.WARNING,
-            room=member.room,
-            username=member.username,
-            connection_id=member.connection_id,
-            exc_info=True,
-        )
+        _leave_failed(member)
     if removed and announce:
+        if cls.join_leave:
+            await _signal_leave(node, member)
         node.events.publish(
             MemberLeft(member.room, member.username, member.connection_id, node.node_id, reason)
         )
     return removed
+
+
+async def _signal_leave(node: Node, member: Member) -> None:
+    """Announce that `member`'s username left the room (never raises for the broker)."""
+    try:
+        await node.broker.signal(
+            Signal("leave", member.room, member.username, member.connection_id, node.node_id)
+        )
+    except Exception:
+        _leave_failed(member)
+
+
+def _leave_failed(member: Member) -> None:
+    log_event(
+        "presence.leave_failed",
+        level=logging.WARNING,
+        room=member.room,
+        username=member.username,
+        connection_id=member.connection_id,
+        exc_info=True,
+    )

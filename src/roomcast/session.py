@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from . import membership
-from .auth import ConnectRequest, Identity, RefreshingResolver, RoomAuthorizer
+from .auth import ConnectRequest, Identity, RefreshingResolver, authorizes_rooms
 from .brokers import Publication
 from .codes import CloseCode, ErrorCode
 from .commands import PublishEphemeral
@@ -321,7 +321,7 @@ class Session:
             Refused: `forbidden` (or the resolver's own code) when it may not.
         """
         resolver = self.node.resolver
-        if isinstance(resolver, RoomAuthorizer):
+        if authorizes_rooms(resolver):
             await resolver.authorize(self.identity, room)
             return
         if self._request is None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from roomcast.brokers import Broker, DuplicateMember, HistoryPage, Signal
+from roomcast.brokers import Broker, DuplicateMember, HistoryPage, RoomFull, Signal
 from roomcast.protocol import message_prefix
 from tests.contract.conftest import Factory
 
@@ -121,6 +121,55 @@ async def test_presence_is_unique_per_room(make_broker: Factory) -> None:
     assert await broker.add_member("r2", "bob", "c3") is None
     assert await broker.add_member("r1", "bob", "c4", replace=True) == "c1"
     assert await broker.members("r1") == ["bob"]
+
+
+async def test_read_join_announces_then_reads_history_and_members(
+    make_broker: Factory,
+) -> None:
+    """The rest of a join: its signals go out on the room in order, and the page and the
+    members are what `history` and `members` answer."""
+    broker, recorder = await make_broker()
+    await broker.subscribe("r1")
+    for n in range(3):
+        await broker.publish("r1", prefix("r1", n))
+    await broker.add_member("r1", "carol", "c1")
+    await broker.add_member("r1", "bob", "c2", replace=True)
+    sent = [
+        Signal("replace", "r1", "bob", "c0", "n1"),
+        Signal("join", "r1", "bob", "c2", "n1"),
+    ]
+    page, members = await broker.read_join("r1", 1, members=True, signals=sent)
+    assert (page.offset, page.complete) == (3, True)
+    assert [p.offset for p in page.publications] == [2, 3]
+    assert page.epoch == (await broker.history("r1")).epoch
+    assert members == ["bob", "carol"]
+    await broker.publish("r1", prefix("r1", 4))  # orders after the signals
+    assert recorder.signals == sent
+    page, members = await broker.read_join("r1", None, 0, members=False)
+    assert (page.offset, page.publications, members) == (4, [], [])
+    assert recorder.signals == sent
+
+
+async def test_a_burst_of_joins_keeps_presence_unique_and_bounded(
+    make_broker: Factory,
+) -> None:
+    """Joins made at once (a reconnect storm: on Redis they share pipelines) keep every
+    rule: one connection wins a username, and `max_members` admits exactly that many."""
+    broker, _ = await make_broker()
+    answers = await asyncio.gather(
+        *(broker.add_member("r1", "bob", f"c{i}") for i in range(30)), return_exceptions=True
+    )
+    assert answers.count(None) == 1
+    assert sum(isinstance(a, DuplicateMember) for a in answers) == 29
+    answers = await asyncio.gather(
+        *(broker.add_member("r2", f"u{i}", f"d{i}", max_members=5) for i in range(20)),
+        return_exceptions=True,
+    )
+    assert answers.count(None) == 5
+    assert sum(isinstance(a, RoomFull) for a in answers) == 15
+    assert len(await broker.members("r2")) == 5
+    pages = await asyncio.gather(*(broker.read_join("r2", None, 0) for _ in range(10)))
+    assert all(members == sorted(members) and len(members) == 5 for _, members in pages)
 
 
 async def test_remove_is_compare_and_delete(make_broker: Factory) -> None:

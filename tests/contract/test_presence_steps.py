@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
+from roomcast.brokers import Signal
 from roomcast.brokers.redis import RedisBroker, wire
 from roomcast.brokers.redis.cluster import cluster_client
 from tests.contract.conftest import Make, until
@@ -117,3 +118,47 @@ async def test_a_node_whose_lease_lapsed_during_a_sweep_keeps_its_members(
     assert await b.members("r1") == ["alice"]
     assert await admin.smembers(wire.member_set_key("a")) == {b"r1\nalice\nc1"}
     assert not await admin.exists(wire.sweep_set_key("a"))
+
+
+async def test_a_sweep_announces_each_member_it_removes(make: Make) -> None:
+    """The sweeper's script announces a `leave` for each member it removed, on the room's
+    channel (SPUBLISH on the Redis Cluster), in the same step as the removal."""
+    a, seen_a = await make("a", presence_ttl=1.5)
+    b, seen_b = await make("b", presence_ttl=1.5)
+    c, _ = await make("c", presence_ttl=1.5)
+    for node in (a, b):
+        await node.subscribe("r1")
+        await node.subscribe("r2")
+    await c.add_member("r1", "carol", "c1")
+    await c.add_member("r2", "dave", "c2")
+    stop_renewing(c)
+    # Each member is removed by one of the two; the other hears the leave from it.
+    await until(lambda: len(seen_a.signals) + len(seen_b.signals) == 2)
+    heard = [(s, "a") for s in seen_a.signals] + [(s, "b") for s in seen_b.signals]
+    leaves = sorted((s.kind, s.room, s.username, s.reason) for s, _ in heard)
+    assert leaves == [("leave", "r1", "carol", "node_lost"), ("leave", "r2", "dave", "node_lost")]
+    assert all(s.node_id in ("a", "b") and s.node_id != by for s, by in heard)
+    assert sorted(seen_a.lost + seen_b.lost) == [("r1", ["carol"], "c"), ("r2", ["dave"], "c")]
+
+
+async def test_a_restarted_node_announces_its_old_members_and_a_stop_announces_none(
+    make: Make,
+) -> None:
+    """A node started again under its id (after a kill) sweeps what the old process left and
+    announces those leaves before it is available; a clean stop removes its members
+    without announcing them."""
+    a, seen = await make("a", presence_ttl=1.5)
+    await a.subscribe("r1")
+    old, _ = await make("c", presence_ttl=1.5)
+    await old.add_member("r1", "carol", "c1")
+    stop_renewing(old)
+    new, _ = await make("c", presence_ttl=1.5)
+    assert new.available
+    await until(lambda: [s.username for s in seen.signals] == ["carol"])
+    assert seen.signals[0].node_id == "c"
+    await new.add_member("r1", "dave", "c2")
+    await new.close()
+    await a.signal(Signal("kick", "r1", "nobody"))  # every earlier signal arrived before it
+    await until(lambda: seen.signals[-1].kind == "kick")
+    assert [s.kind for s in seen.signals] == ["leave", "kick"]
+    assert await a.members("r1") == []

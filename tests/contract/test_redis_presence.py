@@ -144,3 +144,18 @@ async def test_close_is_bounded_while_redis_is_frozen(
     finally:
         redis_server.proc.send_signal(signal.SIGCONT)
     assert not a.available
+
+
+async def test_a_burst_of_joins_after_redis_lost_its_scripts(
+    make: Make, redis_server: RedisProcess
+) -> None:
+    """500 joins sharing pipelines that Redis answers `NOSCRIPT` (it restarted without its
+    script cache) are each run again, within the pool's bound, and each counted once."""
+    a, _ = await make("a")
+    admin = Redis.from_url(redis_server.url)
+    await admin.script_flush()
+    await admin.aclose()
+    await asyncio.gather(*(a.add_member("noscript", f"u{i}", f"c{i}") for i in range(500)))
+    assert len(await a.members("noscript")) == 500
+    page, members = await a.read_join("noscript", None, 0)
+    assert (page.offset, len(members)) == (0, 500)

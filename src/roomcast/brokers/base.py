@@ -6,7 +6,7 @@ holds to the same contract, proven by one test suite run against both (tests/con
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -229,6 +229,26 @@ class Broker(Protocol):
     ) -> HistoryPage:
         """Retained messages with an offset greater than `since` (all retained when None),
         at most `limit` of them (the oldest first)."""
+
+    async def read_join(
+        self,
+        room: str,
+        since: int | None = None,
+        limit: int | None = None,
+        *,
+        members: bool = True,
+        signals: Sequence[Signal] = (),
+    ) -> tuple[HistoryPage, list[str]]:
+        """The rest of a join, once its member is in presence (`add_member`) and its node
+        subscribed to the room: announce `signals` (their room is `room`; in order: the
+        `replace`, then the `join`), then read what `history(room, since, limit)` and, with
+        `members`, what `members(room)` answer (else the list is empty). One atomic step
+        where the broker can (Redis: one script, one round trip).
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached (the signals may have gone out
+                when the call failed on its way back).
+        """
 
     async def ping(self) -> None:
         """Check the broker answers; raises `BrokerUnavailable` when it does not."""

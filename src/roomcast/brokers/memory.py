@@ -6,6 +6,7 @@ import secrets
 import time
 from bisect import bisect_left, insort
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -331,6 +332,21 @@ class MemoryBroker:
             for _, offset, frame, to, exclude in kept
         ]
         return HistoryPage(stream.epoch, stream.offset, publications, complete)
+
+    async def read_join(
+        self,
+        room: str,
+        since: int | None = None,
+        limit: int | None = None,
+        *,
+        members: bool = True,
+        signals: Sequence[Signal] = (),
+    ) -> tuple[HistoryPage, list[str]]:
+        """Announce `signals`, then the room's history and members; see `Broker.read_join`."""
+        for signal in signals:
+            await self.signal(signal)
+        page = await self.history(room, since, limit)
+        return page, await self.members(room) if members else []
 
     async def ping(self) -> None:
         """Memory always answers."""

@@ -304,6 +304,18 @@ class ShardedBroker:
         """The room's history, from its shard."""
         return await self._of(room).history(room, since, limit)
 
+    async def read_join(
+        self,
+        room: str,
+        since: int | None = None,
+        limit: int | None = None,
+        *,
+        members: bool = True,
+        signals: Sequence[Signal] = (),
+    ) -> tuple[HistoryPage, list[str]]:
+        """The rest of a join, on the room's shard; see `Broker.read_join`."""
+        return await self._of(room).read_join(room, since, limit, members=members, signals=signals)
+
     async def add_member(
         self,
         room: str,

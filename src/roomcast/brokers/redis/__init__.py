@@ -24,7 +24,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -325,16 +325,40 @@ class RedisBroker:
         self, room: str, since: int | None = None, limit: int | None = None
     ) -> HistoryPage:
         """Retained messages after `since`, read from the room's stream."""
+        page, _ = await self._read(room, since, limit, [])
+        return page
+
+    async def read_join(
+        self,
+        room: str,
+        since: int | None = None,
+        limit: int | None = None,
+        *,
+        members: bool = True,
+        signals: Sequence[Signal] = (),
+    ) -> tuple[HistoryPage, list[str]]:
+        """Announce `signals`, read the history and the members, in one HISTORY script
+        call (the room's slot: its channel too); see `Broker.read_join`."""
+        channel = wire.channel(wire.channel_prefix(self._calls.db), room)
+        extra = [channel, "1" if members else "0", *map(wire.encode_signal, signals)]
+        return await self._read(room, since, limit, extra)
+
+    async def _read(
+        self, room: str, since: int | None, limit: int | None, extra: list[str | bytes]
+    ) -> tuple[HistoryPage, list[str]]:
+        """One HISTORY script call: the page after `since`, and the members it listed."""
         start = "-" if since is None else wire.stream_id(since + 1)
         script = self._calls.script_history
-        args: list[str | int] = [
+        args: list[str | bytes | int] = [
             secrets.token_hex(6),
             self._ttl_ms(room),
             start,
             -1 if limit is None else limit,
+            *extra,
         ]
         keys = self._room_keys(room)
-        result = await self._calls.call(lambda: script(keys=keys, args=args))
+        step = (script, keys, args)
+        (result,) = await self._calls.steps([step], again=[step])
         epoch, offset, first_id, entries = (
             result[0].decode(),
             int(result[1]),
@@ -346,7 +370,8 @@ class RedisBroker:
         publications = [
             wire.stream_publication(room, entry_id, fields, epoch) for entry_id, fields in entries
         ]
-        return HistoryPage(epoch, offset, publications, after >= first - 1)
+        page = HistoryPage(epoch, offset, publications, after >= first - 1)
+        return page, sorted(name.decode() for name in result[4])
 
     # the webhook outbox (WebhookOutbox, see outbox.py)
 

@@ -33,7 +33,7 @@ __all__ = ["FAULTS", "POOL_SIZE", "Calls", "unavailable"]
 
 T = TypeVar("T")
 Step = tuple[Any, ...]
-"""One step of `Calls.in_order`: a command `(name, *args)`, or `(script, keys, args)`."""
+"""One step of `Calls.steps`: a command `(name, *args)`, or `(script, keys, args)`."""
 
 POOL_SIZE = 64
 """Redis calls of one node under way at once; more wait their turn (pub/sub has its own)."""
@@ -111,15 +111,22 @@ class Calls:
         """Whether Redis is reachable and this node's subscriptions are live (on a Redis
         Cluster: those of at least one shard; a room whose shard is down fails per call)."""
         self._slots = asyncio.Semaphore(POOL_SIZE)
+        self._queue: list[tuple[list[Step], asyncio.Future[list[Any]]]] = []
+        """Steps of `steps` calls waiting for this loop iteration's pipeline."""
+        self._flushes: set[asyncio.Task[None]] = set()
         register = self.redis.register_script
         self.publish_source = scripts.sharded(scripts.PUBLISH) if self.cluster else scripts.PUBLISH
         """The PUBLISH script as this broker runs it (`SPUBLISH` on a Redis Cluster)."""
         self.script_publish = register(self.publish_source)
-        self.script_history = register(scripts.HISTORY)
+        self.script_history = register(
+            scripts.sharded(scripts.HISTORY) if self.cluster else scripts.HISTORY
+        )
         self.script_add = register(scripts.ADD_MEMBER)
         self.script_remove = register(scripts.REMOVE_MEMBER)
         self.script_sweep_claim = register(scripts.SWEEP_CLAIM)
-        self.script_sweep_rooms = register(scripts.SWEEP_ROOMS)
+        self.script_sweep_rooms = register(
+            scripts.sharded(scripts.SWEEP_ROOMS) if self.cluster else scripts.SWEEP_ROOMS
+        )
         self.script_sweep_done = register(scripts.SWEEP_DONE)
         self.script_lease = register(scripts.LEASE)
         self.script_append_events = register(scripts.APPEND_EVENTS)
@@ -195,12 +202,35 @@ class Calls:
         except FAULTS as exc:
             raise unavailable(exc) from None
 
-    async def in_order(self, steps: list[Step], *, again: list[Step]) -> list[Any]:
+    async def steps(
+        self, steps: list[Step], *, again: list[Step], upkeep: bool = False
+    ) -> list[Any]:
+        """Run `steps` one after the other (see `_in_order`) for a client of the node, as
+        `call` runs a call (refused at once while unavailable), or, with `upkeep`, as `run`
+        does. On one Redis the call holds no slot of the pool while it waits: the pipeline
+        it joins takes one for the whole batch, so a storm of joins is not held to
+        `POOL_SIZE` joins at a time.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable (or, unless `upkeep`, this node's
+                subscription is down).
+        """
+        if not upkeep and not self.available:
+            raise unavailable()
+        if isinstance(self.redis, RedisCluster):
+            return await self.run(lambda: self._in_order(steps, again=again))
+        try:
+            return await self._in_order(steps, again=again)
+        except FAULTS as exc:
+            raise unavailable(exc) from None
+
+    async def _in_order(self, steps: list[Step], *, again: list[Step]) -> list[Any]:
         """Run `steps` one after the other (a Redis command `(name, *args)`, or a script
         `(script, keys, args)`) and return their answers; each step runs only once the one
-        before it did. On one Redis they share one round trip (a pipeline runs in order and
-        stops where its connection fails); on a Redis Cluster they touch several slots, so
-        each waits for the one before it.
+        before it did. On one Redis they share one round trip with the steps of every other
+        call made in the same loop iteration (one pipeline: it runs in order and stops where
+        its connection fails; a storm of joins is then a few round trips, not one per join);
+        on a Redis Cluster they touch several slots, so each waits for the one before it.
 
         When Redis answers `NOSCRIPT` (it restarted without its script cache), the script
         did not run but the steps after it did: the scripts are loaded and `again` (the
@@ -208,20 +238,59 @@ class Calls:
         """
         if isinstance(self.redis, RedisCluster):
             return [await self._step(self.redis, step) for step in steps]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for step in steps:
-                if isinstance(step[0], str):
-                    pipe.execute_command(*step)
-                else:
-                    script, keys, args = step
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            answers: list[Any] = await pipe.execute(raise_on_error=False)
+        answers = await self._batched(steps)
         if not any(isinstance(answer, NoScriptError) for answer in answers):
             for answer in answers:
                 if isinstance(answer, Exception):
                     raise answer
             return answers
-        return [await self._step(self.redis, step) for step in again]
+        async with self._slots:  # each caller on its own: a slot each, as for `run`
+            return [await self._step(self.redis, step) for step in again]
+
+    async def _batched(self, steps: list[Step]) -> list[Any]:
+        """The answers to `steps`, sent in the pipeline of this loop iteration's calls."""
+        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((steps, waiter))
+        if len(self._queue) == 1:
+            flush = asyncio.get_running_loop().create_task(self._flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        return await waiter
+
+    async def _flush(self) -> None:
+        """Send the steps queued in this loop iteration in one pipeline; each caller gets
+        its own answers (an answer may be the error Redis gave that step)."""
+        batch: list[tuple[list[Step], asyncio.Future[list[Any]]]] = []
+        try:
+            await asyncio.sleep(0)  # let the calls of this loop iteration join the batch
+            batch, self._queue = self._queue, []
+            async with self._slots, self.redis.pipeline(transaction=False) as pipe:
+                for steps, _ in batch:
+                    for step in steps:
+                        if isinstance(step[0], str):
+                            pipe.execute_command(*step)
+                        else:
+                            script, keys, args = step
+                            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                answers: list[Any] = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            if not batch:
+                batch, self._queue = self._queue, []
+            for _, waiter in batch:
+                if waiter.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    waiter.cancel()
+                else:
+                    waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for steps, waiter in batch:
+            if not waiter.done():
+                waiter.set_result(answers[start : start + len(steps)])
+            start += len(steps)
 
     @staticmethod
     async def _step(redis: Redis | RedisCluster, step: Step) -> Any:

@@ -95,24 +95,34 @@ class Presence:
     # what the node's clients call
 
     async def _add(
-        self, room: str, username: str, connection_id: str, mode: str, max_members: int = 0
+        self,
+        room: str,
+        username: str,
+        connection_id: str,
+        mode: str,
+        max_members: int = 0,
+        *,
+        upkeep: bool = False,
     ) -> Any:
         """A join's two steps: the entry in this node's member set, then the token in the
-        room's presence; a refused join takes its entry out again."""
+        room's presence; a refused join takes its entry out again (`upkeep`: the node's
+        own, which runs while it reconnects; see `Calls.steps`)."""
         members = wire.member_set_key(self.node_id)
         entry = wire.member_entry(room, username, connection_id)
         script = self._calls.script_add
         keys = wire.presence_keys(room)
         args = [username, wire.presence_value(self.node_id, connection_id), mode, max_members]
         steps: list[Any] = [("SADD", members, entry), (script, keys, args)]
-        _, result = await self._calls.in_order(steps, again=steps)
+        _, result = await self._calls.steps(steps, again=steps, upkeep=upkeep)
         if int(result[0]) in (0, 4):
-            await self._calls.redis.srem(members, entry)
+            await self._calls.run(lambda: self._calls.redis.srem(members, entry))
         return result
 
-    async def _remove(self, room: str, username: str, connection_id: str) -> Any:
+    async def _remove(
+        self, room: str, username: str, connection_id: str, *, upkeep: bool = False
+    ) -> Any:
         """A leave's two steps: the token out of the room's presence, then the entry out of
-        this node's member set."""
+        this node's member set (`upkeep`: as for `_add`)."""
         members = wire.member_set_key(self.node_id)
         entry = wire.member_entry(room, username, connection_id)
         script = self._calls.script_remove
@@ -126,7 +136,7 @@ class Presence:
         # Refused for want of the script, the token stayed while the entry went: put the
         # entry back before trying again.
         again: list[Any] = [("SADD", members, entry), *steps]
-        removed, _ = (await self._calls.in_order(steps, again=again))[-2:]
+        removed, _ = (await self._calls.steps(steps, again=again, upkeep=upkeep))[-2:]
         return removed
 
     async def add_member(
@@ -142,9 +152,7 @@ class Presence:
         """Add to the room's presence (atomically unique, within `max_members`); see
         `Broker.add_member`."""
         mode = "2" if share else "1" if replace else "0"
-        status, previous = await self._calls.call(
-            partial(self._add, room, username, connection_id, mode, max_members or 0)
-        )
+        status, previous = await self._add(room, username, connection_id, mode, max_members or 0)
         if int(status) == 0:
             raise DuplicateMember(username)
         if int(status) == 4:
@@ -160,7 +168,7 @@ class Presence:
         """Compare-and-delete this connection's presence entry."""
         self._members.pop((room, username, connection_id), None)
         try:
-            removed = await self._calls.call(lambda: self._remove(room, username, connection_id))
+            removed = await self._remove(room, username, connection_id)
         except BrokerUnavailable:
             # The entry must not outlive the connection: removed once Redis is back.
             self._orphans.add((room, username, connection_id))
@@ -274,9 +282,7 @@ class Presence:
         for (room, username, connection_id), shared in list(self._members.items()):
             mode = "2" if shared else "0"
             # A member admitted once is not refused for a full room on its way back.
-            status, _ = await self._calls.run(
-                partial(self._add, room, username, connection_id, mode)
-            )
+            status, _ = await self._add(room, username, connection_id, mode, upkeep=True)
             if int(status) == 0:
                 # Someone took the name while this node was away: the newer one keeps it.
                 self._members.pop((room, username, connection_id), None)
@@ -290,7 +296,7 @@ class Presence:
     async def _remove_orphans(self) -> None:
         """Remove (and announce) the entries of members that left while Redis was away."""
         for room, username, connection_id in list(self._orphans):
-            removed = await self._calls.run(partial(self._remove, room, username, connection_id))
+            removed = await self._remove(room, username, connection_id, upkeep=True)
             self._orphans.discard((room, username, connection_id))
             if removed:
                 if self.listener is not None:
@@ -321,25 +327,27 @@ class Presence:
 
     async def _sweep_node(self, node_id: str, *, force: bool = False) -> None:
         """Remove a dead node's entries (or, `force`d, this node's own from an earlier
-        process) and announce each member this call removed."""
-        removed = await self._sweep(node_id, force=force)
+        process); each member this call removed is announced (by the sweep's script) and
+        handed to the listener."""
+        removed = await self._sweep(node_id, force=force, announce=True)
         if not removed:
             return
         log_event("presence.swept", node_id=self.node_id, lost_node=node_id, members=len(removed))
         by_room: dict[str, list[str]] = {}
         for room, username in removed:
             by_room.setdefault(room, []).append(username)
-        for room, usernames in by_room.items():
-            if self.listener is not None:
+        if self.listener is not None:
+            for room, usernames in by_room.items():
                 self.listener.on_members_lost(room, usernames, node_id)
-            for username in usernames:
-                await self._announce(Signal("leave", room, username, "", self.node_id, "node_lost"))
 
-    async def _sweep(self, node_id: str, *, force: bool) -> list[tuple[str, str]]:
+    async def _sweep(
+        self, node_id: str, *, force: bool, announce: bool = False
+    ) -> list[tuple[str, str]]:
         """Sweep a node's entries in the three steps of scripts.py: claim them (unless the
         lease is live, or `force`), take their tokens out of presence one room slot at a
-        time (at most `SWEEP_BATCH` entries per call), forget the finished ones, and take a
-        node that is gone off the nodes set. The (room, username) pairs this caller removed."""
+        time (at most `SWEEP_BATCH` entries per call; with `announce`, the same call
+        announces each username that left), forget the finished ones, and take a node that
+        is gone off the nodes set. The (room, username) pairs this caller removed."""
         redis = self._calls.redis
         keys = wire.node_keys(node_id)
         claim = self._calls.script_sweep_claim
@@ -363,7 +371,14 @@ class Presence:
                 args: list[Any] = [self._history_ttl_ms]
                 for _, room, username, connection_id in batch:
                     room_keys += wire.presence_keys(room)
-                    args += [room, username, wire.presence_value(node_id, connection_id)]
+                    signal = Signal("leave", room, username, "", self.node_id, "node_lost")
+                    args += [
+                        room,
+                        username,
+                        wire.presence_value(node_id, connection_id),
+                        wire.channel(self._channel_prefix, room),
+                        wire.encode_signal(signal) if announce else "",
+                    ]
                 result = await self._calls.run(partial(sweep, keys=room_keys, args=args))
                 removed += zip(
                     (room.decode() for room in result[::2]),

@@ -83,6 +83,9 @@ return {offset, epoch}
 HISTORY = """
 -- KEYS: offset, epoch, stream, presence
 -- ARGV: epoch if none exists, history ttl (ms), first id wanted ('-' for all), count (-1: all)
+--       [, channel, members ('1': list them), signal, ...]: the rest of a join (Broker.read_join)
+--       announces each signal on the room's channel and lists the members, in the same step
+-- Returns {epoch, offset, first retained id ('' for none), entries, members ({} unless asked)}
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   -- A new incarnation, which the next publish adopts.
@@ -109,7 +112,16 @@ if count ~= 0 then
     entries = redis.call('XRANGE', KEYS[3], ARGV[3], '+')
   end
 end
-return {epoch, offset, first_id, entries}
+local members = {}
+if ARGV[5] then
+  for i = 7, #ARGV do
+    redis.call('PUBLISH', ARGV[5], ARGV[i])
+  end
+  if ARGV[6] == '1' then
+    members = redis.call('HKEYS', KEYS[4])
+  end
+end
+return {epoch, offset, first_id, entries, members}
 """
 
 # A presence value is one `node_id:connection_id` token, or under the `share` policy several,
@@ -193,8 +205,9 @@ return 1
 # cannot finish:
 #   1. SWEEP_CLAIM (the node's slot): unless the lease is live, move the member set into
 #      the sweep set and return the sweep set (what this and any unfinished sweep claimed);
-#   2. SWEEP_ROOMS (one room slot per call): take the dead node's tokens out of presence;
-#      removing a token is the claim, so each member is announced by exactly one sweeper;
+#   2. SWEEP_ROOMS (one room slot per call): take the dead node's tokens out of presence
+#      and announce each username that left; removing a token is the claim, so each member
+#      is announced by exactly one sweeper, in the same step;
 #   3. SWEEP_DONE (the node's slot): forget the entries step 2 finished; say whether the
 #      node is gone (no lease, no entry left), so the caller takes it off the nodes set.
 
@@ -215,13 +228,15 @@ SWEEP_ROOMS = (
     _WITHOUT
     + """
 -- KEYS: for each entry: presence hash, offset, epoch of its room (all in one slot)
--- ARGV: history ttl (ms), then for each entry: room, username, presence value
+-- ARGV: history ttl (ms), then for each entry: room, username, presence value, the room's
+--       channel, the leave signal to announce there when this call removes the username
+--       ('' for none: a node's clean stop announces nothing)
 -- Returns {room, username, ...}: the usernames this call took out of presence. A username
 -- shared with connections on other nodes loses only the dead node's token and is not
 -- returned (it is still present); a token already gone is skipped.
 local removed = {}
-for i = 0, (#ARGV - 1) / 3 - 1 do
-  local room, username, token = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+for i = 0, (#ARGV - 1) / 5 - 1 do
+  local room, username, token = ARGV[2 + 5 * i], ARGV[3 + 5 * i], ARGV[4 + 5 * i]
   local hash = KEYS[1 + 3 * i]
   local value = redis.call('HGET', hash, username)
   if value and value ~= token then
@@ -234,6 +249,9 @@ for i = 0, (#ARGV - 1) / 3 - 1 do
     if redis.call('HLEN', hash) == 0 then
       redis.call('PEXPIRE', KEYS[2 + 3 * i], ARGV[1])
       redis.call('PEXPIRE', KEYS[3 + 3 * i], ARGV[1])
+    end
+    if ARGV[6 + 5 * i] ~= '' then
+      redis.call('PUBLISH', ARGV[5 + 5 * i], ARGV[6 + 5 * i])
     end
     removed[#removed + 1] = room
     removed[#removed + 1] = username
