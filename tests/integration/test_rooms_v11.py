@@ -510,8 +510,10 @@ async def test_resume_of_several_rooms_while_publishing(
     """A client that drops and comes back resumes three rooms at once (URL room with since,
     the others with room.join since+epoch) while publishers keep publishing: per room, every
     offset once, in order."""
-    # Publishers go as fast as acks come: keep far more history than one reconnect needs.
-    pair = deploy(kind, start_server, redis_or_none, "--history-size", "100000")
+    # Publishers go as fast as acks come: past the default frame rate, and far more history
+    # than one reconnect needs.
+    flags = ("--history-size", "100000", "--rate-limit", "off")
+    pair = deploy(kind, start_server, redis_or_none, *flags)
     rooms = [rid("z") for _ in range(3)]
     publishers = [await connect(pair.b, f"p{n}", room) for n, room in enumerate(rooms)]
     stop = asyncio.Event()

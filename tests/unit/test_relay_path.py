@@ -26,6 +26,8 @@ class Frames:
     def send(self, data: str) -> None:
         self.sent.append(orjson.loads(data))
 
+    send_later = send
+
     def close(self, code: int, reason: str = "") -> None:
         pass
 
