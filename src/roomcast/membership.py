@@ -205,15 +205,16 @@ async def leave(node: Node, member: Member, reason: str, *, announce: bool = Tru
     if not cls.presence:
         return False
     removed = False
+    signal = None
+    if announce and cls.join_leave:
+        signal = Signal("leave", member.room, member.username, member.connection_id, node.node_id)
     try:
         removed = await node.broker.remove_member(
-            member.room, member.username, member.connection_id
+            member.room, member.username, member.connection_id, signal=signal
         )
     except Exception:
         _leave_failed(member)
     if removed and announce:
-        if cls.join_leave:
-            await _signal_leave(node, member)
         node.events.publish(
             MemberLeft(member.room, member.username, member.connection_id, node.node_id, reason)
         )

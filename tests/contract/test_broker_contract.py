@@ -184,6 +184,24 @@ async def test_remove_is_compare_and_delete(make_broker: Factory) -> None:
     assert not await broker.remove_member("r1", "bob", "c2")
 
 
+async def test_a_leave_is_announced_with_its_removal_only(make_broker: Factory) -> None:
+    """`remove_member(signal=...)` announces the leave when the username left presence, in
+    the same step, and not when the connection was not its last or not there at all."""
+    broker, recorder = await make_broker()
+    await broker.subscribe("r1")
+    await broker.add_member("r1", "alice", "c1", share=True)
+    await broker.add_member("r1", "alice", "c2", share=True)
+
+    def leave(connection_id: str) -> Signal:
+        return Signal("leave", "r1", "alice", connection_id, "n1")
+
+    assert not await broker.remove_member("r1", "alice", "c1", signal=leave("c1"))
+    assert not await broker.remove_member("r1", "alice", "c9", signal=leave("c9"))
+    assert await broker.remove_member("r1", "alice", "c2", signal=leave("c2"))
+    await broker.publish("r1", prefix("r1", 1))  # orders after the signals
+    assert recorder.signals == [leave("c2")]
+
+
 async def test_members_and_rooms_listing(make_broker: Factory) -> None:
     """members() is sorted; rooms() lists only rooms with members."""
     broker, _ = await make_broker()

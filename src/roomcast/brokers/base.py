@@ -211,9 +211,13 @@ class Broker(Protocol):
             RoomFull: the room lists `max_members` usernames and this one is not among them.
         """
 
-    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
+    async def remove_member(
+        self, room: str, username: str, connection_id: str, *, signal: Signal | None = None
+    ) -> bool:
         """Remove connection `connection_id` from `username`'s entry if it is there; True when
-        the username is no longer present (the room gets `presence.leave`)."""
+        the username is no longer present (the room gets `presence.leave`). Then, and only
+        then, `signal` is announced, in the same step as the removal: no join that the
+        removal made room for is announced before it."""
 
     async def has_member(self, room: str, username: str) -> bool:
         """Whether `username` is present in the room on any node."""

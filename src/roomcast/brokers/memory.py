@@ -279,9 +279,11 @@ class MemoryBroker:
             insort(self._sorted.setdefault(room, []), username)
         return previous
 
-    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
+    async def remove_member(
+        self, room: str, username: str, connection_id: str, *, signal: Signal | None = None
+    ) -> bool:
         """Compare-and-delete this connection from the presence entry; True when the
-        username's entry is gone (its last connection left)."""
+        username's entry is gone (its last connection left), and then `signal` is announced."""
         members = self._presence.get(room)
         entry = None if members is None else members.get(username)
         if members is None or entry is None:
@@ -300,6 +302,8 @@ class MemoryBroker:
             del self._presence[room]
             del self._sorted[room]
             self._released(room)
+        if signal is not None:
+            await self.signal(signal)
         return True
 
     async def has_member(self, room: str, username: str) -> bool:

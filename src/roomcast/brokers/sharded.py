@@ -331,10 +331,13 @@ class ShardedBroker:
             room, username, connection_id, replace=replace, share=share, max_members=max_members
         )
 
-    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
+    async def remove_member(
+        self, room: str, username: str, connection_id: str, *, signal: Signal | None = None
+    ) -> bool:
         """Remove from the room's presence, on its shard (which keeps the entry aside to remove
         it once it is back, when it is unreachable)."""
-        return await self.shards[self.shard(room)].remove_member(room, username, connection_id)
+        shard = self.shards[self.shard(room)]
+        return await shard.remove_member(room, username, connection_id, signal=signal)
 
     async def has_member(self, room: str, username: str) -> bool:
         """Whether the room's shard lists `username` in it."""

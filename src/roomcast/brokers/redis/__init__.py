@@ -422,9 +422,12 @@ class RedisBroker:
             room, username, connection_id, replace=replace, share=share, max_members=max_members
         )
 
-    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
-        """Compare-and-delete this connection's presence entry."""
-        return await self._presence.remove_member(room, username, connection_id)
+    async def remove_member(
+        self, room: str, username: str, connection_id: str, *, signal: Signal | None = None
+    ) -> bool:
+        """Compare-and-delete this connection's presence entry (announcing `signal` in the
+        same script when the username left)."""
+        return await self._presence.remove_member(room, username, connection_id, signal=signal)
 
     async def has_member(self, room: str, username: str) -> bool:
         """Whether the room's presence holds `username` (any node)."""

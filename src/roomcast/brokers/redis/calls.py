@@ -122,7 +122,9 @@ class Calls:
             scripts.sharded(scripts.HISTORY) if self.cluster else scripts.HISTORY
         )
         self.script_add = register(scripts.ADD_MEMBER)
-        self.script_remove = register(scripts.REMOVE_MEMBER)
+        self.script_remove = register(
+            scripts.sharded(scripts.REMOVE_MEMBER) if self.cluster else scripts.REMOVE_MEMBER
+        )
         self.script_sweep_claim = register(scripts.SWEEP_CLAIM)
         self.script_sweep_rooms = register(
             scripts.sharded(scripts.SWEEP_ROOMS) if self.cluster else scripts.SWEEP_ROOMS

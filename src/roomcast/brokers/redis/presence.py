@@ -119,7 +119,13 @@ class Presence:
         return result
 
     async def _remove(
-        self, room: str, username: str, connection_id: str, *, upkeep: bool = False
+        self,
+        room: str,
+        username: str,
+        connection_id: str,
+        *,
+        upkeep: bool = False,
+        signal: Signal | None = None,
     ) -> Any:
         """A leave's two steps: the token out of the room's presence, then the entry out of
         this node's member set (`upkeep`: as for `_add`)."""
@@ -132,6 +138,8 @@ class Presence:
             wire.presence_value(self.node_id, connection_id),
             self._room_ttl_ms(room),
         ]
+        if signal is not None:
+            args += [wire.channel(self._channel_prefix, room), wire.encode_signal(signal)]
         steps: list[Any] = [(script, keys, args), ("SREM", members, entry)]
         # Refused for want of the script, the token stayed while the entry went: put the
         # entry back before trying again.
@@ -164,11 +172,14 @@ class Presence:
             return None
         return wire.connection_of(previous)
 
-    async def remove_member(self, room: str, username: str, connection_id: str) -> bool:
-        """Compare-and-delete this connection's presence entry."""
+    async def remove_member(
+        self, room: str, username: str, connection_id: str, *, signal: Signal | None = None
+    ) -> bool:
+        """Compare-and-delete this connection's presence entry; when the username left,
+        REMOVE_MEMBER announces `signal` in the same step."""
         self._members.pop((room, username, connection_id), None)
         try:
-            removed = await self._remove(room, username, connection_id)
+            removed = await self._remove(room, username, connection_id, signal=signal)
         except BrokerUnavailable:
             # The entry must not outlive the connection: removed once Redis is back.
             self._orphans.add((room, username, connection_id))

@@ -176,8 +176,10 @@ REMOVE_MEMBER = (
     _WITHOUT
     + """
 -- KEYS: presence hash, offset, epoch (the room's slot)
--- ARGV: username, node_id:connection_id, history ttl (ms)
--- Returns 1 when the username left presence (its last connection), else 0.
+-- ARGV: username, node_id:connection_id, history ttl (ms)[, channel, signal]
+-- Returns 1 when the username left presence (its last connection), else 0; with 1 the
+-- signal (its leave) goes out on the channel in the same step, before any join that the
+-- removal makes room for.
 -- The caller takes the entry out of its node's member set afterwards.
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 if not value then
@@ -195,6 +197,9 @@ if redis.call('HLEN', KEYS[1]) == 0 then
   -- The room is no longer held: its offset and epoch live one history ttl from now.
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+if ARGV[5] then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return 1
 """
