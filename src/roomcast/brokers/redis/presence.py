@@ -87,6 +87,8 @@ class Presence:
         """Entries of members gone while Redis was unreachable, to remove when it is back."""
         self._own_entries_removed = False
         """Whether entries left under this node id by an earlier process were removed."""
+        self._leaving = False
+        """Whether a clean stop (`leave_all`) began."""
         self._readd_again = False
         """Whether the lease lapsed at the last renewal: the members are put back once more
         at the next, in case a sweep that claimed them before the renewal removed them
@@ -245,6 +247,10 @@ class Presence:
 
     async def leave_all(self) -> None:
         """Remove this node's entries and its lease (a clean stop; nothing is announced)."""
+        # From here on nothing puts a member back or takes the lease again (a subscription
+        # that reconnects during the stop renews the lease, and would find it gone).
+        self._leaving = True
+        self._members.clear()
         redis = self._calls.redis
         await self._sweep(self.node_id, force=True)
         await self._calls.run(lambda: redis.delete(*wire.node_keys(self.node_id)))
@@ -273,6 +279,8 @@ class Presence:
     async def _renew(self) -> bool:
         """Renew this node's lease (named in the nodes set first, so that a sweeper finds
         it); when it had lapsed, put this node's members back. Whether it was still held."""
+        if self._leaving:
+            return True
         redis = self._calls.redis
         lease = self._calls.script_lease
         await self._calls.run(lambda: redis.sadd(wire.NODES_KEY, self.node_id))
@@ -291,6 +299,8 @@ class Presence:
             "presence.lease_lapsed", level=30, node_id=self.node_id, members=len(self._members)
         )
         for (room, username, connection_id), shared in list(self._members.items()):
+            if self._leaving:
+                return
             mode = "2" if shared else "0"
             # A member admitted once is not refused for a full room on its way back.
             status, _ = await self._add(room, username, connection_id, mode, upkeep=True)
