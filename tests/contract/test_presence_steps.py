@@ -37,8 +37,12 @@ async def admin(presence_url: str) -> AsyncIterator[Any]:
 
 
 def stop_renewing(broker: RedisBroker) -> None:
-    """The node stops renewing its lease and sweeping, as a killed process would."""
+    """The node stops renewing its lease and sweeping, as a killed process would: also its
+    subscriptions on a Redis Cluster (one task per shard), whose reconnection would renew."""
     for task in broker._tasks:
+        task.cancel()
+    shards: dict[Any, asyncio.Task[None]] = getattr(broker._subscriber, "_tasks", {})
+    for task in shards.values():
         task.cancel()
 
 
