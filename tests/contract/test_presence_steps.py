@@ -14,6 +14,7 @@ from redis.asyncio import Redis, RedisCluster
 from roomcast.brokers import Signal
 from roomcast.brokers.redis import RedisBroker, wire
 from roomcast.brokers.redis.cluster import cluster_client
+from roomcast.errors import BrokerUnavailable
 from tests.contract.conftest import Make, until
 
 
@@ -143,6 +144,46 @@ async def test_a_sweep_announces_each_member_it_removes(make: Make) -> None:
     assert leaves == [("leave", "r1", "carol", "node_lost"), ("leave", "r2", "dave", "node_lost")]
     assert all(s.node_id in ("a", "b") and s.node_id != by for s, by in heard)
     assert sorted(seen_a.lost + seen_b.lost) == [("r1", ["carol"], "c"), ("r2", ["dave"], "c")]
+
+
+async def test_a_sweeper_whose_reply_was_lost_learns_on_its_retry_what_it_removed(
+    make: Make, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran a sweeper's removal step but its reply was lost (the connection dropped):
+    the leave went out with the removal; another sweeper leaves the entry to it (the room's
+    sweep record names who removed it); the sweeper's retry learns that it removed the
+    member, hands it to its listener, and then the dead node is forgotten."""
+    a, seen_a = await make("a", presence_ttl=1.5)
+    # b sweeps only when the test says so: not before a lease of 60 s after it connected.
+    b, seen_b = await make("b", presence_ttl=60)
+    await b.subscribe("r1")
+    c, _ = await make("c", presence_ttl=1.5)
+    await c.add_member("r1", "carol", "c1")
+    calls = a._presence._calls
+    run = calls.run
+    lost: list[Any] = []
+    other: list[Any] = []
+
+    async def losing(what: Any) -> Any:
+        result = await run(what)
+        if getattr(what, "func", None) is calls.script_sweep_rooms and not lost:
+            lost.append(result)
+            other.append(await b._presence._sweep("c", force=False, announce=True))
+            other.append(await admin.smembers(wire.sweep_set_key("c")))
+            raise BrokerUnavailable("the reply was lost")
+        return result
+
+    monkeypatch.setattr(calls, "run", losing)
+    stop_renewing(c)
+    await until(lambda: seen_a.lost == [("r1", ["carol"], "c")])
+    assert lost == [[1]]
+    assert other == [[], {b"r1\ncarol\nc1"}]
+    assert [(s.kind, s.username, s.node_id) for s in seen_b.signals] == [("leave", "carol", "a")]
+    assert seen_b.lost == []
+    async with asyncio.timeout(10):
+        while await admin.sismember(wire.NODES_KEY, "c"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert await a.members("r1") == []
 
 
 async def test_a_restarted_node_announces_its_old_members_and_a_stop_announces_none(

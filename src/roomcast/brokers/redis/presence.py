@@ -389,9 +389,9 @@ class Presence:
             for start in range(0, len(group), SWEEP_BATCH):
                 batch = group[start : start + SWEEP_BATCH]
                 room_keys: list[str] = []
-                args: list[Any] = [self._history_ttl_ms]
+                args: list[Any] = [self._history_ttl_ms, wire.SWEEP_RECORD_MS, self.node_id]
                 for _, room, username, connection_id in batch:
-                    room_keys += wire.presence_keys(room)
+                    room_keys += wire.sweep_keys(room)
                     signal = Signal("leave", room, username, "", self.node_id, "node_lost")
                     args += [
                         room,
@@ -400,13 +400,13 @@ class Presence:
                         wire.channel(self._channel_prefix, room),
                         wire.encode_signal(signal) if announce else "",
                     ]
-                result = await self._calls.run(partial(sweep, keys=room_keys, args=args))
-                removed += zip(
-                    (room.decode() for room in result[::2]),
-                    (username.decode() for username in result[1::2]),
-                    strict=True,
-                )
-                finished = [entry for entry, *_ in batch]
+                statuses = await self._calls.run(partial(sweep, keys=room_keys, args=args))
+                finished: list[bytes] = []
+                for (entry, room, username, _), status in zip(batch, statuses, strict=True):
+                    if status == 1:
+                        removed.append((room, username))
+                    if status != 2:
+                        finished.append(entry)
                 await self._calls.run(partial(done, keys=keys, args=finished))
         # Also when nothing was claimed: it is the call that finds a dead node gone.
         gone = await self._calls.run(partial(done, keys=keys, args=junk))

@@ -212,7 +212,9 @@ return 1
 #      the sweep set and return the sweep set (what this and any unfinished sweep claimed);
 #   2. SWEEP_ROOMS (one room slot per call): take the dead node's tokens out of presence
 #      and announce each username that left; removing a token is the claim, so each member
-#      is announced by exactly one sweeper, in the same step;
+#      is announced by exactly one sweeper, in the same step, and the room's sweep record
+#      keeps which sweeper it was: a sweeper whose reply was lost learns on its retry what
+#      it removed, and no other sweeper finishes those entries before it has;
 #   3. SWEEP_DONE (the node's slot): forget the entries step 2 finished; say whether the
 #      node is gone (no lease, no entry left), so the caller takes it off the nodes set.
 
@@ -232,37 +234,53 @@ return redis.call('SMEMBERS', KEYS[3])
 SWEEP_ROOMS = (
     _WITHOUT
     + """
--- KEYS: for each entry: presence hash, offset, epoch of its room (all in one slot)
--- ARGV: history ttl (ms), then for each entry: room, username, presence value, the room's
---       channel, the leave signal to announce there when this call removes the username
---       ('' for none: a node's clean stop announces nothing)
--- Returns {room, username, ...}: the usernames this call took out of presence. A username
--- shared with connections on other nodes loses only the dead node's token and is not
--- returned (it is still present); a token already gone is skipped.
-local removed = {}
-for i = 0, (#ARGV - 1) / 5 - 1 do
-  local room, username, token = ARGV[2 + 5 * i], ARGV[3 + 5 * i], ARGV[4 + 5 * i]
-  local hash = KEYS[1 + 3 * i]
+-- KEYS: for each entry: presence hash, offset, epoch, sweep record of its room (one slot)
+-- ARGV: history ttl (ms), sweep record ttl (ms), this sweeper's node id, then for each
+--       entry: room, username, presence value, the room's channel, the leave signal to
+--       announce there when this call removes the username ('' for none: a node's clean
+--       stop announces nothing)
+-- Returns one status per entry: 1 this sweeper took the username out of presence, in this
+-- call or in an earlier one whose reply it did not get (the sweep record says so); 2 another
+-- sweeper did, and the record says so (the entry stays to be swept: that sweeper still has
+-- to learn it on its retry); 0 otherwise (a username shared with connections on other nodes
+-- loses only the dead node's token: it is still present; or the token was already gone).
+local statuses = {}
+local sweeper = ARGV[3]
+for i = 0, (#ARGV - 3) / 5 - 1 do
+  local room, username, token = ARGV[4 + 5 * i], ARGV[5 + 5 * i], ARGV[6 + 5 * i]
+  local hash, record = KEYS[1 + 4 * i], KEYS[4 + 4 * i]
+  local field = token .. ' ' .. username
   local value = redis.call('HGET', hash, username)
-  if value and value ~= token then
-    local found, rest = without(value, token)
-    if found and rest ~= '' then
-      redis.call('HSET', hash, username, rest)
-    end
-  elseif value then
+  local status = 0
+  local found, rest = false, ''
+  if value then
+    found, rest = without(value, token)
+  end
+  if found and rest ~= '' then
+    redis.call('HSET', hash, username, rest)
+  elseif found then
     redis.call('HDEL', hash, username)
     if redis.call('HLEN', hash) == 0 then
-      redis.call('PEXPIRE', KEYS[2 + 3 * i], ARGV[1])
-      redis.call('PEXPIRE', KEYS[3 + 3 * i], ARGV[1])
+      redis.call('PEXPIRE', KEYS[2 + 4 * i], ARGV[1])
+      redis.call('PEXPIRE', KEYS[3 + 4 * i], ARGV[1])
     end
-    if ARGV[6 + 5 * i] ~= '' then
-      redis.call('PUBLISH', ARGV[5 + 5 * i], ARGV[6 + 5 * i])
+    if ARGV[8 + 5 * i] ~= '' then
+      redis.call('PUBLISH', ARGV[7 + 5 * i], ARGV[8 + 5 * i])
     end
-    removed[#removed + 1] = room
-    removed[#removed + 1] = username
+    redis.call('HSET', record, field, sweeper)
+    redis.call('PEXPIRE', record, ARGV[2])
+    status = 1
+  else
+    local by = redis.call('HGET', record, field)
+    if by == sweeper then
+      status = 1
+    elseif by then
+      status = 2
+    end
   end
+  statuses[#statuses + 1] = status
 end
-return removed
+return statuses
 """
 )
 

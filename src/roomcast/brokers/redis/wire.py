@@ -138,6 +138,17 @@ def presence_keys(room: str) -> list[str]:
     return [presence_key(room), _room_key(room, "o"), _room_key(room, "e")]
 
 
+def sweep_keys(room: str) -> list[str]:
+    """The KEYS of SWEEP_ROOMS for one entry of the room: presence hash, offset, epoch, and
+    the room's sweep record (which sweeper removed which token, kept for `SWEEP_RECORD_MS`
+    so that a sweeper whose reply was lost learns on its retry what it removed)."""
+    return [*presence_keys(room), _room_key(room, "w")]
+
+
+SWEEP_RECORD_MS = 600_000
+"""How long a room's sweep record remembers a removal (longer than any sweeper's retry)."""
+
+
 def idempotency_key(room: str, key: str) -> str:
     """The PUBLISH script's fifth KEY for a publish with idempotency `key`: it holds the first
     publish's `offset epoch` for the window (in the room's slot, after its hash tag)."""
