@@ -143,7 +143,8 @@ async def test_resume_at_the_retention_edge(start_server: StartServer, broker: s
         old = await Client.connect(server.ws_url, "carol", "r", since=4, epoch=epoch)
         welcome = (await old.join())["payload"]
         assert (welcome["recovered"], welcome["offset"], welcome["epoch"]) == (False, 10, epoch)
-        await old.barrier()
+        # No replay: only alice's leave may come before live messages (it can be fanned out
+        # after carol joined), and a leave carries no offset.
         await publish(http, "r", "live")
         assert await read_offsets(old, 11) == [11]
         await old.close()
