@@ -38,6 +38,8 @@ __all__ = ["Presence"]
 
 SWEEP_BATCH = 256
 """Entries of a dead node removed per SWEEP_ROOMS call (each call is one atomic step)."""
+REMOVED_HERE, REMOVED_ELSEWHERE = 1, 2
+"""SWEEP_ROOMS statuses: this sweeper removed the member; another one did (and must learn it)."""
 
 
 def _text(value: bytes | str) -> str:
@@ -403,9 +405,9 @@ class Presence:
                 statuses = await self._calls.run(partial(sweep, keys=room_keys, args=args))
                 finished: list[bytes] = []
                 for (entry, room, username, _), status in zip(batch, statuses, strict=True):
-                    if status == 1:
+                    if status == REMOVED_HERE:
                         removed.append((room, username))
-                    if status != 2:
+                    if status != REMOVED_ELSEWHERE:
                         finished.append(entry)
                 await self._calls.run(partial(done, keys=keys, args=finished))
         # Also when nothing was claimed: it is the call that finds a dead node gone.
