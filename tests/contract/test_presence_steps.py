@@ -189,6 +189,33 @@ async def test_a_sweeper_whose_reply_was_lost_learns_on_its_retry_what_it_remove
     assert await a.members("r1") == []
 
 
+async def test_shards_that_connect_together_remove_an_earlier_process_entries_once(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shard's subscription of a Redis Cluster node (re)connects on its own and runs
+    the node's upkeep: the entries an earlier process left under the node id are removed by
+    the first upkeep only, so a member that joined once the node was available stays."""
+    a, _ = await make("a", presence_ttl=1.5)
+    presence = a._presence
+    presence._own_entries_removed = False  # as before the node's first connection
+    sweep_node = presence._sweep_node
+    forced: list[str] = []
+
+    async def counting(node_id: str, *, force: bool = False) -> None:
+        if force:
+            forced.append(node_id)
+        await sweep_node(node_id, force=force)
+
+    monkeypatch.setattr(presence, "_sweep_node", counting)
+    first = asyncio.create_task(presence.on_connected())
+    second = asyncio.create_task(presence.on_connected())
+    await first
+    await a.add_member("r1", "alice", "a1")
+    await second
+    assert forced == ["a"]
+    assert await a.members("r1") == ["alice"]
+
+
 async def test_a_restarted_node_announces_its_old_members_and_a_stop_announces_none(
     make: Make,
 ) -> None:

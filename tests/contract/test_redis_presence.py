@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
+from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from roomcast.brokers.redis import wire
@@ -159,3 +162,32 @@ async def test_a_burst_of_joins_after_redis_lost_its_scripts(
     assert len(await a.members("noscript")) == 500
     page, members = await a.read_join("noscript", None, 0)
     assert (page.offset, len(members)) == (0, 500)
+
+
+async def test_a_node_that_stalls_does_not_take_its_stall_for_a_silent_redis(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subscription's heartbeat (every 0.5 s here, silent after 1 s unanswered) holds
+    while the node's own loop is blocked for longer than that, right after a PING."""
+    a, _ = await make("a", presence_ttl=1.5)
+    await a.subscribe("r1")
+    subscriber = a._subscriber
+    send = subscriber._send
+    pinged = asyncio.Event()
+
+    async def noting(*args: Any) -> None:
+        await send(*args)
+        if args == ("PING",):
+            pinged.set()
+
+    subscriber._send = noting  # type: ignore[method-assign]
+    for _ in range(3):
+        pinged.clear()
+        async with asyncio.timeout(5):
+            await pinged.wait()
+        time.sleep(1.5)  # noqa: ASYNC251 (the node stalls: its loop is blocked)
+    pinged.clear()
+    async with asyncio.timeout(5):
+        await pinged.wait()
+    assert a.available
+    assert "broker.silent" not in caplog.text

@@ -89,6 +89,10 @@ class Presence:
         """Entries of members gone while Redis was unreachable, to remove when it is back."""
         self._own_entries_removed = False
         """Whether entries left under this node id by an earlier process were removed."""
+        self._upkeep = asyncio.Lock()
+        """Held by `on_connected`: on a Redis Cluster every shard's subscription (re)connects
+        on its own, and the removal of an earlier process's entries must run once, before
+        this node's first member (a second run would remove members added since)."""
         self._leaving = False
         """Whether a clean stop (`leave_all`) began."""
         self._readd_again = False
@@ -239,13 +243,15 @@ class Presence:
 
     async def on_connected(self) -> None:
         """The subscription (re)connected: first remove what an earlier process left under
-        this node id, renew the lease (re-adding members if it lapsed), remove orphans."""
-        if not self._own_entries_removed:
-            await self._sweep_node(self.node_id, force=True)
-            self._own_entries_removed = True
-        await self._renew()
-        await self._remove_orphans()
-        self.connected_at = time.monotonic()
+        this node id, renew the lease (re-adding members if it lapsed), remove orphans.
+        One connection's upkeep at a time (a Redis Cluster has one per shard)."""
+        async with self._upkeep:
+            if not self._own_entries_removed:
+                await self._sweep_node(self.node_id, force=True)
+                self._own_entries_removed = True
+            await self._renew()
+            await self._remove_orphans()
+            self.connected_at = time.monotonic()
 
     async def leave_all(self) -> None:
         """Remove this node's entries and its lease (a clean stop; nothing is announced)."""
