@@ -237,6 +237,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICK
 
 
+async def settle(pids: list[int], quiet: float = 0.1, longest: float = 30.0) -> None:
+    """Wait (at most `longest` seconds) until the processes use under `quiet` of a core over
+    0.2 s: what a phase left behind (its leaves, its closes) is done before the next one."""
+    deadline = time.monotonic() + longest
+    before = cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        now = cpu_seconds(pids)
+        if now - before < quiet * 0.2:
+            return
+        before = now
+
+
 def peak_rss_bytes(proc: subprocess.Popen[bytes]) -> int:
     """The highest resident memory of a running process so far (VmHWM)."""
     with contextlib.suppress(OSError):
@@ -429,6 +442,10 @@ class Run:
                         out["rss_before_mib"] = rss0 / 2**20
                         out["rss_after_mib"] = rss / 2**20
                         out["kib_per_connection"] = (rss - rss0) / 1024 / line["connections"]
+                        gen.stdin.write(b"go\n")
+                        await gen.stdin.drain()
+                    elif event == "settle":
+                        await settle(pids)
                         gen.stdin.write(b"go\n")
                         await gen.stdin.drain()
                     elif event == "kill":

@@ -12,7 +12,8 @@
 // the driver kills and restarts, and resumes with since+epoch). Progress and results are JSON
 // lines on stdout; {"event": "mark"} lines let the driver sample the server's CPU time at the
 // edges of each measured window, and {"event": "hold"} waits for a line on stdin (the driver
-// reads the server's memory meanwhile).
+// reads the server's memory meanwhile), as {"event": "settle"} does (the driver waits for the
+// server's CPU to go quiet).
 //
 // Every message carries `~<send time in us>|<seq>|<sender>|` padded to 64 bytes, so latency is
 // measured on one clock, in this process. Received frames are scanned as bytes, never decoded.
@@ -577,7 +578,10 @@ async function join() {
       lost,
     });
     await closeAll(clients, 10_000);
-    await sleep((p.pause ?? 1) * 1000); // the server's leaves go by before the next phase
+    // The next phase starts once the server has handled this one's leaves (the driver waits
+    // for its CPU to go quiet): else a phase pays for the one before it.
+    emit({ event: "settle" });
+    await readStdinLine();
   }
   return null;
 }

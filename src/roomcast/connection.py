@@ -44,6 +44,18 @@ _CLOSE = object()
 _NO_QUEUE: deque[str | object] = deque(maxlen=0)
 
 
+async def _write_nothing(data: str) -> None:
+    """A detached outbox's writer."""
+
+
+async def _close_nothing(code: int, reason: str) -> None:
+    """A detached outbox's closer."""
+
+
+def _nothing() -> None:
+    """A detached outbox's overflow callback."""
+
+
 class Outbox:
     """A bounded, byte-counted queue of text frames drained by one writer task.
 
@@ -96,6 +108,13 @@ class Outbox:
     def buffered(self) -> int:
         """Characters queued and not yet written (bytes for ASCII text)."""
         return self._size
+
+    def detach(self) -> None:
+        """Let go of the callbacks once the connection is done (they are usually its owner's
+        methods: a reference cycle the garbage collector would have to find)."""
+        self._write = _write_nothing
+        self._close = _close_nothing
+        self._on_overflow = _nothing
 
     @property
     def closing(self) -> bool:

@@ -110,6 +110,13 @@ class AsgiConnection:
     def _overflow(self) -> None:
         self.on_overflow()
 
+    def release(self) -> None:
+        """The connection is done: drop the callbacks that refer back to its owners (the
+        session's, the outbox's), so that it is freed without the garbage collector."""
+        self.on_overflow = _nothing
+        self.on_closing = _nothing
+        self.outbox.detach()
+
     async def _write(self, data: str) -> None:
         await self._asgi_send({"type": "websocket.send", "text": data})
 
@@ -205,6 +212,7 @@ class WebSocketEndpoint:
         del headers, query  # this frame lives as long as the connection: keep it small
         if session is None:
             await self._drain_until_closed(receive, connection)
+            connection.release()
             return
         connection.on_overflow = session.overflow
         reason = "closed"
@@ -232,6 +240,7 @@ class WebSocketEndpoint:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            connection.release()
 
     @staticmethod
     async def _pump(

@@ -884,6 +884,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._pending = None
         self._unparsed = b""
         self._receiver = None
+        # The scope's offer of this protocol is a reference cycle: without it the protocol
+        # is freed once the application lets go, not by the garbage collector's next full
+        # collection (which walks every object of every connection).
+        extensions = getattr(self, "scope", {}).get("extensions")
+        if extensions:
+            extensions.pop(DIRECT_EXTENSION, None)
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
