@@ -1,6 +1,7 @@
 """`roomcast serve` and the garbage collector: connections leave no reference cycle behind
-(each is freed when it ends, not by a full collection that walks every connection), and the
-server runs with its own thresholds and its startup objects frozen (server.py)."""
+(each is freed when it ends, not by a full collection that walks every connection), nothing
+keeps a closed connection's protocol objects, and the server runs with its own thresholds and
+its startup objects frozen (server.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def probe(server: ServerProcess) -> re.Match[str]:
     start = len(server.log.lines)
     server.signal(signal.SIGUSR1)
     return server.log.wait_for(
-        r"gc\.probe garbage=(\d+) threshold=(\S+) frozen=(\d+) types=(.*)", 10, start
+        r"gc\.probe garbage=(\d+) protocols=(\d+) threshold=(\S+) frozen=(\d+) types=(.*)",
+        10,
+        start,
     )
 
 
@@ -51,8 +54,10 @@ async def test_connections_leave_no_reference_cycle_behind() -> None:
         await last.close()
         found = probe(server)
         garbage = int(found.group(1))
-        assert garbage < ROUNDS, f"{garbage} objects in reference cycles: {found.group(4)}"
-        assert found.group(2) == ",".join(map(str, COLLECTOR_THRESHOLDS))
-        assert int(found.group(3)) > 0
+        assert garbage < ROUNDS, f"{garbage} objects in reference cycles: {found.group(5)}"
+        # Every socket is closed: no protocol object outlives its connection.
+        assert int(found.group(2)) == 0
+        assert found.group(3) == ",".join(map(str, COLLECTOR_THRESHOLDS))
+        assert int(found.group(4)) > 0
     finally:
         server.stop()

@@ -939,7 +939,6 @@ def _http_refusal(status: int, phrase: str, body: str) -> bytes:
     )
 
 
-@functools.cache
 class _EarlyAnswers(h11.Connection):
     """The server side of an HTTP/1.1 connection whose answers may come before the request's
     body (a refusal does not read it): such an answer says `Connection: close` when the rest
@@ -974,6 +973,7 @@ class _EarlyAnswers(h11.Connection):
         return False
 
 
+@functools.cache
 def handshake_protocol(
     timeout: float, limits: ConnectionLimits | None = None
 ) -> type[asyncio.Protocol]:
