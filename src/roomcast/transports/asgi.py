@@ -63,6 +63,11 @@ class DirectSocket(Protocol):
         within the presence window, in order with the frames after it); False (and nothing
         held) while the socket takes no more (above its high-water mark)."""
 
+    def hold_more(self, data: str) -> bool:
+        """Add `data`'s text frame to the frames held, written when they are; False (and
+        nothing held) when none are held or the socket takes no more. Nothing can be queued
+        behind frames held (a queued frame writes them first), so this keeps the order."""
+
     def flush(self) -> None:
         """Write the frames held now."""
 
@@ -142,11 +147,15 @@ class AsgiConnection:
         """Like :meth:`send`, for a frame that may wait a few milliseconds (presence) to share
         its write with the frames after it; nothing overtakes it, it overtakes nothing."""
         direct = self._direct
-        outbox = self.outbox
-        if direct is not None and outbox.idle and direct.hold(data, True):
-            return
+        if direct is not None:
+            # Frames held already: one more for the same write (a burst of joins), with no
+            # look at the outbox, which cannot have queued anything behind them.
+            if direct.hold_more(data):
+                return
+            if self.outbox.idle and direct.hold(data, True):
+                return
         self.flush()
-        outbox.send(data)
+        self.outbox.send(data)
 
     def flush(self) -> None:
         """Write the frames held for the end of this event-loop iteration now."""

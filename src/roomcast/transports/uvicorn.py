@@ -815,6 +815,18 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             writer.mark(self)
         return True
 
+    def hold_more(self, data: str) -> bool:
+        """Add the text frame of `data` to the frames held, which keep their write's time
+        (the common case of a burst of joins, one call per member and frame). False, with
+        nothing held, when none are held or the transport is above its high-water mark."""
+        pending = self._pending
+        if pending is None or not self._writable:
+            return False
+        writer = self.writer  # frames are only held with a writer
+        assert writer is not None
+        pending.append(writer.last_frame if data is writer.last_text else writer.encode(data))
+        return True
+
     def flush(self) -> None:
         """Write the frames held for the end of this loop iteration now."""
         frames = self._pending
