@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import secrets
 import time
 from collections.abc import Coroutine, Sequence
 from functools import partial
@@ -350,7 +349,7 @@ class RedisBroker:
         start = "-" if since is None else wire.stream_id(since + 1)
         script = self._calls.script_history
         args: list[str | bytes | int] = [
-            secrets.token_hex(6),
+            wire.new_epoch(),
             self._ttl_ms(room),
             start,
             -1 if limit is None else limit,

@@ -28,8 +28,7 @@ message, so that a sender's `ack` follows its own copy (:class:`Deliveries`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import secrets
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -70,11 +69,16 @@ class Deliveries:
         """Return once `offset` of `room` was delivered here, or after `timeout` seconds."""
         if self._delivered.get(room, 0) >= offset:
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.setdefault(room, []).append((offset, waiter))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await waiter
+        # A timer that ends the wait, not asyncio.timeout: a publish waits once, and the
+        # context manager's task bookkeeping cost more than the rest of this wait.
+        timer = loop.call_later(timeout, _stop_waiting, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
 
     def delivered(self, room: str, offset: int) -> None:
         """The subscription delivered `offset` of `room`: wake whoever waits for it."""
@@ -166,7 +170,7 @@ class Publishing:
             size,
             ttl_ms,
             wire.channel(self._channel_prefix, room),
-            secrets.token_hex(6),
+            wire.new_epoch(),
         ]
         if key is not None:
             keys.append(wire.idempotency_key(room, key))
@@ -311,13 +315,16 @@ class Publishing:
             results: list[Any] = []
             try:
                 await conn.send_packed_command(packed, check_health=False)
-                for _ in calls:
-                    try:
-                        results.append(await conn.read_response())
-                    except ResponseError as exc:
-                        results.append(exc)
-                if replicas:
-                    await conn.read_response()
+                # The reply timeout bounds the batch's answers together: one timer per round
+                # trip, not one per answer (`math.inf`: no timer of redis-py's own).
+                async with asyncio.timeout(conn.socket_timeout):
+                    for _ in calls:
+                        try:
+                            results.append(await conn.read_response(timeout=math.inf))
+                        except ResponseError as exc:
+                            results.append(exc)
+                    if replicas:
+                        await conn.read_response(timeout=math.inf)
             except FAULTS as exc:
                 raise BrokerTimeout(
                     f"the broker (redis) stopped answering: the message may or may not have "
@@ -330,6 +337,11 @@ class Publishing:
         finally:
             await release()
         return results
+
+
+def _stop_waiting(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _fail(batch: _Batch, error: BaseException) -> None:

@@ -27,6 +27,7 @@ The table of keys and their lifetimes is in docs/architecture.md ("Cluster").
 
 from __future__ import annotations
 
+import random
 from typing import Any, get_args
 
 import orjson
@@ -53,6 +54,7 @@ __all__ = [
     "lease_key",
     "member_entry",
     "member_set_key",
+    "new_epoch",
     "node_keys",
     "outbox_keys",
     "parse_member_entry",
@@ -190,6 +192,14 @@ def outbox_keys(shard: int) -> list[str]:
 
 
 # channels
+
+
+def new_epoch() -> str:
+    """The epoch a room's new incarnation takes if a script call starts one (each publish
+    and join offers one): 48 random bits, unique enough among a room's incarnations, and
+    public (clients see it), so not from the operating system's generator, whose system call
+    per publish cost a twentieth of a Redis chat node's time."""
+    return f"{random.getrandbits(48):012x}"
 
 
 def channel_prefix(db: int | str) -> str:
