@@ -24,7 +24,7 @@ from .settings import OPTIONS, Option, Settings, is_loopback_host
 __all__ = ["COLLECTOR_THRESHOLDS", "serve"]
 
 
-COLLECTOR_THRESHOLDS = (10_000, 10, 100)
+COLLECTOR_THRESHOLDS = (50_000, 10, 100)
 """The garbage collector's thresholds in `roomcast serve` (CPython's are 700, 10, 10)."""
 
 
@@ -33,7 +33,9 @@ def _tune_collector() -> None:
 
     A full collection walks every tracked object of every connection (about 80 each), and
     CPython's defaults run one each time 70,000 more objects have been kept: joining 10,000
-    members spent a fifth of its time there (docs/benchmarks.md). Connections leave no
+    members spent a fifth of its time there (docs/benchmarks.md). A young generation larger
+    than what the frames in flight hold at once (tasks, futures: tens of thousands on a busy
+    `redis://` node) is rarely collected at all. Connections leave no
     reference cycle behind (the transport breaks its own), so young collections are enough
     for what they leave; the objects of the startup (modules, settings, the app) are frozen
     out of every collection. An application that embeds roomcast keeps its own settings:
