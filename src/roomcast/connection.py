@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
-__all__ = ["Connection", "Outbox"]
+__all__ = ["Connection", "Outbox", "send_later_to_all"]
 
 
 class Connection(Protocol):
@@ -36,6 +36,18 @@ class Connection(Protocol):
     @property
     def buffered(self) -> int:
         """Bytes queued and not yet written."""
+
+
+def send_later_to_all(connections: list[Connection], data: str) -> None:
+    """`send_later(data)` on each of `connections` (a room's presence frame), in one call of
+    their transport when the first one's class has a `send_later_to_all` of its own (which
+    takes connections of any class): a join is one frame for every member of its room."""
+    together = getattr(type(connections[0]), "send_later_to_all", None)
+    if together is not None:
+        together(connections, data)
+        return
+    for connection in connections:
+        connection.send_later(data)
 
 
 _CLOSE = object()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .codes import CloseCode, ErrorCode
-from .connection import Connection
+from .connection import Connection, send_later_to_all
 
 __all__ = ["LocalRoom", "LocalRooms", "Member", "MemberHandle"]
 
@@ -162,15 +162,18 @@ class LocalRoom:
     def broadcast(self, frame: str, *, exclude: str | None = None) -> int:
         """Send a frame without offset (presence) to every local member but `exclude`."""
         count = 0
+        ready: list[Connection] = []
         for member in self.members.values():
             # Member.notify, inline: a join is announced to every member of the room.
             if member.username == exclude:
                 continue
             if member.held is None:
-                member.connection.send_later(frame)
+                ready.append(member.connection)
             else:
                 member.held.append((0, frame))
             count += 1
+        if ready:
+            send_later_to_all(ready, frame)
         if self.shared:
             for username, more in self.shared.items():
                 if username != exclude:

@@ -38,6 +38,7 @@ def test_every_overridden_method_exists_in_uvicorn() -> None:
         "handshake_deadline",
         "hold",
         "hold_more",
+        "hold_more_all",
         "flush",
         "discard",
         "write_frame",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from roomcast.rooms import LocalRoom, LocalRooms, Member
+from roomcast.transports.asgi import AsgiConnection
 
 
 class Sink:
@@ -153,3 +156,73 @@ def test_ephemeral_frames_are_dropped_while_joining() -> None:
     assert local.fan_out_ephemeral("e2", "alice", "c-alice") == 0
     bob.release()
     assert (alice_sink.sent, bob_sink.sent) == (["e1"], [])
+
+
+class Held:
+    """A direct socket that records the frames it holds and writes (strings, not bytes)."""
+
+    def __init__(self, holding: bool) -> None:
+        self.pending: list[str] | None = [] if holding else None
+        self.written: list[str] = []
+
+    def hold(self, data: str, later: bool = False) -> bool:
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(data)
+        return True
+
+    def hold_more(self, data: str) -> bool:
+        if self.pending is None:
+            return False
+        self.pending.append(data)
+        return True
+
+    @staticmethod
+    def hold_more_all(sockets: list[Any], data: str) -> list[int]:
+        return [i for i, s in enumerate(sockets) if s is None or not s.hold_more(data)]
+
+    def flush(self) -> None:
+        self.written += self.pending or []
+        self.pending = None
+
+    def discard(self) -> None:
+        self.pending = None
+
+    @property
+    def write_buffer_size(self) -> int:
+        return 0
+
+    def receive_directly(self, receiver: Any) -> None:
+        """Unused here."""
+
+
+async def _never(message: Any) -> None:
+    raise AssertionError("nothing goes through the ASGI send here")
+
+
+async def test_a_presence_frame_reaches_connections_of_every_kind() -> None:
+    """broadcast hands a presence frame to a room's connections together: those whose
+    direct socket holds frames take it in one loop, the others (nothing held, another
+    class of connection) through their own send_later; each gets it once, after what it
+    held before."""
+    sockets = [Held(holding=True), Held(holding=False), Held(holding=True)]
+    connections = [AsgiConnection(_never, 1 << 20, s) for s in sockets]
+    for connection in connections:
+        connection.outbox.start_on_demand()
+    rooms = LocalRooms()
+    names = ["alice", "bob", "carol"]
+    for name, connection in zip(names, connections, strict=True):
+        rooms.add(
+            Member(username=name, room="r1", connection_id=f"c-{name}", connection=connection)
+        )
+    dave, dave_sink = member("dave")
+    rooms.add(dave)
+    sockets[0].hold("before")
+    local = rooms.get("r1")
+    assert local is not None
+    assert local.broadcast("p1") == 4
+    assert local.broadcast("p2", exclude="carol") == 3
+    for connection in connections:
+        connection.flush()
+    assert [s.written for s in sockets] == [["before", "p1", "p2"], ["p1", "p2"], ["p1"]]
+    assert dave_sink.sent == ["p1", "p2"]

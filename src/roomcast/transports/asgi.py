@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from ..admission import open_session
 from ..codes import CloseCode
-from ..connection import Outbox
+from ..connection import Connection, Outbox
 from ..node import Node
 from ..protocol import close_reason
 from ..session import Session
@@ -67,6 +67,10 @@ class DirectSocket(Protocol):
         """Add `data`'s text frame to the frames held, written when they are; False (and
         nothing held) when none are held or the socket takes no more. Nothing can be queued
         behind frames held (a queued frame writes them first), so this keeps the order."""
+
+    def hold_more_all(self, sockets: list[DirectSocket | None], data: str) -> list[int]:
+        """:meth:`hold_more` on each of `sockets` (this one's kind, or None), in one loop;
+        the positions of those that did not take it (None, nothing held, or full)."""
 
     def flush(self) -> None:
         """Write the frames held now."""
@@ -156,6 +160,21 @@ class AsgiConnection:
                 return
         self.flush()
         self.outbox.send(data)
+
+    @staticmethod
+    def send_later_to_all(connections: list[Connection], data: str) -> None:
+        """:meth:`send_later` on each of `connections`: those whose direct socket holds
+        frames already take this one in one loop of the socket's kind (`hold_more_all`),
+        the others (and connections of another class) one by one."""
+        first = connections[0]
+        direct = first._direct if isinstance(first, AsgiConnection) else None
+        if direct is None:
+            for connection in connections:
+                connection.send_later(data)
+            return
+        sockets = [c._direct if type(c) is AsgiConnection else None for c in connections]
+        for i in direct.hold_more_all(sockets, data):
+            connections[i].send_later(data)
 
     def flush(self) -> None:
         """Write the frames held for the end of this event-loop iteration now."""

@@ -827,6 +827,23 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         pending.append(writer.last_frame if data is writer.last_text else writer.encode(data))
         return True
 
+    @staticmethod
+    def hold_more_all(sockets: list[Any], data: str) -> list[int]:
+        """:meth:`hold_more` on each of `sockets` (protocols of this class, or None) in one
+        loop, the frame encoded once; the positions of those that did not take it."""
+        frame = b""
+        refused: list[int] = []
+        for i, protocol in enumerate(sockets):
+            pending = None if protocol is None else protocol._pending
+            if pending is not None and protocol._writable:
+                if not frame:
+                    writer = protocol.writer
+                    frame = writer.last_frame if data is writer.last_text else writer.encode(data)
+                pending.append(frame)
+            else:
+                refused.append(i)
+        return refused
+
     def flush(self) -> None:
         """Write the frames held for the end of this loop iteration now."""
         frames = self._pending
