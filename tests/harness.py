@@ -344,6 +344,15 @@ def redis_command(port: int, *args: str, timeout: float = 5.0) -> str:
     return result.stdout.strip()
 
 
+def _replication_field(port: int, name: str) -> str | None:
+    """One field of `INFO replication` of the Redis on `port`."""
+    for line in redis_command(port, "INFO", "replication").splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return value.strip()
+    return None
+
+
 class SentinelSet:
     """A Redis master, one replica and one Sentinel watching them (quorum 1, a master that
     does not answer for a second is failed over), each a process on a loopback port.
@@ -403,8 +412,19 @@ class SentinelSet:
         return int(reply.split()[-1])
 
     def wait_replicated(self) -> None:
-        """Return once the replica has everything the master has (WAIT, bounded)."""
-        assert redis_command(self.master.port, "WAIT", "1", "5000") == "1"
+        """Return once the replica has processed everything the master had written when this
+        was called (bounded). Not `WAIT`: on a connection that wrote nothing it returns at
+        once, whatever the replica has."""
+        target = _replication_field(self.master.port, "master_repl_offset")
+        assert target is not None
+
+        def caught_up() -> bool:
+            if _replication_field(self.replica.port, "master_link_status") != "up":
+                return False
+            done = _replication_field(self.replica.port, "slave_repl_offset")
+            return done is not None and int(done) >= int(target)
+
+        self.wait(caught_up)
 
     @staticmethod
     def wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
