@@ -35,11 +35,11 @@ def _tune_collector() -> None:
     CPython's defaults run one each time 70,000 more objects have been kept: joining 10,000
     members spent a fifth of its time there (docs/benchmarks.md). A young generation larger
     than what the frames in flight hold at once (tasks, futures: tens of thousands on a busy
-    `redis://` node) is rarely collected at all. Connections leave no
-    reference cycle behind (the transport breaks its own), so young collections are enough
-    for what they leave; the objects of the startup (modules, settings, the app) are frozen
-    out of every collection. An application that embeds roomcast keeps its own settings:
-    only the standalone server does this.
+    `redis://` node) is rarely collected at all. Connections leave no reference cycle behind
+    (the transport breaks its own), so young collections are enough for what they leave; the
+    objects of the startup (modules, settings, the app) are frozen out of every collection.
+    An application that embeds roomcast keeps its own settings: only the standalone server
+    does this.
     """
     gc.collect()
     gc.freeze()

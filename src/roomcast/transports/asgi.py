@@ -167,7 +167,7 @@ class AsgiConnection:
         frames already take this one in one loop of the socket's kind (`hold_more_all`),
         the others (and connections of another class) one by one."""
         first = connections[0]
-        direct = first._direct if isinstance(first, AsgiConnection) else None
+        direct = first._direct if type(first) is AsgiConnection else None
         if direct is None:
             for connection in connections:
                 connection.send_later(data)

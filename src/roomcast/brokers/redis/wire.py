@@ -191,15 +191,15 @@ def outbox_keys(shard: int) -> list[str]:
     return [f"{tag}:events", f"{tag}:occupancy", f"{tag}:lease"]
 
 
-# channels
-
-
 def new_epoch() -> str:
     """The epoch a room's new incarnation takes if a script call starts one (each publish
     and join offers one): 48 random bits, unique enough among a room's incarnations, and
     public (clients see it), so not from the operating system's generator, whose system call
     per publish cost a twentieth of a Redis chat node's time."""
     return f"{random.getrandbits(48):012x}"
+
+
+# channels
 
 
 def channel_prefix(db: int | str) -> str:
