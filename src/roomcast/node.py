@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .auth import IdentityResolver
 from .brokers import (
     Broker,
+    DeferredPublish,
     HistoryPage,
     ImmediatePublish,
     Publication,
@@ -88,6 +90,9 @@ class Node:
         )
         self._publish_now = (
             self.broker.publish_now if isinstance(self.broker, ImmediatePublish) else None
+        )
+        self._publish_soon = (
+            self.broker.publish_soon if isinstance(self.broker, DeferredPublish) else None
         )
         self.metrics = Metrics()
         self.proxy: Proxy | None = None
@@ -317,11 +322,54 @@ class Node:
             self.metrics.broker_errors.inc()
             raise
         finally:
-            self._publishing -= 1
-            published = self._published
-            if not self._publishing and published is not None and not published.done():
-                published.set_result(None)
+            self._publish_ended()
         return self._published_one(publication, topic, payload, sender)
+
+    def publish_soon(
+        self,
+        room: str,
+        topic: str,
+        payload: Any,
+        *,
+        sender: str = SERVER_SENDER,
+        exclude: str | None = None,
+        key: str | None = None,
+    ) -> asyncio.Future[Publication]:
+        """:meth:`publish` to the whole room, under way when it returns: its publication, or
+        its error, comes in the future (the broker's `DeferredPublish` when it has it, else
+        :meth:`publish` as a task)."""
+        publish_soon = self._publish_soon
+        if publish_soon is None:
+            return asyncio.get_running_loop().create_task(
+                self.publish(room, topic, payload, sender=sender, exclude=exclude, key=key)
+            )
+        prefix = message_prefix(topic, payload, room, sender)
+        self._publishing += 1
+        try:
+            future = publish_soon(room, prefix, None, exclude, key=key)
+        except BaseException:
+            self._publish_ended()
+            self.metrics.broker_errors.inc()
+            raise
+        future.add_done_callback(partial(self._published_soon, topic, payload, sender))
+        return future
+
+    def _published_soon(
+        self, topic: str, payload: Any, sender: str, future: asyncio.Future[Publication]
+    ) -> None:
+        self._publish_ended()
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            self.metrics.broker_errors.inc()
+            return
+        self._published_one(future.result(), topic, payload, sender)
+
+    def _publish_ended(self) -> None:
+        self._publishing -= 1
+        published = self._published
+        if not self._publishing and published is not None and not published.done():
+            published.set_result(None)
 
     def publish_now(
         self,

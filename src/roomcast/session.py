@@ -97,15 +97,16 @@ class Session:
         self.closing = False
         self._busy = False
         self._idle: asyncio.Future[None] | None = None
-        # With a broker that batches publishes, default relays run as tasks, several at once
-        # (`_relay`), so that one connection's frames share the broker's round trips.
+        # With a broker that batches publishes, several default relays of a connection are in
+        # flight at once (`_spawn_relay`), so that its frames share the broker's round trips.
         # A publish proxy asks about each frame first: frames then go one after another, so
         # that a slow answer cannot let a later frame of the connection overtake.
         self._pipelined = bool(getattr(node.broker, "batches_publishes", False)) and (
             node.proxy is None or node.proxy.publish_url is None
         )
         # A list, not a deque: an empty deque costs 700 bytes per idle connection.
-        self._relays: list[asyncio.Task[None]] = []
+        self._relays: list[tuple[asyncio.Future[Any], ClientFrame]] = []
+        """The relays in flight, in frame order, with their frames (`_spawn_relay`)."""
         self._left: asyncio.Future[None] | None = None
         self._opened = time.monotonic()
         self.bucket = TokenBucket.from_settings(node.settings)
@@ -537,53 +538,53 @@ class Session:
     async def _relay_when_free(self, frame: ClientFrame, member: Member) -> None:
         relays = self._relays
         while len(relays) >= MAX_RELAYS_IN_FLIGHT:
-            await asyncio.wait((relays[0],))
+            await asyncio.wait((relays[0][0],))
         if not self.closing and self.node.accepting:
             self._spawn_relay(frame, member)
 
     def _spawn_relay(self, frame: ClientFrame, member: Member) -> None:
-        relays = self._relays
-        previous = relays[-1] if relays else None
-        # The task's first step runs up to the broker's queue without suspending: tasks
-        # start in creation order, so the publishes are asked for in frame order.
-        task = asyncio.get_running_loop().create_task(self._relay(frame, member, previous))
-        relays.append(task)
-        task.add_done_callback(self._relay_done)
-
-    async def _relay(
-        self, frame: ClientFrame, member: Member, previous: asyncio.Task[None] | None
-    ) -> None:
-        """Publish `frame` to the room; answer it once the frame before it was answered."""
-        publication: Publication | None = None
-        failure: Exception | None = None
-        try:
-            publication = await self._publish(frame, member)
-        except Exception as exc:
-            failure = exc
-        if previous is not None and not previous.done():
-            await asyncio.wait((previous,))
-        if failure is None:
-            self._ack_published(frame, publication)
+        """Publish `frame` to the room now; it is answered, in frame order, once the broker
+        answered it and every frame before it (`_relay_done`). A future each, not a task:
+        the publishes are asked for in frame order as they are made."""
+        node = self.node
+        room = member.room
+        relay: asyncio.Future[Any]
+        if frame.topic in node.ephemeral_topics(room):
+            relay = asyncio.ensure_future(self._publish(frame, member))
         else:
-            self._failed(frame, failure)
+            try:
+                relay = node.publish_soon(
+                    room,
+                    frame.topic,
+                    frame.payload,
+                    sender=member.username,
+                    exclude=None if frame.echo else self.connection_id,
+                    key=frame.key,
+                )
+            except Exception as exc:
+                relay = asyncio.get_running_loop().create_future()
+                relay.set_exception(exc)
+        self._relays.append((relay, frame))
+        relay.add_done_callback(self._relay_done)
 
-    def _relay_done(self, task: asyncio.Task[None]) -> None:
+    def _relay_done(self, _: asyncio.Future[Any]) -> None:
+        """A relay in flight was answered: answer, in frame order, every frame at the head
+        of the queue whose relay is done."""
         relays = self._relays
-        if relays and relays[0] is task:
-            del relays[0]
-        else:
-            relays.remove(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log(
-                "frame.error",
-                level=logging.ERROR,
-                exc_info=(type(task.exception()), task.exception(), None),
-            )
+        while relays and relays[0][0].done():
+            relay, frame = relays.pop(0)
+            if relay.cancelled():
+                continue
+            failure = relay.exception()
+            if failure is None:
+                self._ack_published(frame, relay.result())
+            elif isinstance(failure, Exception):
+                self._failed(frame, failure)
 
     async def _settle(self) -> bool:
         """Wait until the relays in flight are answered; False when the connection is
         closing meanwhile (the frame is then dropped, as any frame that arrives then)."""
-        await asyncio.wait(tuple(self._relays))
+        await asyncio.wait([relay for relay, _ in self._relays])
         return not self.closing and self.node.accepting
 
     async def wait_idle(self) -> None:
@@ -591,7 +592,7 @@ class Session:
         answered."""
         while self.dispatching:
             if self._relays:
-                await asyncio.wait(tuple(self._relays))
+                await asyncio.wait([relay for relay, _ in self._relays])
                 continue
             if self._idle is None or self._idle.done():
                 self._idle = asyncio.get_running_loop().create_future()
@@ -914,7 +915,7 @@ class Session:
             self._unlogged = 0
         if self._relays:
             # The frames a member sent before leaving are published before it leaves.
-            await asyncio.wait(tuple(self._relays))
+            await asyncio.wait([relay for relay, _ in self._relays])
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None

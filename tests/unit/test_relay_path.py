@@ -139,3 +139,80 @@ async def test_publish_now_counts_a_duplicate_key_once() -> None:
         assert node.metrics.publications.value == 1
     finally:
         await node.shutdown()
+
+
+class Deferred:
+    """A memory broker that batches publishes (`DeferredPublish`): each publish waits in a
+    future until the test answers it, in any order it likes."""
+
+    batches_publishes = True
+
+    def __init__(self) -> None:
+        self._inner = MemoryBroker()
+        self.pending: list[tuple[asyncio.Future[Publication], tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "publish_now":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def publish_soon(
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> asyncio.Future[Publication]:
+        future: asyncio.Future[Publication] = asyncio.get_running_loop().create_future()
+        self.pending.append((future, (room, prefix, to, exclude, key)))
+        return future
+
+    async def answer(self, index: int, error: Exception | None = None) -> None:
+        """Publish the `index`-th pending call for real (or fail it with `error`)."""
+        future, (room, prefix, to, exclude, key) = self.pending[index]
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(await self._inner.publish(room, prefix, to, exclude, key=key))
+
+
+async def test_deferred_relays_are_answered_in_frame_order() -> None:
+    """On a broker that batches (`DeferredPublish`), a connection's frames are all asked for
+    at once, without a task each, and answered in frame order whatever order the broker
+    answers them in; a failed one answers its error in its place."""
+    from roomcast.errors import BrokerUnavailable
+
+    broker = Deferred()
+    node = Node(Settings(stats_interval=None), broker=broker)  # type: ignore[arg-type]
+    seen: list[int] = []
+
+    async def on_published(event: MessagePublished) -> None:
+        seen.append(event.offset)
+
+    node.events.subscribe(MessagePublished, on_published)
+    session, alice, bob = await pair(node)
+    try:
+        tasks = len(asyncio.all_tasks())
+        for i in (1, 2, 3):
+            assert session.handle(f'{{"topic":"chat","payload":{i},"id":{i}}}') is None
+        assert len(broker.pending) == 3
+        assert len(asyncio.all_tasks()) == tasks  # futures, not tasks
+        assert session.dispatching
+        await broker.answer(2)
+        await broker.answer(1, BrokerUnavailable("the broker (redis) is unavailable"))
+        await asyncio.sleep(0)  # callbacks run on the next loop iteration
+        assert [f["topic"] for f in alice.sent] == ["chat"]  # frame 1 is not answered yet
+        await broker.answer(0)
+        await asyncio.wait_for(session.wait_idle(), 5)
+        answers = [f["payload"] for f in alice.sent if f["topic"] in ("ack", "error")]
+        assert [a["id"] for a in answers] == [1, 2, 3]
+        assert answers[1]["code"] == "unavailable"
+        assert [answers[0]["offset"], answers[2]["offset"]] == [2, 1]
+        assert node._publishing == 0
+        assert node.metrics.registry.get_sample_value("roomcast_broker_errors_total") == 1
+        await node.events.drain(5)
+        assert sorted(seen) == [1, 2]
+    finally:
+        await node.shutdown()

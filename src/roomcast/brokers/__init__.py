@@ -14,6 +14,7 @@ from ..room_classes import RoomClasses
 from .base import (
     Broker,
     BrokerListener,
+    DeferredPublish,
     DuplicateMember,
     HistoryPage,
     ImmediatePublish,
@@ -31,6 +32,7 @@ from .urls import SENTINEL_SCHEMES, parse_sentinel, shard_urls
 __all__ = [
     "Broker",
     "BrokerListener",
+    "DeferredPublish",
     "DuplicateMember",
     "HistoryPage",
     "ImmediatePublish",

@@ -6,6 +6,7 @@ holds to the same contract, proven by one test suite run against both (tests/con
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -277,6 +278,30 @@ class ImmediatePublish(Protocol):
         key: str | None = None,
     ) -> Publication:
         """What :meth:`Broker.publish` does, done before returning."""
+
+
+@runtime_checkable
+class DeferredPublish(Protocol):
+    """An optional broker capability: a publish that is queued when the call returns, its
+    outcome in a future (brokers that batch publishes: `redis://`), with no coroutine of
+    its own.
+
+    The node takes it for a connection's relayed room messages
+    (:meth:`roomcast.node.Node.publish_soon`): many frames of one connection are then in
+    flight at once, each costing a future rather than a task.
+    """
+
+    def publish_soon(
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> asyncio.Future[Publication]:
+        """What :meth:`Broker.publish` does; its publication, or its error, in the future
+        (which the broker never cancels)."""
 
 
 @runtime_checkable

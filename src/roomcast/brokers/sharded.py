@@ -33,6 +33,7 @@ from ..protocol import IDEMPOTENCY_WINDOW
 from .base import (
     Broker,
     BrokerListener,
+    DeferredPublish,
     HistoryPage,
     OutboxEntry,
     Publication,
@@ -287,6 +288,26 @@ class ShardedBroker:
         """Publish on the room's shard (its idempotency key with it, in the room's keys
         there); see `Broker.publish`."""
         return await self._of(room).publish(room, prefix, to, exclude, key=key)
+
+    def publish_soon(
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> asyncio.Future[Publication]:
+        """:meth:`publish`, queued on the room's shard (see `DeferredPublish`)."""
+        try:
+            shard = self._of(room)
+        except Exception as exc:
+            failed: asyncio.Future[Publication] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        if isinstance(shard, DeferredPublish):
+            return shard.publish_soon(room, prefix, to, exclude, key=key)
+        return asyncio.ensure_future(shard.publish(room, prefix, to, exclude, key=key))
 
     async def publish_ephemeral(
         self, room: str, frame: str, to: str | None = None, exclude: str | None = None

@@ -301,7 +301,19 @@ class RedisBroker:
         When this node serves the room, it returns once the message reached the local
         members (so a sender's `ack` follows its own message), or after a bounded wait.
         """
-        return await self._publishing.publish(room, prefix, to, exclude, key)
+        return await self._publishing.publish_soon(room, prefix, to, exclude, key)
+
+    def publish_soon(
+        self,
+        room: str,
+        prefix: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> asyncio.Future[Publication]:
+        """:meth:`publish`, queued for the next batch (see `DeferredPublish`)."""
+        return self._publishing.publish_soon(room, prefix, to, exclude, key)
 
     async def publish_ephemeral(
         self, room: str, frame: str, to: str | None = None, exclude: str | None = None

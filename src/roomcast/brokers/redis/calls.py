@@ -142,13 +142,19 @@ class Calls:
     def server_of(self, key: str) -> object:
         """Which server holds `key`: its master's address on a Redis Cluster (its slot when
         the map does not say), the same for every key on one Redis."""
-        if not isinstance(self.redis, RedisCluster):
+        # `self.cluster`, not isinstance: redis-py's client classes are Protocols, whose
+        # isinstance check costs a call in typing per publish.
+        if not self.cluster:
             return 0
+        assert isinstance(self.redis, RedisCluster)
         return redispy.master_for(self.redis, key) or redispy.key_slot(key)
 
     def replicas(self, key: str) -> int:
         """How many replicas the slot map lists for `key`'s shard (0 on one Redis)."""
-        return redispy.replica_count(self.redis, key) if isinstance(self.redis, RedisCluster) else 0
+        if not self.cluster:
+            return 0
+        assert isinstance(self.redis, RedisCluster)
+        return redispy.replica_count(self.redis, key)
 
     async def announce(self, channel: bytes, payload: bytes) -> None:
         """Send `payload` on a room channel: `PUBLISH`, or `SPUBLISH` on a Redis Cluster

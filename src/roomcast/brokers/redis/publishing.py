@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from redis.asyncio import RedisCluster
@@ -54,62 +55,97 @@ REPLICA_WAIT_MS = 100
 """Milliseconds a batch of publishes on a Redis Cluster shard with replicas waits for one of
 them to confirm it (`WAIT`); past that it is acknowledged all the same."""
 
-_Batch = list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
+_Answer = Callable[[Any], None]
+"""What takes a publish call's answer from Redis: its result, or the exception for it."""
+_Batch = list[tuple[tuple[Any, ...], _Answer]]
+ROOM_CACHE_SIZE = 4096
+"""Rooms whose PUBLISH keys and arguments are kept between publishes (then forgotten)."""
 
 
 class Deliveries:
-    """Waiters for a room's offset to arrive on this node's subscription."""
+    """Who waits for a room's offset to arrive on this node's subscription.
+
+    A waiter is a callback, called once: when the offset was delivered, when the node stops
+    receiving the room, or when its time is up. One timer serves every waiter: it fires at
+    the earliest deadline and ends what is due.
+    """
 
     def __init__(self) -> None:
         self._delivered: dict[str, int] = {}
         """Per room, the highest offset this node's subscription delivered."""
-        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._waiters: dict[str, list[tuple[int, float, Callable[[], None]]]] = {}
+        """Per room, (offset, deadline, callback) in the order asked for."""
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def wait(self, room: str, offset: int, timeout: float) -> None:
-        """Return once `offset` of `room` was delivered here, or after `timeout` seconds."""
+    def when_delivered(
+        self, room: str, offset: int, timeout: float, callback: Callable[[], None]
+    ) -> None:
+        """Call `callback` once `offset` of `room` was delivered here (now, if it was), or
+        after `timeout` seconds."""
         if self._delivered.get(room, 0) >= offset:
+            callback()
             return
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        self._waiters.setdefault(room, []).append((offset, waiter))
-        # A timer that ends the wait, not asyncio.timeout: a publish waits once, and the
-        # context manager's task bookkeeping cost more than the rest of this wait.
-        timer = loop.call_later(timeout, _stop_waiting, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
+        deadline = loop.time() + timeout
+        self._waiters.setdefault(room, []).append((offset, deadline, callback))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire)
 
     def delivered(self, room: str, offset: int) -> None:
-        """The subscription delivered `offset` of `room`: wake whoever waits for it."""
+        """The subscription delivered `offset` of `room`: call whoever waits for it."""
         if offset > self._delivered.get(room, 0):
             self._delivered[room] = offset
         waiters = self._waiters.get(room)
         if waiters:
+            if waiters[-1][0] <= offset:
+                del self._waiters[room]
+                for _, _, callback in waiters:
+                    callback()
+                return
             keep = []
-            for wanted, waiter in waiters:
-                if wanted <= offset:
-                    if not waiter.done():
-                        waiter.set_result(None)
+            for waiter in waiters:
+                if waiter[0] <= offset:
+                    waiter[2]()
                 else:
-                    keep.append((wanted, waiter))
+                    keep.append(waiter)
             self._waiters[room] = keep
 
     def forget(self, room: str) -> None:
         """The node no longer receives `room`: nobody waits for it."""
         self._delivered.pop(room, None)
-        for _, waiter in self._waiters.pop(room, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        for _, _, callback in self._waiters.pop(room, ()):
+            callback()
 
     def reset(self) -> None:
         """The subscription was lost: release every waiter and forget every position."""
         self._delivered.clear()
-        for waiters in self._waiters.values():
-            for _, waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-        self._waiters.clear()
+        waiters, self._waiters = self._waiters, {}
+        for room_waiters in waiters.values():
+            for _, _, callback in room_waiters:
+                callback()
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due: list[Callable[[], None]] = []
+        earliest = math.inf
+        for room, waiters in list(self._waiters.items()):
+            keep = []
+            for waiter in waiters:
+                if waiter[1] <= now:
+                    due.append(waiter[2])
+                else:
+                    keep.append(waiter)
+                    earliest = min(earliest, waiter[1])
+            if keep:
+                self._waiters[room] = keep
+            else:
+                del self._waiters[room]
+        if earliest < math.inf:
+            self._timer = loop.call_at(earliest, self._expire)
+        for callback in due:
+            callback()
 
 
 class Publishing:
@@ -122,7 +158,7 @@ class Publishing:
         keys: a room's keys for the PUBLISH script (wire.room_keys, as its class has them).
         idempotency_window_ms: how long a publish's idempotency key is remembered.
         deliveries: where the subscription reports what it delivered.
-        serves: whether this node receives a room (then `publish` waits for its own copy).
+        serves: whether this node receives a room (then a publish waits for its own copy).
     """
 
     def __init__(
@@ -143,52 +179,96 @@ class Publishing:
         self._idempotency_window_ms = idempotency_window_ms
         self._serves = serves
         self._deliveries = deliveries
+        self._rooms: dict[str, tuple[tuple[str, ...], int, int, bytes]] = {}
+        """Per room recently published to: its keys, history size and ttl, and channel (a
+        room's class, and so all of these, never changes)."""
         self._batch: _Batch = []
         """Publishes asked for since the last batch went out, in call order."""
+        self._epoch = wire.new_epoch()
+        """The epoch the publishes of the next batch offer for a room's new incarnation
+        (one per batch: a room starts at most one incarnation in a batch)."""
         self._flushing = False
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def publish(
+    def publish_soon(
         self,
         room: str,
         prefix: str,
         to: str | None,
         exclude: str | None = None,
         key: str | None = None,
-    ) -> Publication:
-        """Publish one message (see `Broker.publish`); waits for its own delivery when this
-        node serves the room, at most `DELIVERY_WAIT` seconds (a duplicate too: its ack
-        follows the first one's copy, as the first one's would)."""
+    ) -> asyncio.Future[Publication]:
+        """Queue one publish for the next batch: its publication, or its error, comes in the
+        future returned (see `Broker.publish`). When this node serves the room, the future
+        is done once the node's own copy was delivered, or after `DELIVERY_WAIT` seconds (a
+        duplicate too: its ack follows the first one's copy, as the first one's would)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Publication] = loop.create_future()
         if not self._calls.available:
-            raise unavailable()
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        size, ttl_ms = self._retention(room)
-        keys = self._keys(room)
-        argv: list[Any] = [
-            prefix,
-            wire.encode_target(to, exclude),
-            size,
-            ttl_ms,
-            wire.channel(self._channel_prefix, room),
-            wire.new_epoch(),
-        ]
-        if key is not None:
-            keys.append(wire.idempotency_key(room, key))
-            argv.append(self._idempotency_window_ms)
-        self._batch.append(((len(keys), *keys, *argv), waiter))
+            done.set_exception(unavailable())
+            return done
+        known = self._rooms.get(room)
+        if known is None:
+            if len(self._rooms) >= ROOM_CACHE_SIZE:
+                self._rooms.clear()
+            size, ttl_ms = self._retention(room)
+            channel = wire.channel(self._channel_prefix, room)
+            known = self._rooms[room] = (tuple(self._keys(room)), size, ttl_ms, channel)
+        keys, size, ttl_ms, channel = known
+        target = wire.encode_target(to, exclude)
+        if key is None:
+            call: tuple[Any, ...] = (4, *keys, prefix, target, size, ttl_ms, channel, self._epoch)
+        else:
+            call = (
+                5,
+                *keys,
+                wire.idempotency_key(room, key),
+                prefix,
+                target,
+                size,
+                ttl_ms,
+                channel,
+                self._epoch,
+                self._idempotency_window_ms,
+            )
+        self._batch.append((call, partial(self._answered, done, room, prefix, to, exclude)))
         if not self._flushing:
             self._flushing = True
-            task = asyncio.get_running_loop().create_task(self._flush())
+            task = loop.create_task(self._flush())
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
-        result = await waiter
-        offset, epoch = int(result[0]), result[1].decode()
-        if self._serves(room):
-            await self._deliveries.wait(room, offset, DELIVERY_WAIT)
-        duplicate = len(result) > 2
-        return Publication(
-            room, offset, message_frame(prefix, offset), to, epoch, exclude, duplicate
+        return done
+
+    def _answered(
+        self,
+        done: asyncio.Future[Publication],
+        room: str,
+        prefix: str,
+        to: str | None,
+        exclude: str | None,
+        result: Any,
+    ) -> None:
+        """Redis answered one publish call: `done` gets its publication (once its own copy
+        arrived, when this node serves the room) or its error."""
+        if done.done():  # the caller stopped waiting
+            return
+        if isinstance(result, BaseException):
+            done.set_exception(result)
+            return
+        try:
+            offset, epoch = int(result[0]), result[1].decode()
+        except Exception as exc:  # pragma: no cover - what the PUBLISH script returns
+            done.set_exception(exc)
+            return
+        publication = Publication(
+            room, offset, message_frame(prefix, offset), to, epoch, exclude, len(result) > 2
         )
+        if self._serves(room):
+            self._deliveries.when_delivered(
+                room, offset, DELIVERY_WAIT, partial(_resolve, done, publication)
+            )
+        else:
+            done.set_result(publication)
 
     async def _flush(self) -> None:
         """Send the publishes queued meanwhile in one pipeline: one round trip, not one each.
@@ -202,6 +282,7 @@ class Publishing:
             await asyncio.sleep(0)  # let the publishes of this loop iteration join the batch
             while self._batch:
                 batch, self._batch = self._batch, []
+                self._epoch = wire.new_epoch()
                 await self._send(batch)
         except BaseException as exc:
             batch, self._batch = self._batch, []
@@ -219,15 +300,12 @@ class Publishing:
         except BaseException as exc:
             _fail(batch, exc)
             raise
-        for (_, waiter), result in zip(batch, results, strict=True):
-            if waiter.done():
-                continue
-            if isinstance(result, BaseException):
-                waiter.set_exception(result)
-            else:
-                waiter.set_result(result)
+        for (_, answer), result in zip(batch, results, strict=True):
+            answer(result)
 
     async def _run(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        if not self._calls.cluster:
+            return await self._run_slot(calls)
         groups: dict[object, list[int]] = {}
         for index, args in enumerate(calls):
             groups.setdefault(self._calls.server_of(args[1]), []).append(index)
@@ -246,7 +324,7 @@ class Publishing:
     async def _run_slot(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         """Publish calls whose rooms are served by one master (all of them on one Redis)."""
         script = self._calls.script_publish
-        if isinstance(self._calls.redis, RedisCluster) and not redispy.POOLED:
+        if self._calls.cluster and not redispy.POOLED:
             return [await self._one(script.sha, args) for args in calls]
         results = await self._pipeline(script.sha, calls)
         refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
@@ -317,14 +395,16 @@ class Publishing:
                 await conn.send_packed_command(packed, check_health=False)
                 # The reply timeout bounds the batch's answers together: one timer per round
                 # trip, not one per answer (`math.inf`: no timer of redis-py's own).
+                expected = len(commands)
                 async with asyncio.timeout(conn.socket_timeout):
-                    for _ in calls:
+                    while len(results) < expected:
                         try:
                             results.append(await conn.read_response(timeout=math.inf))
                         except ResponseError as exc:
                             results.append(exc)
-                    if replicas:
-                        await conn.read_response(timeout=math.inf)
+                        # The answers that came with it: taken without an awaited read each.
+                        results += redispy.buffered_replies(conn, expected - len(results))
+                del results[len(calls) :]  # WAIT's answer
             except FAULTS as exc:
                 raise BrokerTimeout(
                     f"the broker (redis) stopped answering: the message may or may not have "
@@ -339,12 +419,11 @@ class Publishing:
         return results
 
 
-def _stop_waiting(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _resolve(done: asyncio.Future[Publication], publication: Publication) -> None:
+    if not done.done():
+        done.set_result(publication)
 
 
 def _fail(batch: _Batch, error: BaseException) -> None:
-    for _, waiter in batch:
-        if not waiter.done():
-            waiter.set_exception(error)
+    for _, answer in batch:
+        answer(error)

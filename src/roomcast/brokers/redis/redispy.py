@@ -15,7 +15,11 @@ on one Redis. For that, and for publishes pipelined on one shard's connection, i
   (`WAIT`); without it, nothing waits;
 - a reload of the slot map after a failover or a `MOVED` (`NodesManager.initialize`, or
   `move_slot` for one redirect); without them, the client is closed, which makes it reload
-  the map before its next command.
+  the map before its next command;
+- the replies already complete in a connection's read buffer (hiredis' reader behind
+  redis-py's parser), so that what one read of the socket brought is handled at once instead
+  of one awaited `read_response` each; without hiredis' parser, every reply is read with
+  `read_response`.
 
 Every such use is here, each with its fallback.
 """
@@ -33,16 +37,25 @@ from redis.crc import key_slot as _key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    ConnectionError,
     MovedError,
     RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
 
+try:
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _AsyncHiredisParser
+except ImportError:  # pragma: no cover
+    _AsyncHiredisParser = None  # type: ignore[assignment,misc]
+    _NOT_ENOUGH_DATA = False
+
 __all__ = [
     "CLUSTER_FAULTS",
     "POOLED",
     "REDIRECTS",
+    "buffered_replies",
     "key_slot",
     "master_for",
     "masters",
@@ -62,6 +75,36 @@ REDIRECTS = (MovedError, AskError)
 """Answers that say a command went to the wrong shard (it did not run)."""
 POOLED = hasattr(ClusterNode, "acquire_connection") and hasattr(ClusterNode, "release")
 """Whether a master's own connections can be taken for a hand-made pipeline."""
+
+
+def buffered_replies(conn: AbstractConnection, limit: int) -> list[Any]:
+    """Up to `limit` replies already complete in `conn`'s read buffer, in order, undecoded,
+    without reading the socket (an error reply comes as its `ResponseError`); none when the
+    connection's parser is not hiredis' or speaks RESP3 (then each is read with
+    `read_response`).
+
+    Raises:
+        ConnectionError: the parser found the stream broken.
+    """
+    parser: Any = getattr(conn, "_parser", None)
+    if (
+        _AsyncHiredisParser is None
+        or type(parser) is not _AsyncHiredisParser
+        or str(getattr(conn, "protocol", 2)) != "2"
+    ):
+        return []
+    reader = getattr(parser, "_reader", None)
+    if reader is None:
+        return []
+    replies: list[Any] = []
+    while len(replies) < limit:
+        reply = reader.gets(False)
+        if reply is _NOT_ENOUGH_DATA or reply is False:
+            break
+        if isinstance(reply, ConnectionError):
+            raise reply
+        replies.append(reply)
+    return replies
 
 
 def key_slot(key: str | bytes) -> int:

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from ...errors import BrokerUnavailable
 from ...log import log_event
 from ..base import BrokerListener, Publication
-from . import wire
+from . import redispy, wire
 from .calls import FAULTS, pool_from_url, unavailable
 from .publishing import Deliveries
 
@@ -43,6 +43,8 @@ __all__ = ["SUBSCRIBE_TIMEOUT", "Subscriber"]
 
 SUBSCRIBE_TIMEOUT = 5.0
 """Seconds Redis has to confirm a SUBSCRIBE."""
+READ_BATCH = 1024
+"""Messages handled at most after one read before the loop gives way to other work."""
 
 
 class Subscriber:
@@ -217,10 +219,14 @@ class Subscriber:
         conn = self._conn
         if conn is None:
             raise unavailable()
+        handle, buffered = self._handle, redispy.buffered_replies
         while True:
             response = await conn.read_response(timeout=math.inf, disable_decoding=True)
             self._last_read = time.monotonic()
-            self._handle(response)
+            handle(response)
+            # What came in the same read, handled now rather than one awaited read each.
+            for response in buffered(conn, READ_BATCH):
+                handle(response)
 
     async def _beat(self, conn: AbstractConnection) -> None:
         """PING the subscription connection when it is quiet; drop it when a PING stays
