@@ -415,3 +415,37 @@ async def test_resuming_connection_takes_over_its_username(
     await bob.barrier()
     await resumed.close()
     await bob.close()
+
+
+async def test_redis_history_keeps_exactly_its_size_between_trims(
+    start_server: StartServer, redis_server: RedisProcess
+) -> None:
+    """On redis:// the stream is trimmed every tenth of the history size (here every 2nd
+    message of 20), so it may hold one message more; history, recovery and the welcome see
+    exactly the last 20, as on memory://."""
+    import redis.asyncio as aioredis
+
+    from roomcast.brokers.redis import wire
+
+    server = start_server("--broker", redis_server.url, "--history-size", "20")
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for n in range(1, 26):
+            await publish(http, "r", n)
+    store = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert await store.xlen(wire.room_keys("r")[2]) == 21  # trimmed at 24, not yet at 25
+    finally:
+        await store.aclose()
+    page = orjson.loads(await _history(server, "r"))
+    assert [m["offset"] for m in page["messages"]] == list(range(6, 26))
+    page = orjson.loads(await _history(server, "r", since=2, limit=3))
+    assert [m["offset"] for m in page["messages"]] == [6, 7, 8]
+    epoch = page["epoch"]
+    lost = await Client.connect(server.ws_url, "alice", "r", since=4, epoch=epoch)
+    assert (await lost.join())["payload"]["recovered"] is False  # offset 5 is past the size
+    await lost.close()
+    kept = await Client.connect(server.ws_url, "bob", "r", since=5, epoch=epoch)
+    welcome = (await kept.join())["payload"]
+    assert welcome["recovered"] is True
+    assert [(await kept.recv())["offset"] for _ in range(20)] == list(range(6, 26))
+    await kept.close()

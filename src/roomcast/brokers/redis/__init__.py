@@ -358,13 +358,14 @@ class RedisBroker:
         self, room: str, since: int | None, limit: int | None, extra: list[str | bytes]
     ) -> tuple[HistoryPage, list[str]]:
         """One HISTORY script call: the page after `since`, and the members it listed."""
-        start = "-" if since is None else wire.stream_id(since + 1)
         script = self._calls.script_history
+        size, ttl_ms = self._retention(room)
         args: list[str | bytes | int] = [
             wire.new_epoch(),
-            self._ttl_ms(room),
-            start,
+            ttl_ms,
+            1 if since is None else since + 1,
             -1 if limit is None else limit,
+            size,
             *extra,
         ]
         keys = self._room_keys(room)

@@ -4,11 +4,12 @@ A publish is one `EVALSHA` of the PUBLISH script (scripts.py), which assigns the
 offset, retains the message and announces it on the room's channel in one atomic step.
 Publishes asked for while a round trip is under way share the next one, as one pipeline.
 
-The pipeline sends `EVALSHA` itself (encoded by hiredis' `pack_command` when it is installed,
-by redis-py otherwise), without redis-py's `Pipeline.load_scripts`, which adds a
+The pipeline sends `EVALSHA` itself, without redis-py's `Pipeline.load_scripts`, which adds a
 `SCRIPT EXISTS` round trip to every batch; when Redis answers `NOSCRIPT` (it restarted without
 its script cache), the script is loaded and the refused calls, which did not run, are sent
-once more.
+once more. Each call is encoded (RESP) when it is queued, from the room's part, encoded once
+per room (its keys, history size and ttl, channel: the script's first arguments), and the
+message's own (prefix, target, epoch).
 
 A publish either certainly did not happen (`BrokerUnavailable`: the node knew Redis was
 unreachable, or no connection could be had, so nothing was written) or may have happened
@@ -36,11 +37,6 @@ from typing import Any
 from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
-try:  # hiredis (the `redis[hiredis]` extra) encodes a command in C: a tenth of redis-py's cost
-    from hiredis import pack_command as _pack_command
-except ImportError:  # pragma: no cover
-    _pack_command = None  # type: ignore[assignment]
-
 from ...errors import BrokerTimeout, RoomcastError
 from ...protocol import message_frame
 from ..base import Publication
@@ -57,7 +53,10 @@ them to confirm it (`WAIT`); past that it is acknowledged all the same."""
 
 _Answer = Callable[[Any], None]
 """What takes a publish call's answer from Redis: its result, or the exception for it."""
-_Batch = list[tuple[tuple[Any, ...], _Answer]]
+_Call = tuple[tuple[Any, ...], bytes]
+"""One PUBLISH script call: its arguments (number of keys, keys, argv: its first key names
+its slot) and their RESP encoding (what follows `EVALSHA <sha>`)."""
+_Batch = list[tuple[_Call, _Answer]]
 ROOM_CACHE_SIZE = 4096
 """Rooms whose PUBLISH keys and arguments are kept between publishes (then forgotten)."""
 
@@ -76,6 +75,9 @@ class Deliveries:
         self._waiters: dict[str, list[tuple[int, float, Callable[[], None]]]] = {}
         """Per room, (offset, deadline, callback) in the order asked for."""
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the first waiter (on Python 3.11 `get_running_loop` makes a system
+        call, `getpid`, each time: a publish's waiter does without)."""
 
     def when_delivered(
         self, room: str, offset: int, timeout: float, callback: Callable[[], None]
@@ -85,7 +87,9 @@ class Deliveries:
         if self._delivered.get(room, 0) >= offset:
             callback()
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._waiters.setdefault(room, []).append((offset, deadline, callback))
         if self._timer is None:
@@ -126,7 +130,8 @@ class Deliveries:
 
     def _expire(self) -> None:
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         now = loop.time()
         due: list[Callable[[], None]] = []
         earliest = math.inf
@@ -179,16 +184,21 @@ class Publishing:
         self._idempotency_window_ms = idempotency_window_ms
         self._serves = serves
         self._deliveries = deliveries
-        self._rooms: dict[str, tuple[tuple[str, ...], int, int, bytes]] = {}
-        """Per room recently published to: its keys, history size and ttl, and channel (a
-        room's class, and so all of these, never changes)."""
+        self._rooms: dict[str, tuple[tuple[Any, ...], bytes, bytes]] = {}
+        """Per room recently published to: its keys, history size and ttl, and channel, and
+        their encoding (the keys', the rest's); a room's class, and so all of these, never
+        changes."""
         self._batch: _Batch = []
         """Publishes asked for since the last batch went out, in call order."""
-        self._epoch = wire.new_epoch()
+        self._epoch = ""
         """The epoch the publishes of the next batch offer for a room's new incarnation
         (one per batch: a room starts at most one incarnation in a batch)."""
+        self._packed_epoch = b""
+        self._renew_epoch()
         self._flushing = False
         self._flushes: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the first publish (see `Deliveries._loop`)."""
 
     def publish_soon(
         self,
@@ -202,7 +212,9 @@ class Publishing:
         future returned (see `Broker.publish`). When this node serves the room, the future
         is done once the node's own copy was delivered, or after `DELIVERY_WAIT` seconds (a
         duplicate too: its ack follows the first one's copy, as the first one's would)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         done: asyncio.Future[Publication] = loop.create_future()
         if not self._calls.available:
             done.set_exception(unavailable())
@@ -211,25 +223,44 @@ class Publishing:
         if known is None:
             if len(self._rooms) >= ROOM_CACHE_SIZE:
                 self._rooms.clear()
+            keys = self._keys(room)
             size, ttl_ms = self._retention(room)
             channel = wire.channel(self._channel_prefix, room)
-            known = self._rooms[room] = (tuple(self._keys(room)), size, ttl_ms, channel)
-        keys, size, ttl_ms, channel = known
+            known = self._rooms[room] = (
+                (*keys, size, ttl_ms, channel),
+                b"".join([_bulk(k.encode()) for k in keys]),
+                _bulk(b"%d" % size) + _bulk(b"%d" % ttl_ms) + _bulk(channel),
+            )
+        fixed, packed_keys, packed_room = known
         target = wire.encode_target(to, exclude)
+        text = prefix.encode()
+        packed_target = target.encode()
+        message = b"$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+            len(text),
+            text,
+            len(packed_target),
+            packed_target,
+            self._packed_epoch,
+        )
+        call: _Call
         if key is None:
-            call: tuple[Any, ...] = (4, *keys, prefix, target, size, ttl_ms, channel, self._epoch)
-        else:
             call = (
-                5,
-                *keys,
-                wire.idempotency_key(room, key),
-                prefix,
-                target,
-                size,
-                ttl_ms,
-                channel,
-                self._epoch,
-                self._idempotency_window_ms,
+                (4, *fixed, prefix, target, self._epoch),
+                b"$1\r\n4\r\n%b%b%b" % (packed_keys, packed_room, message),
+            )
+        else:
+            idempotency_key = wire.idempotency_key(room, key)
+            window = self._idempotency_window_ms
+            call = (
+                (5, *fixed[:4], idempotency_key, *fixed[4:], prefix, target, self._epoch, window),
+                b"$1\r\n5\r\n%b%b%b%b%b"
+                % (
+                    packed_keys,
+                    _bulk(idempotency_key.encode()),
+                    packed_room,
+                    message,
+                    _bulk(b"%d" % window),
+                ),
             )
         self._batch.append((call, partial(self._answered, done, room, prefix, to, exclude)))
         if not self._flushing:
@@ -282,7 +313,7 @@ class Publishing:
             await asyncio.sleep(0)  # let the publishes of this loop iteration join the batch
             while self._batch:
                 batch, self._batch = self._batch, []
-                self._epoch = wire.new_epoch()
+                self._renew_epoch()
                 await self._send(batch)
         except BaseException as exc:
             batch, self._batch = self._batch, []
@@ -291,9 +322,13 @@ class Publishing:
         finally:
             self._flushing = False
 
+    def _renew_epoch(self) -> None:
+        self._epoch = wire.new_epoch()
+        self._packed_epoch = _bulk(self._epoch.encode())
+
     async def _send(self, batch: _Batch) -> None:
         try:
-            results = await self._run([args for args, _ in batch])
+            results = await self._run([call for call, _ in batch])
         except RoomcastError as exc:
             _fail(batch, exc)
             return
@@ -303,11 +338,11 @@ class Publishing:
         for (_, answer), result in zip(batch, results, strict=True):
             answer(result)
 
-    async def _run(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+    async def _run(self, calls: list[_Call]) -> list[Any]:
         if not self._calls.cluster:
             return await self._run_slot(calls)
         groups: dict[object, list[int]] = {}
-        for index, args in enumerate(calls):
+        for index, (args, _) in enumerate(calls):
             groups.setdefault(self._calls.server_of(args[1]), []).append(index)
         if len(groups) == 1:
             return await self._run_slot(calls)
@@ -321,11 +356,11 @@ class Publishing:
                 results[i] = answer if isinstance(answer, BaseException) else answer[position]
         return results
 
-    async def _run_slot(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+    async def _run_slot(self, calls: list[_Call]) -> list[Any]:
         """Publish calls whose rooms are served by one master (all of them on one Redis)."""
         script = self._calls.script_publish
         if self._calls.cluster and not redispy.POOLED:
-            return [await self._one(script.sha, args) for args in calls]
+            return [await self._one(script.sha, args) for args, _ in calls]
         results = await self._pipeline(script.sha, calls)
         refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if refused:
@@ -349,13 +384,14 @@ class Publishing:
             # in order, through the client, which follows MOVED and ASK.
             await redispy.redirected(self._calls.redis, results[moved[0]])
             for i in moved:
-                results[i] = await self._one(script.sha, calls[i])
+                results[i] = await self._one(script.sha, calls[i][0])
         return results
 
     async def _one(self, sha: str, args: tuple[Any, ...]) -> Any:
-        """One publish call through the client (its answer, or the error for it)."""
+        """One publish call through the client (its answer, or the error for it); `args`
+        starts with the number of keys."""
         try:
-            return await self._calls.redis.evalsha(sha, 4, *args)
+            return await self._calls.redis.evalsha(sha, *args)
         except ResponseError as exc:
             return exc
         except FAULTS as exc:
@@ -364,7 +400,7 @@ class Publishing:
                 f" published ({exc})"
             )
 
-    async def _pipeline(self, sha: str, calls: list[tuple[Any, ...]]) -> list[Any]:
+    async def _pipeline(self, sha: str, calls: list[_Call]) -> list[Any]:
         """Send `EVALSHA` for each call on one connection, then read every answer: a result,
         or the `ResponseError` Redis answered for that call.
 
@@ -374,25 +410,21 @@ class Publishing:
                 them all (the connection failed, or no answer within the reply timeout):
                 some may have run.
         """
-        # each call is (number of keys, *keys, *argv): its first key names its slot
-        conn, release = await self._calls.connection(calls[0][1])
-        replicas = self._calls.replicas(calls[0][1])
+        first_key = calls[0][0][1]
+        conn, release = await self._calls.connection(first_key)
+        replicas = self._calls.replicas(first_key)
         try:
-            # each call is (number of keys, *keys, *argv)
-            commands: list[tuple[Any, ...]] = [("EVALSHA", sha, *args) for args in calls]
+            head = b"$7\r\nEVALSHA\r\n" + _bulk(sha.encode())
+            commands = [b"*%d\r\n%b%b" % (len(args) + 2, head, packed) for args, packed in calls]
             if replicas:
                 # A Redis Cluster shard with a replica: answer once the replica has the
                 # batch too (bounded), so that a publish acknowledged before its master
                 # dies is still there after the replica took over.
-                commands.append(("WAIT", 1, REPLICA_WAIT_MS))
-            packed: Any = (
-                conn.pack_commands(commands)
-                if _pack_command is None
-                else b"".join([_pack_command(command) for command in commands])
-            )
+                commands.append(_WAIT)
+            packed_all = b"".join(commands)
             results: list[Any] = []
             try:
-                await conn.send_packed_command(packed, check_health=False)
+                await conn.send_packed_command(packed_all, check_health=False)
                 # The reply timeout bounds the batch's answers together: one timer per round
                 # trip, not one per answer (`math.inf`: no timer of redis-py's own).
                 expected = len(commands)
@@ -417,6 +449,15 @@ class Publishing:
         finally:
             await release()
         return results
+
+
+def _bulk(value: bytes) -> bytes:
+    """`value` as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+_WAIT = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n" + _bulk(b"%d" % REPLICA_WAIT_MS)
+"""`WAIT 1 <REPLICA_WAIT_MS>`, encoded."""
 
 
 def _resolve(done: asyncio.Future[Publication], publication: Publication) -> None:

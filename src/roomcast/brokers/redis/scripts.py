@@ -31,8 +31,8 @@ __all__ = [
 PUBLISH = (
     """
 -- KEYS: offset, epoch, stream, presence[, idempotency key]
--- ARGV: prefix, to, history size, history ttl (ms), channel, epoch if none exists[,
---       idempotency window (ms)]
+-- ARGV: history size, history ttl (ms), channel (the room's, the same for every publish),
+--       prefix, target, epoch if none exists[, idempotency window (ms)]
 -- Returns {offset, epoch}, or {first offset, its epoch, 1} for an idempotency key that
 -- published already within its window (then nothing is published).
 if KEYS[5] then
@@ -59,21 +59,26 @@ local id = string.format('%d', offset)
 local frame = """
     + LUA_FRAME
     + """
-local size = tonumber(ARGV[3])
+local size = tonumber(ARGV[1])
 if size > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', size, id .. '-0', 'f', frame, 't', ARGV[2])
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  redis.call('XADD', KEYS[3], id .. '-0', 'f', frame, 't', ARGV[5])
+  -- Trimmed exactly, but every tenth of the size rather than at each message (a trim is most
+  -- of a publish's cost in Redis): the stream holds up to a tenth more, which HISTORY skips.
+  if offset % math.max(1, math.floor(size / 10)) == 0 then
+    redis.call('XTRIM', KEYS[3], 'MAXLEN', size)
+  end
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
 end
 if redis.call('EXISTS', KEYS[4]) == 0 then
   -- Nobody holds the room: its offset and epoch expire with the stream (a member's join
   -- makes them persistent, its room's last leave gives them the history ttl again).
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 if KEYS[5] then
   redis.call('SET', KEYS[5], id .. ' ' .. epoch, 'PX', ARGV[7])
 end
-redis.call('PUBLISH', ARGV[5], """
+redis.call('PUBLISH', ARGV[3], """
     + LUA_PUBLICATION
     + """)
 return {offset, epoch}
@@ -82,10 +87,13 @@ return {offset, epoch}
 
 HISTORY = """
 -- KEYS: offset, epoch, stream, presence
--- ARGV: epoch if none exists, history ttl (ms), first id wanted ('-' for all), count (-1: all)
---       [, channel, members ('1': list them), signal, ...]: the rest of a join (Broker.read_join)
---       announces each signal on the room's channel and lists the members, in the same step
+-- ARGV: epoch if none exists, history ttl (ms), first offset wanted (1 for all), count (-1:
+--       all), history size[, channel, members ('1': list them), signal, ...]: the rest of a
+--       join (Broker.read_join) announces each signal on the room's channel and lists the
+--       members, in the same step
 -- Returns {epoch, offset, first retained id ('' for none), entries, members ({} unless asked)}
+-- Only the last `history size` offsets are read: the stream may hold a few older ones
+-- (PUBLISH trims it now and then).
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   -- A new incarnation, which the next publish adopts.
@@ -98,26 +106,28 @@ if not epoch then
   end
 end
 local offset = tonumber(redis.call('GET', KEYS[1]) or '0')
-local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+local kept = math.max(1, offset - tonumber(ARGV[5]) + 1)
+local first = redis.call('XRANGE', KEYS[3], kept .. '-0', '+', 'COUNT', 1)
 local first_id = ''
 if #first > 0 then
   first_id = first[1][1]
 end
+local from = math.max(kept, tonumber(ARGV[3])) .. '-0'
 local count = tonumber(ARGV[4])
 local entries = {}
 if count ~= 0 then
   if count > 0 then
-    entries = redis.call('XRANGE', KEYS[3], ARGV[3], '+', 'COUNT', count)
+    entries = redis.call('XRANGE', KEYS[3], from, '+', 'COUNT', count)
   else
-    entries = redis.call('XRANGE', KEYS[3], ARGV[3], '+')
+    entries = redis.call('XRANGE', KEYS[3], from, '+')
   end
 end
 local members = {}
-if ARGV[5] then
-  for i = 7, #ARGV do
-    redis.call('PUBLISH', ARGV[5], ARGV[i])
+if ARGV[6] then
+  for i = 8, #ARGV do
+    redis.call('PUBLISH', ARGV[6], ARGV[i])
   end
-  if ARGV[6] == '1' then
+  if ARGV[7] == '1' then
     members = redis.call('HKEYS', KEYS[4])
   end
 end

@@ -64,7 +64,6 @@ __all__ = [
     "room_keys",
     "room_slot_key",
     "stats_key",
-    "stream_id",
     "stream_offset",
     "stream_publication",
     "sweep_set_key",
@@ -81,11 +80,11 @@ _EPHEMERAL = b"e"
 _SIGNAL = b"s"
 _SIGNAL_KINDS = frozenset(get_args(SignalKind))
 
-LUA_FRAME = "ARGV[1] .. id .. '}'"
+LUA_FRAME = "ARGV[4] .. id .. '}'"
 """The PUBLISH script's completion of a frame with its offset (as `protocol.message_frame`)."""
-LUA_PUBLICATION = "'p' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[2] .. '\\n' .. frame"
+LUA_PUBLICATION = "'p' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[5] .. '\\n' .. frame"
 """The PUBLISH script's encoding of a publication (`epoch`, `id` and `frame` are locals of
-the script, `ARGV[2]` the target, :func:`encode_target`); :func:`decode` reads it."""
+the script, `ARGV[5]` the target, :func:`encode_target`); :func:`decode` reads it."""
 
 
 class WireError(ValueError):
@@ -239,11 +238,6 @@ def parse_member_entry(entry: bytes | str) -> tuple[str, str, str] | None:
 
 
 # history
-
-
-def stream_id(offset: int) -> str:
-    """The id of the stream entry of the message with `offset`."""
-    return f"{offset}-0"
 
 
 def stream_offset(entry_id: bytes) -> int:

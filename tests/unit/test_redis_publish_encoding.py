@@ -1,0 +1,44 @@
+"""The PUBLISH script calls as the Redis broker encodes them itself (RESP, from each room's
+part encoded once): byte for byte what hiredis encodes for the same arguments."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from hiredis import pack_command
+
+from roomcast.brokers.redis import wire
+from roomcast.brokers.redis.publishing import Deliveries, Publishing
+
+
+async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
+    calls: Any = SimpleNamespace(available=True, cluster=False)
+    publishing = Publishing(
+        calls,
+        channel_prefix=wire.channel_prefix(0),
+        retention=lambda room: (100, 300_000),
+        keys=lambda room: wire.room_keys(room),
+        idempotency_window_ms=120_000,
+        deliveries=Deliveries(),
+        serves=lambda room: True,
+    )
+    publishing.publish_soon("r1", '{"topic":"t","payload":"é","offset":', None)
+    publishing.publish_soon("r1", '{"topic":"t","payload":2,"offset":', "bob", "c7", "key-1")
+    publishing.publish_soon("}odd", '{"topic":"t","payload":3,"offset":', None, "c8")
+    batch = list(publishing._batch)
+    for task in list(publishing._flushes):
+        task.cancel()
+    await asyncio.gather(*publishing._flushes, return_exceptions=True)
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    head = pack_command(("EVALSHA", sha))
+    head = head[head.index(b"\r\n") + 2 :]  # the two bulk strings without the array header
+    for (args, packed), _ in batch:
+        ours = b"*%d\r\n%b%b" % (len(args) + 2, head, packed)
+        assert ours == pack_command(("EVALSHA", sha, *args))
+    first, second, third = (args for (args, _), _ in batch)
+    assert first[0] == 4 and first[-3:-1] == ('{"topic":"t","payload":"é","offset":', "")
+    assert second[0] == 5 and second[5] == wire.idempotency_key("r1", "key-1")
+    assert second[-3] == "bob c7" and second[-1] == 120_000
+    assert third[1:5] == tuple(wire.room_keys("}odd"))
