@@ -334,15 +334,20 @@ class Node:
         sender: str = SERVER_SENDER,
         exclude: str | None = None,
         key: str | None = None,
+        then: Callable[[asyncio.Future[Publication]], None] | None = None,
     ) -> asyncio.Future[Publication]:
         """:meth:`publish` to the whole room, under way when it returns: its publication, or
         its error, comes in the future (the broker's `DeferredPublish` when it has it, else
-        :meth:`publish` as a task)."""
+        :meth:`publish` as a task). `then` is called with it once it is done and counted
+        (one callback, where adding one to the future would make two)."""
         publish_soon = self._publish_soon
         if publish_soon is None:
-            return asyncio.get_running_loop().create_task(
+            task = asyncio.get_running_loop().create_task(
                 self.publish(room, topic, payload, sender=sender, exclude=exclude, key=key)
             )
+            if then is not None:
+                task.add_done_callback(then)
+            return task
         prefix = message_prefix(topic, payload, room, sender)
         self._publishing += 1
         try:
@@ -351,19 +356,26 @@ class Node:
             self._publish_ended()
             self.metrics.broker_errors.inc()
             raise
-        future.add_done_callback(partial(self._published_soon, topic, payload, sender))
+        future.add_done_callback(partial(self._published_soon, topic, payload, sender, then))
         return future
 
     def _published_soon(
-        self, topic: str, payload: Any, sender: str, future: asyncio.Future[Publication]
+        self,
+        topic: str,
+        payload: Any,
+        sender: str,
+        then: Callable[[asyncio.Future[Publication]], None] | None,
+        future: asyncio.Future[Publication],
     ) -> None:
         self._publish_ended()
         if future.cancelled():
-            return
-        if future.exception() is not None:
+            pass
+        elif future.exception() is not None:
             self.metrics.broker_errors.inc()
-            return
-        self._published_one(future.result(), topic, payload, sender)
+        else:
+            self._published_one(future.result(), topic, payload, sender)
+        if then is not None:
+            then(future)
 
     def _publish_ended(self) -> None:
         self._publishing -= 1

@@ -551,6 +551,7 @@ class Session:
         relay: asyncio.Future[Any]
         if frame.topic in node.ephemeral_topics(room):
             relay = asyncio.ensure_future(self._publish(frame, member))
+            relay.add_done_callback(self._relay_done)
         else:
             try:
                 relay = node.publish_soon(
@@ -560,12 +561,13 @@ class Session:
                     sender=member.username,
                     exclude=None if frame.echo else self.connection_id,
                     key=frame.key,
+                    then=self._relay_done,
                 )
             except Exception as exc:
                 relay = asyncio.get_running_loop().create_future()
                 relay.set_exception(exc)
+                relay.add_done_callback(self._relay_done)
         self._relays.append((relay, frame))
-        relay.add_done_callback(self._relay_done)
 
     def _relay_done(self, _: asyncio.Future[Any]) -> None:
         """A relay in flight was answered: answer, in frame order, every frame at the head

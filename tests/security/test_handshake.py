@@ -6,12 +6,18 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import struct
 from collections.abc import Callable
 
+import orjson
+import pytest
+
 from tests.harness import Client, ServerProcess
-from tests.security.raw import WS_PATH, exchange, upgrade_request
+from tests.security.raw import WS_PATH, exchange, server_frames, upgrade_request
 
 ANSWER_TIMEOUT = 5.0
+
+StartServer = Callable[..., ServerProcess]
 
 
 async def test_header_line_over_8_kib_is_answered_431(server: ServerProcess) -> None:
@@ -117,3 +123,39 @@ async def test_handshake_fuzz_ends_every_socket(
     alice = await Client.connect(server.ws_url, "alice", "after-fuzz")
     assert (await alice.join())["topic"] == "welcome"
     await alice.close()
+
+
+@pytest.mark.parametrize("spacing", [": ", ":"], ids=["without-h11", "with-h11"])
+@pytest.mark.parametrize("case", [str.lower, str.upper, str.title], ids=["lower", "upper", "title"])
+async def test_header_names_reach_the_application_in_any_case(
+    start_server: StartServer, spacing: str, case: Callable[[str], str]
+) -> None:
+    """An upgrade as clients send it (whole in one write, `Name: value`: taken without h11)
+    and one h11 takes (`Name:value`) are answered alike, whatever the case of the header
+    names: the application sees them lowercased (ASGI), so the admin feed, a Starlette
+    route, finds a foreign `Origin` and refuses it (1008), and a member is welcomed."""
+    server = start_server("--api-key", "k" * 32)
+    for path, refused in ((WS_PATH, False), ("/api/v1/admin/feed", True)):
+        origin = [("Origin", "https://evil.example")] if refused else []
+        head, _, _ = upgrade_request(path, origin).partition(b"\r\n\r\n")
+        request_line, *fields = head.decode().split("\r\n")
+        for name, value in (field.split(": ", 1) for field in fields):
+            request_line += f"\r\n{case(name)}{spacing}{value}"
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write((request_line + "\r\n\r\n").encode())
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                status = await reader.readuntil(b"\r\n\r\n")
+                assert status.startswith(b"HTTP/1.1 101"), status
+                received = b""
+                while len(frames := server_frames(received)) < 1 + refused:
+                    received += await reader.read(65536)
+        finally:
+            writer.close()
+        topic = orjson.loads(frames[0][1])["topic"]
+        if refused:
+            assert topic == "error"
+            assert frames[1][0] == 8
+            assert struct.unpack("!H", frames[1][1][:2])[0] == 1008
+        else:
+            assert topic == "welcome"

@@ -38,7 +38,41 @@ async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
         ours = b"*%d\r\n%b%b" % (len(args) + 2, head, packed)
         assert ours == pack_command(("EVALSHA", sha, *args))
     first, second, third = (args for (args, _), _ in batch)
-    assert first[0] == 4 and first[-3:-1] == ('{"topic":"t","payload":"é","offset":', "")
-    assert second[0] == 5 and second[5] == wire.idempotency_key("r1", "key-1")
-    assert second[-3] == "bob c7" and second[-1] == 120_000
+    assert first[0] == 4
+    assert first[-3:-1] == ('{"topic":"t","payload":"é","offset":', "")
+    assert second[0] == 5
+    assert second[5] == wire.idempotency_key("r1", "key-1")
+    assert second[-3] == "bob c7"
+    assert second[-1] == 120_000
     assert third[1:5] == tuple(wire.room_keys("}odd"))
+
+
+async def test_a_call_through_the_client_passes_its_number_of_keys_once() -> None:
+    """A call sent again through the client (a `MOVED` answer, a cluster without pooled
+    connections) is the same EVALSHA as in the pipeline."""
+    sent: list[tuple[Any, ...]] = []
+
+    async def evalsha(*args: Any) -> list[Any]:
+        sent.append(args)
+        return [1, b"e"]
+
+    calls: Any = SimpleNamespace(
+        available=True, cluster=True, redis=SimpleNamespace(evalsha=evalsha)
+    )
+    publishing = Publishing(
+        calls,
+        channel_prefix=wire.channel_prefix(0),
+        retention=lambda room: (100, 300_000),
+        keys=lambda room: wire.room_keys(room),
+        idempotency_window_ms=120_000,
+        deliveries=Deliveries(),
+        serves=lambda room: False,
+    )
+    publishing.publish_soon("r1", '{"offset":', None)
+    (args, _), _ = publishing._batch[0]
+    for task in list(publishing._flushes):
+        task.cancel()
+    await asyncio.gather(*publishing._flushes, return_exceptions=True)
+    assert await publishing._one("sha", args) == [1, b"e"]
+    assert sent == [("sha", *args)]
+    assert sent[0][1:6] == (4, *wire.room_keys("r1"))

@@ -192,7 +192,7 @@ async def test_deferred_relays_are_answered_in_frame_order() -> None:
         seen.append(event.offset)
 
     node.events.subscribe(MessagePublished, on_published)
-    session, alice, bob = await pair(node)
+    session, alice, _bob = await pair(node)
     try:
         tasks = len(asyncio.all_tasks())
         for i in (1, 2, 3):

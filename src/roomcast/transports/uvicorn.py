@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import struct
 import time
 import weakref
@@ -103,6 +104,10 @@ took: those writes then take at most about a fifth of the event loop."""
 
 LATER_MAX = 1.0
 """Longest presence window in seconds, however long the writes took."""
+
+MAX_HEAD = 16384
+"""Largest request head, as h11 bounds it by default (`--h11-max-incomplete-event-size` of
+uvicorn): an upgrade taken without h11 is held to the same bound."""
 
 POST_CLOSE_BYTES = 16384
 """Bytes of a peer's that are still parsed after the server's close frame (looking for the
@@ -165,11 +170,23 @@ _CONN_ATTRIBUTES = (
 _HTTP_METHODS = (
     "connection_made",
     "connection_lost",
+    "data_received",
     "handle_events",
     "handle_websocket_upgrade",
     "on_response_complete",
 )
-_HTTP_ATTRIBUTES = ("client", "conn", "headers", "loop", "transport")
+_HTTP_ATTRIBUTES = (
+    "app_state",
+    "client",
+    "config",
+    "conn",
+    "connections",
+    "headers",
+    "loop",
+    "server_state",
+    "transport",
+    "ws_protocol_class",
+)
 
 
 def missing_internals() -> list[str]:
@@ -1002,6 +1019,30 @@ class _EarlyAnswers(h11.Connection):
         return False
 
 
+_CONNECTION_UPGRADE = re.compile(rb"\r\nconnection:[^\r\n]*\bupgrade\b")
+
+
+def _whole_upgrade(data: bytes) -> bool:
+    """Whether `data` is a WebSocket upgrade's request head, whole and alone: `GET`, an
+    `Upgrade: websocket` and a `Connection: upgrade` header, nothing after the blank line."""
+    if not data.startswith(b"GET ") or data.find(b"\r\n\r\n") != len(data) - 4:
+        return False
+    head = data.lower()
+    return b"\r\nupgrade: websocket\r\n" in head and _CONNECTION_UPGRADE.search(head) is not None
+
+
+def _lowercase_names(head: bytes) -> bytes:
+    """A request head with its header names in lower case, as ASGI wants them in the scope
+    (the WebSocket protocol takes them as they come; uvicorn's copy of a request lowers
+    them), values untouched."""
+    request_line, _, fields = head.partition(b"\r\n")
+    lines = [request_line]
+    for line in fields.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        lines.append(name.lower() + colon + value)
+    return b"\r\n".join(lines)
+
+
 @functools.cache
 def handshake_protocol(
     timeout: float, limits: ConnectionLimits | None = None
@@ -1013,15 +1054,22 @@ def handshake_protocol(
     sends nothing, or its headers one byte at a time, would hold a socket forever. A WebSocket
     upgrade must then be accepted (101) by the same deadline; with `limits`, upgrades still in
     their handshake count toward the connection limits, and one past them is answered 429.
+
+    A socket's first read that is a whole upgrade request (:func:`_whole_upgrade`: what
+    browsers and client libraries send) goes to the WebSocket protocol as it came, without
+    h11's parse and uvicorn's copy of it (the WebSocket handshake parses and checks the
+    request itself); anything else takes uvicorn's way.
     """
 
     class HandshakeTimeoutProtocol(H11Protocol):
         _handshake_timer: asyncio.TimerHandle | None = None
         _deadline = 0.0
+        _read = False  # whether this socket's first read came
 
         def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
             super().__init__(config, *args, **kwargs)
             self.conn = _EarlyAnswers(self, config.h11_max_incomplete_event_size)
+            self._max_head = config.h11_max_incomplete_event_size or MAX_HEAD
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -1036,17 +1084,49 @@ def handshake_protocol(
             if self.conn.our_state is h11.SEND_RESPONSE:  # a request head is complete
                 self._disarm()
 
-        def handle_websocket_upgrade(self, event: Any) -> None:
-            self._disarm()
-            reservation = None
-            if limits is not None:
-                try:
-                    reservation = limits.reserve(self.client[0] if self.client else None)
-                except Refused as exc:
-                    self.transport.write(_http_refusal(429, "Too Many Requests", exc.message))
-                    self.transport.close()
+        def data_received(self, data: bytes) -> None:
+            if not self._read:
+                self._read = True
+                if len(data) <= self._max_head and _whole_upgrade(data):
+                    self._upgrade(data)
                     return
-            super().handle_websocket_upgrade(event)
+            super().data_received(data)
+
+        def _upgrade(self, request: bytes) -> None:
+            """uvicorn's `handle_websocket_upgrade`, with the request's own bytes."""
+            admitted, reservation = self._admit()
+            if not admitted:
+                return
+            self.connections.discard(self)
+            protocol = self.ws_protocol_class(  # type: ignore[call-arg,misc]
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            protocol.connection_made(self.transport)
+            protocol.data_received(_lowercase_names(request))
+            self.transport.set_protocol(protocol)
+            self._upgraded(reservation)
+
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            admitted, reservation = self._admit()
+            if admitted:
+                super().handle_websocket_upgrade(event)
+                self._upgraded(reservation)
+
+        def _admit(self) -> tuple[bool, Reservation | None]:
+            """Stop the clock; with `limits`, reserve a place (refused: answered 429)."""
+            self._disarm()
+            if limits is None:
+                return True, None
+            try:
+                return True, limits.reserve(self.client[0] if self.client else None)
+            except Refused as exc:
+                self.transport.write(_http_refusal(429, "Too Many Requests", exc.message))
+                self.transport.close()
+                return False, None
+
+        def _upgraded(self, reservation: Reservation | None) -> None:
+            """The WebSocket protocol took the socket: it inherits the deadline and the
+            reservation."""
             protocol = self.transport.get_protocol()
             if isinstance(protocol, WebSocketProtocol) and not protocol.handshake_complete:
                 protocol.handshake_deadline(self._deadline)
