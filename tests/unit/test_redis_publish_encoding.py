@@ -13,17 +13,22 @@ from roomcast.brokers.redis import wire
 from roomcast.brokers.redis.publishing import Deliveries, Publishing
 
 
-async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
-    calls: Any = SimpleNamespace(available=True, cluster=False)
-    publishing = Publishing(
+def publishing_of(calls: Any) -> Publishing:
+    """A node's publishing over `calls` (a stand-in), rooms of 100 messages for 300 s."""
+    return Publishing(
         calls,
         channel_prefix=wire.channel_prefix(0),
         retention=lambda room: (100, 300_000),
         keys=lambda room: wire.room_keys(room),
         idempotency_window_ms=120_000,
         deliveries=Deliveries(),
-        serves=lambda room: True,
+        serves=lambda room: False,
     )
+
+
+async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
+    calls: Any = SimpleNamespace(available=True, cluster=False)
+    publishing = publishing_of(calls)
     publishing.publish_soon("r1", '{"topic":"t","payload":"é","offset":', None)
     publishing.publish_soon("r1", '{"topic":"t","payload":2,"offset":', "bob", "c7", "key-1")
     publishing.publish_soon("}odd", '{"topic":"t","payload":3,"offset":', None, "c8")
@@ -59,15 +64,7 @@ async def test_a_call_through_the_client_passes_its_number_of_keys_once() -> Non
     calls: Any = SimpleNamespace(
         available=True, cluster=True, redis=SimpleNamespace(evalsha=evalsha)
     )
-    publishing = Publishing(
-        calls,
-        channel_prefix=wire.channel_prefix(0),
-        retention=lambda room: (100, 300_000),
-        keys=lambda room: wire.room_keys(room),
-        idempotency_window_ms=120_000,
-        deliveries=Deliveries(),
-        serves=lambda room: False,
-    )
+    publishing = publishing_of(calls)
     publishing.publish_soon("r1", '{"offset":', None)
     (args, _), _ = publishing._batch[0]
     for task in list(publishing._flushes):
