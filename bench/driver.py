@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -650,6 +650,16 @@ def save(path: Path, report: dict[str, Any]) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def add_baselines(checkout: Path) -> None:
+    """A `<server>-baseline` beside each roomcast server, running `checkout`'s code."""
+    source = str(checkout.resolve() / "src")
+    for name, server in list(SERVERS.items()):
+        if server.proto == "roomcast":
+            SERVERS[f"{name}-baseline"] = replace(
+                server, name=f"{name}-baseline", env={**server.env, "PYTHONPATH": source}
+            )
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny loads, to check the scripts")
@@ -659,8 +669,16 @@ async def main() -> int:
     parser.add_argument(
         "--idle100k-connections", type=int, default=100_000, help="connections of idle100k"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="another checkout of roomcast: adds a `<server>-baseline` of every server that"
+        " runs its code (on PYTHONPATH), to compare two versions in one run",
+    )
     parser.add_argument("--out", default=str(BENCH / "results/results.json"))
     args = parser.parse_args()
+    if args.baseline:
+        add_baselines(Path(args.baseline))
     if shutil.which("taskset") is None or shutil.which("node") is None:
         print("bench needs taskset and node on PATH", file=sys.stderr)
         return 2

@@ -72,3 +72,18 @@ def test_bench_shards_quick(tmp_path: Path) -> None:
         assert len(row["redis_cpu_pct"]) == row["servers"]
         # CPU time comes in 10 ms ticks: a 0.3 s run on a busy machine may show none.
         assert row["redis_us_per_publish"] >= 0
+
+
+def test_bench_baseline_runs_another_checkout(tmp_path: Path) -> None:
+    """`--baseline CHECKOUT` adds `roomcast-baseline`, roomcast from that checkout's `src`
+    (here this one), measured in the same run as the others."""
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench/driver.py"), "--quick", "--baseline", str(ROOT),
+         "--servers", "roomcast,roomcast-baseline", "--scenarios", "chat", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    servers = json.loads(out.read_text())["servers"]
+    for name in ("roomcast", "roomcast-baseline"):
+        assert servers[name]["chat"]["deliveries"] > 0, name
