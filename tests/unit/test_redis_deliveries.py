@@ -54,3 +54,16 @@ async def test_one_timer_ends_the_waits_whose_time_is_up() -> None:
     assert called == ["short"]
     deliveries.delivered("r", 2)
     assert called == ["short", "long"]
+
+
+async def test_a_waiter_for_a_later_offset_waits_whatever_was_asked_after_it() -> None:
+    """Waiters of one room need not come in offset order (a duplicate's older offset after
+    the subscription was lost): a delivery calls exactly those at or below it."""
+    deliveries = Deliveries()
+    called: list[int] = []
+    deliveries.when_delivered("r", 9, 5.0, lambda: called.append(9))
+    deliveries.when_delivered("r", 5, 5.0, lambda: called.append(5))
+    deliveries.delivered("r", 6)
+    assert called == [5]
+    deliveries.delivered("r", 9)
+    assert called == [5, 9]

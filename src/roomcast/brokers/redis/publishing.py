@@ -101,11 +101,6 @@ class Deliveries:
             self._delivered[room] = offset
         waiters = self._waiters.get(room)
         if waiters:
-            if waiters[-1][0] <= offset:
-                del self._waiters[room]
-                for _, _, callback in waiters:
-                    callback()
-                return
             keep = []
             for waiter in waiters:
                 if waiter[0] <= offset:
@@ -233,15 +228,7 @@ class Publishing:
             )
         fixed, packed_keys, packed_room = known
         target = wire.encode_target(to, exclude)
-        text = prefix.encode()
-        packed_target = target.encode()
-        message = b"$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
-            len(text),
-            text,
-            len(packed_target),
-            packed_target,
-            self._packed_epoch,
-        )
+        message = _bulk(prefix.encode()) + _bulk(target.encode()) + self._packed_epoch
         call: _Call
         if key is None:
             call = (
