@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from roomcast.brokers.redis import wire
+from roomcast.brokers.redis.publishing import BATCH_CALLS
 from roomcast.protocol import message_prefix
 from tests.contract.conftest import Make, until
 from tests.harness import RedisProcess
@@ -191,3 +192,50 @@ async def test_a_node_that_stalls_does_not_take_its_stall_for_a_silent_redis(
         await pinged.wait()
     assert a.available
     assert "broker.silent" not in caplog.text
+
+
+async def test_a_batch_of_publishes_after_redis_lost_its_scripts(
+    make: Make, redis_server: RedisProcess
+) -> None:
+    """Publishes that share batch calls (more than one call's worth) which Redis answers
+    `NOSCRIPT` are each run again, once: every room's offsets follow the publishes' order."""
+    a, _ = await make("a")
+    admin = Redis.from_url(redis_server.url)
+    await admin.script_flush()
+    await admin.aclose()
+    rooms = [f"noscript{i % 7}" for i in range(2 * BATCH_CALLS + 5)]
+    publications = await asyncio.gather(
+        *(a.publish(room, message_prefix("t", i, room, "x")) for i, room in enumerate(rooms))
+    )
+    for room in set(rooms):
+        offsets = [p.offset for p in publications if p.room == room]
+        assert offsets == list(range(1, rooms.count(room) + 1))
+
+
+async def test_a_publish_that_fails_in_a_batch_fails_alone(
+    make: Make, redis_server: RedisProcess
+) -> None:
+    """A publish whose room's stream cannot take it (a key of another type in its place) gets
+    Redis' error; the publishes batched with it, before and after, are published."""
+    a, seen = await make("a")
+    await a.subscribe("fine")
+    admin = Redis.from_url(redis_server.url)
+    offset, epoch, stream, _ = wire.room_keys("broken")
+    # An incarnation under way, past its first offset: its stream is neither replaced nor
+    # emptied.
+    await admin.set(epoch, "e1")
+    await admin.set(offset, 5)
+    await admin.set(stream, "not a stream")
+    await admin.aclose()
+    outcomes = await asyncio.gather(
+        *(
+            a.publish(room, message_prefix("t", i, room, "x"))
+            for i, room in enumerate(["fine", "broken", "fine", "broken", "fine"])
+        ),
+        return_exceptions=True,
+    )
+    assert [o.offset for o in outcomes if not isinstance(o, BaseException)] == [1, 2, 3]
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(errors) == 2
+    assert all("WRONGTYPE" in str(e) for e in errors), errors
+    assert [p.offset for p in seen.publications] == [1, 2, 3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import orjson
@@ -150,6 +151,15 @@ def test_invalid_names(name: object) -> None:
     with pytest.raises(FrameError) as info:
         validate_name(name, "roomID")
     assert "roomID" in info.value.message
+
+
+def test_no_whitespace_character_makes_a_valid_name() -> None:
+    """Every code point that Python calls whitespace is refused inside a name."""
+    spaces = [chr(i) for i in range(sys.maxunicode + 1) if chr(i).isspace()]
+    assert len(spaces) > 20
+    for space in spaces:
+        with pytest.raises(FrameError):
+            validate_name(f"a{space}b", "username")
 
 
 def test_parse_offset() -> None:

@@ -118,6 +118,11 @@ class Calls:
         self.publish_source = scripts.sharded(scripts.PUBLISH) if self.cluster else scripts.PUBLISH
         """The PUBLISH script as this broker runs it (`SPUBLISH` on a Redis Cluster)."""
         self.script_publish = register(self.publish_source)
+        self.publish_batch_source = (
+            scripts.sharded(scripts.PUBLISH_BATCH) if self.cluster else scripts.PUBLISH_BATCH
+        )
+        """Several publishes in one script call (PUBLISH_BATCH)."""
+        self.script_publish_batch = register(self.publish_batch_source)
         self.script_history = register(
             scripts.sharded(scripts.HISTORY) if self.cluster else scripts.HISTORY
         )

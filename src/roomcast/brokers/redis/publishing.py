@@ -1,8 +1,12 @@
 """The Redis broker's publishing: batched, pipelined PUBLISH script calls.
 
-A publish is one `EVALSHA` of the PUBLISH script (scripts.py), which assigns the room's next
+A publish is one run of the PUBLISH script (scripts.py), which assigns the room's next
 offset, retains the message and announces it on the room's channel in one atomic step.
-Publishes asked for while a round trip is under way share the next one, as one pipeline.
+Publishes asked for while a round trip is under way share the next one: on one Redis, as one
+`EVALSHA` of PUBLISH_BATCH (up to :data:`BATCH_CALLS` publishes each, in order, each with its
+own answer or error: one call instead of one per publish is most of what a publish costs
+Redis beyond its own writes); on a Redis Cluster, whose rooms span slots, as one pipeline of
+PUBLISH calls.
 
 The pipeline sends `EVALSHA` itself, without redis-py's `Pipeline.load_scripts`, which adds a
 `SCRIPT EXISTS` round trip to every batch; when Redis answers `NOSCRIPT` (it restarted without
@@ -43,7 +47,11 @@ from ..base import Publication
 from . import redispy, wire
 from .calls import FAULTS, Calls, unavailable
 
-__all__ = ["DELIVERY_WAIT", "REPLICA_WAIT_MS", "Deliveries", "Publishing"]
+__all__ = ["BATCH_CALLS", "DELIVERY_WAIT", "REPLICA_WAIT_MS", "Deliveries", "Publishing"]
+
+BATCH_CALLS = 256
+"""Most publishes in one PUBLISH_BATCH call (a longer batch is several calls, pipelined): one
+script call holds Redis for its whole run."""
 
 DELIVERY_WAIT = 2.0
 """Seconds `publish` waits for its own message to reach this node's members (then returns)."""
@@ -53,9 +61,9 @@ them to confirm it (`WAIT`); past that it is acknowledged all the same."""
 
 _Answer = Callable[[Any], None]
 """What takes a publish call's answer from Redis: its result, or the exception for it."""
-_Call = tuple[tuple[Any, ...], bytes]
+_Call = tuple[tuple[Any, ...], bytes, bytes]
 """One PUBLISH script call: its arguments (number of keys, keys, argv: its first key names
-its slot) and their RESP encoding (what follows `EVALSHA <sha>`)."""
+its slot), and the RESP encoding of its keys and of its argv."""
 _Batch = list[tuple[_Call, _Answer]]
 ROOM_CACHE_SIZE = 4096
 """Rooms whose PUBLISH keys and arguments are kept between publishes (then forgotten)."""
@@ -228,26 +236,22 @@ class Publishing:
             )
         fixed, packed_keys, packed_room = known
         target = wire.encode_target(to, exclude)
-        message = _bulk(prefix.encode()) + _bulk(target.encode()) + self._packed_epoch
+        argv = b"%b%b%b%b" % (
+            packed_room,
+            _bulk(prefix.encode()),
+            _bulk(target.encode()),
+            self._packed_epoch,
+        )
         call: _Call
         if key is None:
-            call = (
-                (4, *fixed, prefix, target, self._epoch),
-                b"$1\r\n4\r\n%b%b%b" % (packed_keys, packed_room, message),
-            )
+            call = ((4, *fixed, prefix, target, self._epoch), packed_keys, argv)
         else:
             idempotency_key = wire.idempotency_key(room, key)
             window = self._idempotency_window_ms
             call = (
                 (5, *fixed[:4], idempotency_key, *fixed[4:], prefix, target, self._epoch, window),
-                b"$1\r\n5\r\n%b%b%b%b%b"
-                % (
-                    packed_keys,
-                    _bulk(idempotency_key.encode()),
-                    packed_room,
-                    message,
-                    _bulk(b"%d" % window),
-                ),
+                packed_keys + _bulk(idempotency_key.encode()),
+                argv + _bulk(b"%d" % window),
             )
         self._batch.append((call, partial(self._answered, done, room, prefix, to, exclude)))
         if not self._flushing:
@@ -329,7 +333,7 @@ class Publishing:
         if not self._calls.cluster:
             return await self._run_slot(calls)
         groups: dict[object, list[int]] = {}
-        for index, (args, _) in enumerate(calls):
+        for index, (args, _, _) in enumerate(calls):
             groups.setdefault(self._calls.server_of(args[1]), []).append(index)
         if len(groups) == 1:
             return await self._run_slot(calls)
@@ -347,20 +351,28 @@ class Publishing:
         """Publish calls whose rooms are served by one master (all of them on one Redis)."""
         script = self._calls.script_publish
         if self._calls.cluster and not redispy.POOLED:
-            return [await self._one(script.sha, args) for args, _ in calls]
-        results = await self._pipeline(script.sha, calls)
+            return [await self._one(script.sha, args) for args, _, _ in calls]
+        batched = not self._calls.cluster and len(calls) > 1
+        results = await (self._batched(calls) if batched else self._pipeline(script.sha, calls))
         refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if refused:
             # Redis restarted without its script cache. A script that was refused did not
             # run, so those calls are sent again, once, after loading it.
             again: list[Any]
             try:
+                if batched:
+                    self._calls.script_publish_batch.sha = await self._calls.redis.script_load(
+                        self._calls.publish_batch_source
+                    )
                 script.sha = await self._calls.redis.script_load(self._calls.publish_source)
             except FAULTS as exc:
                 again = [unavailable(exc)] * len(refused)
             else:
                 try:
-                    again = await self._pipeline(script.sha, [calls[i] for i in refused])
+                    retry = [calls[i] for i in refused]
+                    again = await (
+                        self._batched(retry) if batched else self._pipeline(script.sha, retry)
+                    )
                 except RoomcastError as exc:
                     again = [exc] * len(refused)
             for i, result in zip(refused, again, strict=True):
@@ -388,8 +400,49 @@ class Publishing:
             )
 
     async def _pipeline(self, sha: str, calls: list[_Call]) -> list[Any]:
-        """Send `EVALSHA` for each call on one connection, then read every answer: a result,
-        or the `ResponseError` Redis answered for that call.
+        """Send `EVALSHA` of PUBLISH for each call on one connection, then read every answer:
+        a result, or the `ResponseError` Redis answered for that call (see `_roundtrip`)."""
+        head = b"$7\r\nEVALSHA\r\n" + _bulk(sha.encode())
+        commands = [
+            b"*%d\r\n%b%b%b%b" % (len(args) + 2, head, _NUMKEYS[args[0]], keys, argv)
+            for args, keys, argv in calls
+        ]
+        return await self._roundtrip(calls[0][0][1], commands)
+
+    async def _batched(self, calls: list[_Call]) -> list[Any]:
+        """Send the calls as PUBLISH_BATCH calls of up to `BATCH_CALLS` each, pipelined on one
+        connection: each publish's answer, or the `ResponseError` it met (one for all of a
+        batch call that Redis refused, a `NOSCRIPT` for instance)."""
+        head = b"$7\r\nEVALSHA\r\n" + _bulk(self._calls.script_publish_batch.sha.encode())
+        chunks = [calls[i : i + BATCH_CALLS] for i in range(0, len(calls), BATCH_CALLS)]
+        commands = []
+        for chunk in chunks:
+            keys = sum(args[0] for args, _, _ in chunk)
+            commands.append(
+                b"*%d\r\n%b%b%b%b"
+                % (
+                    3 + sum(len(args) for args, _, _ in chunk),
+                    head,
+                    _bulk(b"%d" % keys),
+                    b"".join([packed for _, packed, _ in chunk]),
+                    b"".join([_NUMKEYS[args[0]] + argv for args, _, argv in chunk]),
+                )
+            )
+        results: list[Any] = []
+        for chunk, answer in zip(
+            chunks, await self._roundtrip(calls[0][0][1], commands), strict=True
+        ):
+            if isinstance(answer, list) and len(answer) == len(chunk):
+                results += answer
+            else:
+                if not isinstance(answer, BaseException):  # pragma: no cover - the script's
+                    answer = ResponseError(f"unexpected answer to a batch: {answer!r:.200}")
+                results += [answer] * len(chunk)
+        return results
+
+    async def _roundtrip(self, first_key: str, commands: list[bytes]) -> list[Any]:
+        """Send `commands` on one connection (to the master of `first_key`'s slot), then read
+        every answer: a result, or the `ResponseError` Redis answered for that command.
 
         Raises:
             BrokerUnavailable: no connection could be had: nothing was sent.
@@ -397,12 +450,10 @@ class Publishing:
                 them all (the connection failed, or no answer within the reply timeout):
                 some may have run.
         """
-        first_key = calls[0][0][1]
+        calls = len(commands)
         conn, release = await self._calls.connection(first_key)
         replicas = self._calls.replicas(first_key)
         try:
-            head = b"$7\r\nEVALSHA\r\n" + _bulk(sha.encode())
-            commands = [b"*%d\r\n%b%b" % (len(args) + 2, head, packed) for args, packed in calls]
             if replicas:
                 # A Redis Cluster shard with a replica: answer once the replica has the
                 # batch too (bounded), so that a publish acknowledged before its master
@@ -423,7 +474,7 @@ class Publishing:
                             results.append(exc)
                         # The answers that came with it: taken without an awaited read each.
                         results += redispy.buffered_replies(conn, expected - len(results))
-                del results[len(calls) :]  # WAIT's answer
+                del results[calls:]  # WAIT's answer
             except FAULTS as exc:
                 raise BrokerTimeout(
                     f"the broker (redis) stopped answering: the message may or may not have "
@@ -442,6 +493,9 @@ def _bulk(value: bytes) -> bytes:
     """`value` as a RESP bulk string."""
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
+
+_NUMKEYS = {4: b"$1\r\n4\r\n", 5: b"$1\r\n5\r\n"}
+"""A PUBLISH call's number of keys, encoded (without, with an idempotency key)."""
 
 _WAIT = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n" + _bulk(b"%d" % REPLICA_WAIT_MS)
 """`WAIT 1 <REPLICA_WAIT_MS>`, encoded."""

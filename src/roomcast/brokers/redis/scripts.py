@@ -20,6 +20,7 @@ __all__ = [
     "HISTORY",
     "LEASE",
     "PUBLISH",
+    "PUBLISH_BATCH",
     "RELEASE_SHARD",
     "REMOVE_MEMBER",
     "SWEEP_CLAIM",
@@ -28,60 +29,89 @@ __all__ = [
     "sharded",
 ]
 
-PUBLISH = (
+_PUBLISH_ONE = (
     """
 -- KEYS: offset, epoch, stream, presence[, idempotency key]
 -- ARGV: history size, history ttl (ms), channel (the room's, the same for every publish),
 --       prefix, target, epoch if none exists[, idempotency window (ms)]
 -- Returns {offset, epoch}, or {first offset, its epoch, 1} for an idempotency key that
 -- published already within its window (then nothing is published).
-if KEYS[5] then
-  local seen = redis.call('GET', KEYS[5])
-  if seen then
-    local space = string.find(seen, ' ', 1, true)
-    return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1), 1}
+local function publish(KEYS, ARGV)
+  if KEYS[5] then
+    local seen = redis.call('GET', KEYS[5])
+    if seen then
+      local space = string.find(seen, ' ', 1, true)
+      return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1), 1}
+    end
   end
-end
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  -- A new incarnation (the room is new, or its history was lost): nothing of an older one
-  -- may survive it.
-  epoch = ARGV[6]
-  redis.call('DEL', KEYS[1], KEYS[3])
-  redis.call('SET', KEYS[2], epoch)
-end
-local offset = redis.call('INCR', KEYS[1])
-if offset == 1 then
-  -- Nothing retained may carry a higher id than the offsets to come.
-  redis.call('DEL', KEYS[3])
-end
-local id = string.format('%d', offset)
-local frame = """
+  local epoch = redis.call('GET', KEYS[2])
+  if not epoch then
+    -- A new incarnation (the room is new, or its history was lost): nothing of an older one
+    -- may survive it.
+    epoch = ARGV[6]
+    redis.call('DEL', KEYS[1], KEYS[3])
+    redis.call('SET', KEYS[2], epoch)
+  end
+  local offset = redis.call('INCR', KEYS[1])
+  if offset == 1 then
+    -- Nothing retained may carry a higher id than the offsets to come.
+    redis.call('DEL', KEYS[3])
+  end
+  local id = string.format('%d', offset)
+  local frame = """
     + LUA_FRAME
     + """
-local size = tonumber(ARGV[1])
-if size > 0 then
-  redis.call('XADD', KEYS[3], id .. '-0', 'f', frame, 't', ARGV[5])
-  -- Trimmed exactly, but every tenth of the size rather than at each message (a trim is most
-  -- of a publish's cost in Redis): the stream holds up to a tenth more, which HISTORY skips.
-  if offset % math.max(1, math.floor(size / 10)) == 0 then
-    redis.call('XTRIM', KEYS[3], 'MAXLEN', size)
+  local size = tonumber(ARGV[1])
+  if size > 0 then
+    redis.call('XADD', KEYS[3], id .. '-0', 'f', frame, 't', ARGV[5])
+    -- Trimmed exactly, but every tenth of the size rather than at each message (a trim is most
+    -- of a publish's cost in Redis): the stream holds up to a tenth more, which HISTORY skips.
+    if offset % math.max(1, math.floor(size / 10)) == 0 then
+      redis.call('XTRIM', KEYS[3], 'MAXLEN', size)
+    end
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
   end
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
-end
-if redis.call('EXISTS', KEYS[4]) == 0 then
-  -- Nobody holds the room: its offset and epoch expire with the stream (a member's join
-  -- makes them persistent, its room's last leave gives them the history ttl again).
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-if KEYS[5] then
-  redis.call('SET', KEYS[5], id .. ' ' .. epoch, 'PX', ARGV[7])
-end
-redis.call('PUBLISH', ARGV[3], """
+  if redis.call('EXISTS', KEYS[4]) == 0 then
+    -- Nobody holds the room: its offset and epoch expire with the stream (a member's join
+    -- makes them persistent, its room's last leave gives them the history ttl again).
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
+  if KEYS[5] then
+    redis.call('SET', KEYS[5], id .. ' ' .. epoch, 'PX', ARGV[7])
+  end
+  redis.call('PUBLISH', ARGV[3], """
     + LUA_PUBLICATION
     + """)
-return {offset, epoch}
+  return {offset, epoch}
+end
+"""
+)
+
+PUBLISH = _PUBLISH_ONE + "return publish(KEYS, ARGV)\n"
+
+PUBLISH_BATCH = (
+    _PUBLISH_ONE
+    + """
+-- Several publishes in one call, in order: KEYS holds each one's keys after the other's, ARGV
+-- each one's number of keys (4 or 5), then its ARGV as PUBLISH takes it (n + 2 values).
+-- Returns each one's answer, or the error it met (the others still run, as separate calls).
+local answers = {}
+local k, a = 0, 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local keys, argv = {}, {}
+  for i = 1, n do keys[i] = KEYS[k + i] end
+  for i = 1, n + 2 do argv[i] = ARGV[a + i] end
+  local ok, answer = pcall(publish, keys, argv)
+  if not ok and (type(answer) ~= 'table' or not answer.err) then
+    answer = {err = tostring(answer)}
+  end
+  answers[#answers + 1] = answer
+  k = k + n
+  a = a + n + 3
+end
+return answers
 """
 )
 
