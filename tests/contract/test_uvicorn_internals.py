@@ -43,6 +43,7 @@ def test_every_overridden_method_exists_in_uvicorn() -> None:
         "discard",
         "write_frame",
         "receive_directly",
+        "receive_head",
     }
     for name in own - added:
         assert callable(getattr(WebSocketsSansIOProtocol, name, None)), name

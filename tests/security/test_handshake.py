@@ -45,6 +45,25 @@ async def test_upgrade_with_a_body_is_answered_400(server: ServerProcess) -> Non
     assert closed
 
 
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (("Content-Length", "5"), b"400"),
+        (("Transfer-Encoding", "chunked"), b"400"),
+        (("Bad Name", "v"), b"400"),
+    ],
+)
+async def test_a_whole_upgrade_head_websockets_refuses_is_answered(
+    server: ServerProcess, header: tuple[str, str], status: bytes
+) -> None:
+    """A whole upgrade head alone in its read, which only websockets' parser refuses (a body
+    announced, a transfer coding, a header name that is not a token): its answer and a
+    close, as for any other head."""
+    data, closed = await exchange(server.port, upgrade_request(headers=[header]), ANSWER_TIMEOUT)
+    assert data.startswith(b"HTTP/1.1 " + status + b" ")
+    assert closed
+
+
 async def test_token_too_long_for_a_request_line_is_answered_414(server: ServerProcess) -> None:
     """A token that makes the request line longer than 8 KiB: 414 and a close (never a hang)."""
     request = upgrade_request(path=WS_PATH + "&token=" + "t" * 9000)

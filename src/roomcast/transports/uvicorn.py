@@ -58,6 +58,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets import http11
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Protocol, State
@@ -477,10 +479,25 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     # The handshake
 
     def connection_made(self, transport: Any) -> None:
-        """Start the handshake's clock (when this class has a handshake timeout)."""
+        """Start the handshake's clock (when this class has a handshake timeout and no
+        deadline was given yet)."""
         super().connection_made(transport)
-        if self.handshake_timeout is not None:
+        if self.handshake_timeout is not None and self._handshake_timer is None:
             self.handshake_deadline(self.loop.time() + self.handshake_timeout)
+
+    def receive_head(self, head: bytes) -> None:
+        """The socket's first read, a whole upgrade request head (:func:`_whole_upgrade`):
+        parsed here when it is plain (:func:`_parse_head`: what browsers and client
+        libraries send), else fed to websockets' parser as it came."""
+        request = _parse_head(head)
+        if request is None:
+            self.data_received(head)
+            return
+        # websockets' server parser goes on with the frame parser once it has the request.
+        parser = Protocol.parse(self.conn)
+        next(parser)
+        self.conn.parser = parser
+        self.handle_connect(request)
 
     def handshake_deadline(self, when: float) -> None:
         """Answer the handshake with an HTTP error and close unless it is complete at `when`
@@ -561,6 +578,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent:
             self._handshake_done()
             return
+        # ASGI wants header names in lower case; uvicorn passes them as the request had them.
+        self.scope["headers"] = [(name.lower(), value) for name, value in self.scope["headers"]]
         if not self.conn.extensions:
             # Direct writes bypass websockets' frame encoder: only with no extension.
             self.writer = DirectWriter.of(self.loop)
@@ -1031,6 +1050,41 @@ def _whole_upgrade(data: bytes) -> bool:
     return b"\r\nupgrade: websocket\r\n" in head and _CONNECTION_UPGRADE.search(head) is not None
 
 
+_REQUEST_LINE = re.compile(rb"GET ([\x21-\x7e]+) HTTP/1\.1\r\n")
+_HEADER_LINES = re.compile(
+    rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+:[\x09\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+)  # websockets' own rules for header names and values (http11.py), every line at once
+_BODY_HEADERS = frozenset({"transfer-encoding", "content-length"})
+_set_header = getattr(Headers, "set_insecure", Headers.__setitem__)
+"""websockets' way to add a header it has validated (newer versions), or the checked one."""
+_MAX_LINE: int = getattr(http11, "MAX_LINE_LENGTH", 8192)
+_MAX_HEADERS: int = getattr(http11, "MAX_NUM_HEADERS", 128)
+"""websockets' bounds of a request head (its environment variables may change them)."""
+
+
+def _parse_head(head: bytes) -> Request | None:
+    """The request of a whole upgrade head (:func:`_whole_upgrade`) as websockets' parser
+    would have it, for a plain head: an HTTP/1.1 request line with an ASCII path, header lines
+    within websockets' bounds (line length, number) and rules (characters of names and
+    values), no body. None for anything else: websockets' parser then answers it."""
+    line = _REQUEST_LINE.match(head)
+    if (
+        line is None
+        or len(head) > _MAX_LINE - 2  # then no line can be too long
+        or head.count(b"\n") - 2 > _MAX_HEADERS
+        or _HEADER_LINES.fullmatch(head, line.end()) is None
+    ):
+        return None
+    headers = Headers()
+    for field in head[line.end() : -4].split(b"\r\n"):
+        name, _, value = field.partition(b":")
+        key = name.decode("ascii")
+        if key.lower() in _BODY_HEADERS:
+            return None
+        _set_header(headers, key, value.strip(b" \t").decode("iso-8859-1"))
+    return Request(line.group(1).decode("ascii"), headers)
+
+
 def _lowercase_names(head: bytes) -> bytes:
     """A request head with its header names in lower case, as ASGI wants them in the scope
     (the WebSocket protocol takes them as they come; uvicorn's copy of a request lowers
@@ -1055,25 +1109,108 @@ def handshake_protocol(
     upgrade must then be accepted (101) by the same deadline; with `limits`, upgrades still in
     their handshake count toward the connection limits, and one past them is answered 429.
 
-    A socket's first read that is a whole upgrade request (:func:`_whole_upgrade`: what
-    browsers and client libraries send) goes to the WebSocket protocol as it came, without
-    h11's parse and uvicorn's copy of it (the WebSocket handshake parses and checks the
-    request itself); anything else takes uvicorn's way.
+    The class returned holds a socket until its first read: a whole upgrade request
+    (:func:`_whole_upgrade`: what browsers and client libraries send) goes to the WebSocket
+    protocol as it came (:meth:`WebSocketProtocol.receive_head`), with no HTTP protocol made
+    for it; anything else goes to an h11 protocol made then, which takes uvicorn's way.
     """
+
+    class HandshakeProtocol(asyncio.Protocol):
+        """A socket until its first read: a whole upgrade head goes to the WebSocket
+        protocol, anything else to h11 (:class:`HandshakeTimeoutProtocol`)."""
+
+        def __init__(
+            self,
+            config: uvicorn.Config,
+            server_state: Any,
+            app_state: dict[str, Any],
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> None:
+            self.config = config
+            self.server_state = server_state
+            self.app_state = app_state
+            self.loop = _loop or asyncio.get_event_loop()
+            self.transport: Any = None
+            self._timer: asyncio.TimerHandle | None = None
+            self._deadline = 0.0
+            self._max_head = config.h11_max_incomplete_event_size or MAX_HEAD
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.server_state.connections.add(self)  # uvicorn's shutdown closes it
+            self._deadline = self.loop.time() + timeout
+            self._timer = self.loop.call_at(self._deadline, self._expired)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            self.server_state.connections.discard(self)
+
+        def shutdown(self) -> None:
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            self._disarm()
+            self.server_state.connections.discard(self)
+            if len(data) <= self._max_head and _whole_upgrade(data):
+                self._upgrade(data)
+                return
+            http = HandshakeTimeoutProtocol(
+                self.config, self.server_state, self.app_state, _loop=self.loop
+            )
+            http.connection_made(self.transport)
+            http._arm(self._deadline)
+            self.transport.set_protocol(http)
+            http.data_received(data)
+
+        def _upgrade(self, head: bytes) -> None:
+            """uvicorn's `handle_websocket_upgrade`, with the request's own bytes."""
+            reservation = None
+            if limits is not None:
+                peer = self.transport.get_extra_info("peername")
+                try:
+                    reservation = limits.reserve(peer[0] if peer else None)
+                except Refused as exc:
+                    self.transport.write(_http_refusal(429, "Too Many Requests", exc.message))
+                    self.transport.close()
+                    return
+            protocol = self.config.ws_protocol_class(  # type: ignore[call-arg,misc]
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            self.transport.set_protocol(protocol)
+            if isinstance(protocol, WebSocketProtocol):
+                protocol.handshake_deadline(self._deadline)
+                protocol.reservation = reservation
+                protocol.connection_made(self.transport)
+                protocol.receive_head(head)
+                return
+            if reservation is not None:
+                reservation.release()
+            protocol.connection_made(self.transport)
+            protocol.data_received(_lowercase_names(head))
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _expired(self) -> None:
+            self._timer = None
+            if not self.transport.is_closing():
+                peer = self.transport.get_extra_info("peername")
+                log_event(
+                    "connection.handshake_timeout",
+                    level=logging.DEBUG,
+                    client=peer[0] if peer else None,
+                )
+                self.transport.close()
 
     class HandshakeTimeoutProtocol(H11Protocol):
         _handshake_timer: asyncio.TimerHandle | None = None
         _deadline = 0.0
-        _read = False  # whether this socket's first read came
 
         def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
             super().__init__(config, *args, **kwargs)
             self.conn = _EarlyAnswers(self, config.h11_max_incomplete_event_size)
-            self._max_head = config.h11_max_incomplete_event_size or MAX_HEAD
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -1083,28 +1220,6 @@ def handshake_protocol(
             super().handle_events()
             if self.conn.our_state is h11.SEND_RESPONSE:  # a request head is complete
                 self._disarm()
-
-        def data_received(self, data: bytes) -> None:
-            if not self._read:
-                self._read = True
-                if len(data) <= self._max_head and _whole_upgrade(data):
-                    self._upgrade(data)
-                    return
-            super().data_received(data)
-
-        def _upgrade(self, request: bytes) -> None:
-            """uvicorn's `handle_websocket_upgrade`, with the request's own bytes."""
-            admitted, reservation = self._admit()
-            if not admitted:
-                return
-            self.connections.discard(self)
-            protocol = self.ws_protocol_class(  # type: ignore[call-arg,misc]
-                config=self.config, server_state=self.server_state, app_state=self.app_state
-            )
-            protocol.connection_made(self.transport)
-            protocol.data_received(_lowercase_names(request))
-            self.transport.set_protocol(protocol)
-            self._upgraded(reservation)
 
         def handle_websocket_upgrade(self, event: Any) -> None:
             admitted, reservation = self._admit()
@@ -1141,9 +1256,11 @@ def handshake_protocol(
             if not self.transport.is_closing() and self.conn.our_state is not h11.SEND_RESPONSE:
                 self._arm()
 
-        def _arm(self) -> None:
+        def _arm(self, deadline: float | None = None) -> None:
+            """Close the socket unless a request head is complete by `deadline` (loop time;
+            by default `timeout` seconds from now)."""
             self._disarm()
-            self._deadline = self.loop.time() + timeout
+            self._deadline = self.loop.time() + timeout if deadline is None else deadline
             self._handshake_timer = self.loop.call_at(self._deadline, self._expired)
 
         def _disarm(self) -> None:
@@ -1161,4 +1278,4 @@ def handshake_protocol(
                 )
                 self.transport.close()
 
-    return HandshakeTimeoutProtocol
+    return HandshakeProtocol
