@@ -1,14 +1,23 @@
 """Which first reads `roomcast serve` hands to the WebSocket handshake without h11: a whole
 upgrade request head and nothing else; the header names it lowers for the scope; and which
-heads it parses itself (as websockets would) rather than through websockets' parser."""
+heads it parses itself (as websockets would) rather than through websockets' parser, and which
+requests it accepts itself (as websockets would)."""
 
 from __future__ import annotations
 
+from email.utils import parsedate_to_datetime
+
 import pytest
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from roomcast.transports.uvicorn import _lowercase_names, _parse_head, _whole_upgrade
+from roomcast.transports.uvicorn import (
+    _accept_plain,
+    _lowercase_names,
+    _parse_head,
+    _whole_upgrade,
+)
 
 HEAD = (
     b"GET /api/v1/ws?username=a&roomID=r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
@@ -86,3 +95,58 @@ def test_a_plain_head_is_read_as_websockets_reads_it(head: bytes) -> None:
 )
 def test_anything_unusual_is_left_to_websockets(head: bytes) -> None:
     assert _parse_head(head) is None
+
+
+def answers(head: bytes) -> tuple[Response | None, Response, ServerProtocol, ServerProtocol]:
+    """The plain accept's answer and websockets' own, with each side's state after it."""
+    ours, theirs = ServerProtocol(), ServerProtocol()
+    plain = _accept_plain(ours, websockets_parse(head))
+    return plain, theirs.accept(websockets_parse(head)), ours, theirs
+
+
+def undated(response: Response) -> list[tuple[str, str]]:
+    return sorted((k, v) for k, v in response.headers.raw_items() if k != "Date")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        HEAD,
+        HEAD.replace(b"keep-alive, Upgrade", b"UPGRADE"),
+        HEAD.replace(b"Upgrade: websocket", b"Upgrade: WebSocket"),
+        HEAD.replace(b"Host: x", b"Host: x\r\nOrigin: http://x\r\nSec-WebSocket-Extensions: a"),
+    ],
+)
+def test_a_plain_request_is_accepted_as_websockets_accepts_it(head: bytes) -> None:
+    plain, theirs, ours_conn, their_conn = answers(head)
+    assert plain is not None
+    assert (plain.status_code, plain.reason_phrase) == (theirs.status_code, theirs.reason_phrase)
+    # The same headers; the dates may fall on either side of a second.
+    assert undated(plain) == undated(theirs)
+    assert parsedate_to_datetime(plain.headers["Date"]).tzinfo is not None
+    for name in ("accept_called", "origin", "extensions", "subprotocol", "handshake_exc"):
+        assert getattr(ours_conn, name) == getattr(their_conn, name), name
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        HEAD.replace(b"keep-alive, Upgrade", b"keep-alive"),  # 426 from websockets
+        HEAD.replace(b"keep-alive, Upgrade", b", Upgrade"),  # lenient list: websockets decides
+        HEAD.replace(b"Upgrade: websocket", b"Upgrade: websocket, h2c"),
+        HEAD.replace(b"AbCdEfGhIjKlMnOpQrStUw==", b"AbCdEfGhIjKlMnOpQrStU==="),
+        HEAD.replace(b"AbCdEfGhIjKlMnOpQrStUw==", b"c2hvcnQ="),
+        HEAD.replace(b"Version: 13", b"Version: 8"),
+        HEAD.replace(b"Host: x", b"Host: x\r\nSec-WebSocket-Key: AbCdEfGhIjKlMnOpQrStUw=="),
+        HEAD.replace(b"Host: x", b"Host: x\r\nOrigin: a\r\nOrigin: b"),
+        HEAD.replace(b"Host: x", b"Host: x\r\nSec-WebSocket-Protocol: chat"),
+    ],
+)
+def test_anything_else_is_accepted_or_refused_by_websockets(head: bytes) -> None:
+    plain, _, ours_conn, _ = answers(head)
+    assert plain is None
+    assert not ours_conn.accept_called
+
+
+def test_a_server_that_checks_origins_is_left_to_websockets() -> None:
+    assert _accept_plain(ServerProtocol(origins=[None]), websockets_parse(HEAD)) is None

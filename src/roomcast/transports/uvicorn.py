@@ -45,6 +45,7 @@ negotiated no extension (`roomcast serve` turns permessage-deflate off).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import logging
 import re
@@ -59,11 +60,12 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets import http11
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
+from websockets.utils import accept_key
 
 try:  # as websockets itself unmasks: its C speedup, else its pure Python version
     from websockets.speedups import apply_mask as _apply_mask
@@ -153,6 +155,9 @@ _WS_ATTRIBUTES = (
     "writable",
 )
 _CONN_ATTRIBUTES = (
+    "accept_called",
+    "available_extensions",
+    "available_subprotocols",
     "close_sent",
     "current_size",
     "data_to_send",
@@ -162,12 +167,15 @@ _CONN_ATTRIBUTES = (
     "handshake_exc",
     "max_fragment_size",
     "max_message_size",
+    "origin",
+    "origins",
     "parser",
     "parser_exc",
     "reader",
     "receive_data",
     "send_close",
     "state",
+    "subprotocol",
 )
 _HTTP_METHODS = (
     "connection_made",
@@ -458,6 +466,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if type(self.conn) is ServerProtocol:
+            self.conn.__class__ = _PlainServerProtocol  # only `accept` differs
         # Lighter stand-ins for uvicorn's queue and event (an idle connection holds them).
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Writable()  # type: ignore[assignment]
@@ -962,6 +972,78 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.flush()
         super().shutdown()
         self._abort_later()
+
+
+_WS_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+"""A `Sec-WebSocket-Key` that decodes to 16 bytes, in its plain form."""
+_TOKEN = r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_UPGRADE_OPTION = re.compile(
+    rf"(?:{_TOKEN}[ \t]*,[ \t]*)*upgrade(?:[ \t]*,[ \t]*{_TOKEN})*", re.IGNORECASE
+)
+"""A `Connection` header that is a plain list of options, `upgrade` among them."""
+_date: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The `Date` of a response, as websockets writes it, made once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, email.utils.formatdate(now, usegmt=True))
+    return _date[1]
+
+
+class _PlainServerProtocol(ServerProtocol):
+    """websockets' server side, accepting a plain handshake request without its general
+    parse (:func:`_accept_plain`); anything else is websockets' own `accept`."""
+
+    __slots__ = ()
+
+    def accept(self, request: Request) -> Response:
+        return _accept_plain(self, request) or super().accept(request)
+
+
+def _accept_plain(conn: ServerProtocol, request: Request) -> Response | None:
+    """websockets' 101 answer to `request`, when the request and the server are plain: one
+    `Connection` header listing `upgrade`, `Upgrade: websocket`, one well-formed key,
+    version 13, at most one `Origin`, no subprotocol offered, and a server that checks no
+    origin and offers no extension or subprotocol. None for anything else (then websockets'
+    `accept` checks it, and answers a refusal)."""
+    if (
+        getattr(request, "method", "GET") != "GET"
+        or getattr(request, "protocol", "HTTP/1.1") != "HTTP/1.1"
+        or conn.origins is not None
+        or conn.available_extensions
+        or conn.available_subprotocols
+    ):
+        return None
+    headers = request.headers
+    try:
+        connection = headers["Connection"]
+        upgrade = headers["Upgrade"]
+        key = headers["Sec-WebSocket-Key"]
+        version = headers["Sec-WebSocket-Version"]
+        origin = headers.get("Origin")
+    except (KeyError, MultipleValuesError):
+        return None
+    if (
+        version != "13"
+        or upgrade.lower() != "websocket"
+        or "Sec-WebSocket-Protocol" in headers
+        or _WS_KEY.fullmatch(key) is None
+        or _UPGRADE_OPTION.fullmatch(connection) is None
+    ):
+        return None
+    conn.accept_called = True
+    conn.origin = origin  # type: ignore[assignment]
+    conn.extensions = []
+    conn.subprotocol = None
+    answer = Headers()
+    _set_header(answer, "Date", _http_date())
+    _set_header(answer, "Upgrade", "websocket")
+    _set_header(answer, "Connection", "Upgrade")
+    _set_header(answer, "Sec-WebSocket-Accept", accept_key(key))
+    return Response(101, "Switching Protocols", answer)
 
 
 def _drop_handshake_parser(conn: ServerProtocol) -> None:
