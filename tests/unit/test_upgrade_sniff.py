@@ -6,8 +6,13 @@ requests it accepts itself (as websockets would)."""
 from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import pytest
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
@@ -17,6 +22,7 @@ from roomcast.transports.uvicorn import (
     _lowercase_names,
     _parse_head,
     _whole_upgrade,
+    handshake_protocol,
 )
 
 HEAD = (
@@ -150,3 +156,57 @@ def test_anything_else_is_accepted_or_refused_by_websockets(head: bytes) -> None
 
 def test_a_server_that_checks_origins_is_left_to_websockets() -> None:
     assert _accept_plain(ServerProtocol(origins=[None]), websockets_parse(HEAD)) is None
+
+
+class FakeTransport:
+    """What the first-read protocol asks of a transport."""
+
+    def __init__(self) -> None:
+        self.protocol: Any = None
+        self.written = b""
+        self.closed = False
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None: ...
+
+
+@pytest.mark.parametrize(("ws", "upgraded"), [("websockets-sansio", True), ("none", False)])
+async def test_a_whole_upgrade_head_goes_to_the_websocket_protocol_if_there_is_one(
+    ws: str, upgraded: bool
+) -> None:
+    """With uvicorn's `ws="none"` an upgrade goes to h11 (which refuses it), like any
+    request."""
+    config = uvicorn.Config(_app, ws=ws, log_config=None)
+    config.load()
+    state = ServerState()
+    first_read = handshake_protocol(5.0)(config, state, {})
+    transport = FakeTransport()
+    first_read.connection_made(transport)
+    assert first_read in state.connections
+    first_read.data_received(HEAD)
+    assert first_read not in state.connections
+    assert isinstance(transport.protocol, WebSocketsSansIOProtocol) is upgraded
+    assert isinstance(transport.protocol, H11Protocol) is not upgraded
+    transport.protocol.connection_lost(None)

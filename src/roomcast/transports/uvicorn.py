@@ -1233,7 +1233,11 @@ def handshake_protocol(
         def data_received(self, data: bytes) -> None:
             self._disarm()
             self.server_state.connections.discard(self)
-            if len(data) <= self._max_head and _whole_upgrade(data):
+            if (
+                len(data) <= self._max_head
+                and self.config.ws_protocol_class is not None  # uvicorn's `ws="none"`
+                and _whole_upgrade(data)
+            ):
                 self._upgrade(data)
                 return
             http = HandshakeTimeoutProtocol(
