@@ -220,23 +220,11 @@ UVICORN_READY = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 
 
 @contextlib.contextmanager
-def uvicorn_app(app: str, app_dir: str) -> Iterator[tuple[str, LogReader]]:
-    """`uvicorn --app-dir APP_DIR APP` on a free port as a real process: (its URL, its log)."""
+def uvicorn_process(command: Sequence[str]) -> Iterator[tuple[str, LogReader]]:
+    """`command`, a process that runs uvicorn on a free port (`--port 0`), until the block
+    ends: (its URL, its log)."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            app_dir,
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--ws",
-            "websockets-sansio",
-        ],
+        list(command),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -255,6 +243,14 @@ def uvicorn_app(app: str, app_dir: str) -> Iterator[tuple[str, LogReader]]:
         log.join(5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def uvicorn_app(app: str, app_dir: str) -> contextlib.AbstractContextManager[tuple[str, LogReader]]:
+    """`uvicorn --app-dir APP_DIR APP` on a free port as a real process: (its URL, its log)."""
+    return uvicorn_process(
+        [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, app, "--host", "127.0.0.1",
+         "--port", "0", "--ws", "websockets-sansio"]
+    )  # fmt: skip
 
 
 class RedisProcess:

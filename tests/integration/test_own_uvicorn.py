@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,33 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import ROOT, UVICORN_READY, Client, LogReader
+from tests.harness import ROOT, Client, uvicorn_process
 
 SCRIPT = Path(ROOT) / "tests/integration/own_uvicorn.py"
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    log = LogReader(proc.stderr)
-    try:
-        yield log.wait_for(UVICORN_READY).group(1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.join(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    with uvicorn_process([sys.executable, str(SCRIPT)]) as (url, _):
+        yield url
 
 
 async def test_members_join_and_talk(url: str) -> None:

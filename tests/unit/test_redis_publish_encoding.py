@@ -86,9 +86,7 @@ async def test_a_batch_is_one_script_call_per_batch_calls_with_every_call_in_it(
         return [[[i, b"e"] for i in range(BATCH_CALLS)], [[BATCH_CALLS, b"e"], ResponseError("x")]]
 
     sha = "0123456789abcdef0123456789abcdef01234567"
-    calls: Any = SimpleNamespace(
-        available=True, cluster=False, script_publish_batch=SimpleNamespace(sha=sha)
-    )
+    calls: Any = SimpleNamespace(available=True, cluster=False)
     publishing = publishing_of(calls)
     for i in range(BATCH_CALLS + 2):
         publishing.publish_soon(
@@ -99,7 +97,7 @@ async def test_a_batch_is_one_script_call_per_batch_calls_with_every_call_in_it(
         task.cancel()
     await asyncio.gather(*publishing._flushes, return_exceptions=True)
     publishing._roundtrip = roundtrip  # type: ignore[method-assign]
-    results = await publishing._batched(batch)
+    results = await publishing._batched(sha, batch)
     assert len(sent) == 1
     assert len(sent[0]) == 2
     for command, chunk in zip(sent[0], (batch[:BATCH_CALLS], batch[BATCH_CALLS:]), strict=True):

@@ -1179,6 +1179,13 @@ def _lowercase_names(head: bytes) -> bytes:
     return b"\r\n".join(lines)
 
 
+def _close_unfinished(transport: Any, client: str | None) -> None:
+    """A socket's request head did not come by the handshake deadline: log it and close."""
+    if not transport.is_closing():
+        log_event("connection.handshake_timeout", level=logging.DEBUG, client=client)
+        transport.close()
+
+
 @functools.cache
 def handshake_protocol(
     timeout: float, limits: ConnectionLimits | None = None
@@ -1281,14 +1288,8 @@ def handshake_protocol(
 
         def _expired(self) -> None:
             self._timer = None
-            if not self.transport.is_closing():
-                peer = self.transport.get_extra_info("peername")
-                log_event(
-                    "connection.handshake_timeout",
-                    level=logging.DEBUG,
-                    client=peer[0] if peer else None,
-                )
-                self.transport.close()
+            peer = self.transport.get_extra_info("peername")
+            _close_unfinished(self.transport, peer[0] if peer else None)
 
     class HandshakeTimeoutProtocol(H11Protocol):
         _handshake_timer: asyncio.TimerHandle | None = None
@@ -1356,12 +1357,6 @@ def handshake_protocol(
 
         def _expired(self) -> None:
             self._handshake_timer = None
-            if not self.transport.is_closing():
-                log_event(
-                    "connection.handshake_timeout",
-                    level=logging.DEBUG,
-                    client=self.client[0] if self.client else None,
-                )
-                self.transport.close()
+            _close_unfinished(self.transport, self.client[0] if self.client else None)
 
     return HandshakeProtocol

@@ -121,7 +121,8 @@ class Calls:
         self.publish_batch_source = (
             scripts.sharded(scripts.PUBLISH_BATCH) if self.cluster else scripts.PUBLISH_BATCH
         )
-        """Several publishes in one script call (PUBLISH_BATCH)."""
+        """Several publishes in one script call (PUBLISH_BATCH; on one Redis only: a Cluster's
+        batches span slots)."""
         self.script_publish_batch = register(self.publish_batch_source)
         self.script_history = register(
             scripts.sharded(scripts.HISTORY) if self.cluster else scripts.HISTORY

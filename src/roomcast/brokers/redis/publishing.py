@@ -349,30 +349,30 @@ class Publishing:
 
     async def _run_slot(self, calls: list[_Call]) -> list[Any]:
         """Publish calls whose rooms are served by one master (all of them on one Redis)."""
-        script = self._calls.script_publish
+        publish = self._calls.script_publish
         if self._calls.cluster and not redispy.POOLED:
-            return [await self._one(script.sha, args) for args, _, _ in calls]
-        batched = not self._calls.cluster and len(calls) > 1
-        results = await (self._batched(calls) if batched else self._pipeline(script.sha, calls))
+            return [await self._one(publish.sha, args) for args, _, _ in calls]
+        if not self._calls.cluster and len(calls) > 1:
+            script, source, send = (
+                self._calls.script_publish_batch,
+                self._calls.publish_batch_source,
+                self._batched,
+            )
+        else:
+            script, source, send = publish, self._calls.publish_source, self._pipeline
+        results = await send(script.sha, calls)
         refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if refused:
             # Redis restarted without its script cache. A script that was refused did not
             # run, so those calls are sent again, once, after loading it.
             again: list[Any]
             try:
-                if batched:
-                    self._calls.script_publish_batch.sha = await self._calls.redis.script_load(
-                        self._calls.publish_batch_source
-                    )
-                script.sha = await self._calls.redis.script_load(self._calls.publish_source)
+                script.sha = await self._calls.redis.script_load(source)
             except FAULTS as exc:
                 again = [unavailable(exc)] * len(refused)
             else:
                 try:
-                    retry = [calls[i] for i in refused]
-                    again = await (
-                        self._batched(retry) if batched else self._pipeline(script.sha, retry)
-                    )
+                    again = await send(script.sha, [calls[i] for i in refused])
                 except RoomcastError as exc:
                     again = [exc] * len(refused)
             for i, result in zip(refused, again, strict=True):
@@ -383,7 +383,7 @@ class Publishing:
             # in order, through the client, which follows MOVED and ASK.
             await redispy.redirected(self._calls.redis, results[moved[0]])
             for i in moved:
-                results[i] = await self._one(script.sha, calls[i][0])
+                results[i] = await self._one(publish.sha, calls[i][0])
         return results
 
     async def _one(self, sha: str, args: tuple[Any, ...]) -> Any:
@@ -409,11 +409,11 @@ class Publishing:
         ]
         return await self._roundtrip(calls[0][0][1], commands)
 
-    async def _batched(self, calls: list[_Call]) -> list[Any]:
-        """Send the calls as PUBLISH_BATCH calls of up to `BATCH_CALLS` each, pipelined on one
-        connection: each publish's answer, or the `ResponseError` it met (one for all of a
-        batch call that Redis refused, a `NOSCRIPT` for instance)."""
-        head = b"$7\r\nEVALSHA\r\n" + _bulk(self._calls.script_publish_batch.sha.encode())
+    async def _batched(self, sha: str, calls: list[_Call]) -> list[Any]:
+        """Send the calls as `EVALSHA` of PUBLISH_BATCH (`sha`), up to `BATCH_CALLS` each,
+        pipelined on one connection: each publish's answer, or the `ResponseError` it met
+        (one for all of a batch call that Redis refused, a `NOSCRIPT` for instance)."""
+        head = b"$7\r\nEVALSHA\r\n" + _bulk(sha.encode())
         chunks = [calls[i : i + BATCH_CALLS] for i in range(0, len(calls), BATCH_CALLS)]
         commands = []
         for chunk in chunks:
