@@ -165,6 +165,32 @@ async def test_a_burst_of_joins_after_redis_lost_its_scripts(
     assert (page.offset, len(members)) == (0, 500)
 
 
+async def test_a_node_loads_its_scripts_before_it_turns_available(
+    make: Make, redis_server: RedisProcess
+) -> None:
+    """Every script is in Redis' cache once a node is available, and again once its
+    subscription reconnected to a Redis that lost the cache: no call of a node meets
+    `NOSCRIPT`, not even the first one after a restart."""
+    admin = Redis.from_url(redis_server.url)
+    await admin.script_flush()
+    await admin.config_resetstat()
+    a, seen = await make("a")
+    await a.subscribe("r1")
+    shas = [script.sha for script in a._calls._scripts]
+    assert len(shas) == len(set(shas)) >= 12
+    assert all(await admin.script_exists(*shas))
+    await admin.script_flush()
+    assert not any(await admin.script_exists(*shas))
+    await admin.client_kill_filter(_type="pubsub")
+    await until(lambda: seen.states[-2:] == [False, True])
+    assert all(await admin.script_exists(*shas))
+    await a.add_member("r1", "alice", "c1")
+    await a.publish("r1", message_prefix("t", 1, "r1", "x"))
+    await a.history("r1")
+    assert "errorstat_NOSCRIPT" not in await admin.info("errorstats")
+    await admin.aclose()
+
+
 async def test_a_node_that_stalls_does_not_take_its_stall_for_a_silent_redis(
     make: Make, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -219,6 +219,7 @@ class RedisBroker:
         await _bounded(self._calls.close(), "disconnect")
 
     async def _connected(self, rooms: int) -> None:
+        await self._calls.load_scripts()
         await self._presence.on_connected()
         self._calls.available = True
         self._tried.set()

@@ -20,6 +20,7 @@ from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -140,6 +141,27 @@ class Calls:
         self.script_append_events = register(scripts.APPEND_EVENTS)
         self.script_claim_shard = register(scripts.CLAIM_SHARD)
         self.script_release_shard = register(scripts.RELEASE_SHARD)
+        self._scripts = [value for value in vars(self).values() if isinstance(value, AsyncScript)]
+
+    async def load_scripts(self) -> None:
+        """Put every script in Redis' script cache, in one round trip, before the node turns
+        available: a Redis that restarted without its cache would otherwise answer the
+        first calls of each script `NOSCRIPT`, and a storm of rejoins would run each join's
+        steps again on its own. On a Redis Cluster the calls load what they need where they
+        run (a shard's scripts are its own, and `NOSCRIPT` is answered per shard).
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+        """
+        if self.cluster:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for script in self._scripts:
+                    pipe.script_load(script.script)
+                await pipe.execute()
+        except FAULTS as exc:
+            raise unavailable(exc) from None
 
     def slot(self, key: str) -> int:
         """The hash slot of `key` on a Redis Cluster (0 on one Redis: every key together)."""
