@@ -11,6 +11,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from .auth import ConnectRequest, authorizes_rooms, origin_allowed
 from .codes import CloseCode, ErrorCode
@@ -59,6 +60,16 @@ def parse_connect_query(query: Mapping[str, str]) -> ConnectQuery:
     return ConnectQuery(room, since, epoch if since is not None else None, backlog)
 
 
+def parse_query_string(raw: bytes) -> dict[str, str] | None:
+    """The parameters of a connect URL's query string (the last of a repeated name wins);
+    None when it is not UTF-8, percent-encoded or not (a name made of replacement
+    characters would otherwise be taken for another one)."""
+    try:
+        return dict(parse_qsl(raw.decode(), keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:
+        return None
+
+
 def _bad_request(message: str) -> Refused:
     return Refused(CloseCode.BAD_REQUEST, ErrorCode.BAD_REQUEST, message)
 
@@ -73,7 +84,7 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 async def open_session(
     node: Node,
     connection: Connection,
-    query: Mapping[str, str],
+    query: Mapping[str, str] | None,
     headers: Mapping[str, str],
     client: str | None = None,
 ) -> Session | None:
@@ -81,7 +92,7 @@ async def open_session(
 
     On success the welcome frame (and, when resuming, the missed messages) are queued and the
     session is returned. On refusal one error frame and the close code are queued and None is
-    returned.
+    returned. A `query` of None (see :func:`parse_query_string`) is refused with 4400.
     """
     connection_id = secrets.token_hex(8)
     try:
@@ -100,6 +111,8 @@ async def open_session(
             raise Refused(CloseCode.SERVICE_RESTART, ErrorCode.UNAVAILABLE, "server shutting down")
         if not node.started:
             await node.start()
+        if query is None:
+            raise _bad_request("the query string is not valid UTF-8")
         wanted = parse_connect_query(query)
         request = ConnectRequest(
             username=query.get("username"),
@@ -165,8 +178,9 @@ def _refuse(
     code: ErrorCode,
     message: str,
     connection_id: str,
-    query: Mapping[str, str],
+    query: Mapping[str, str] | None,
 ) -> None:
+    query = query or {}
     node.metrics.errors.labels(code.value).inc()
     node.metrics.disconnects.labels(str(int(close_code))).inc()
     log_event(

@@ -171,7 +171,9 @@ def _segment_escaped_path(scope: Scope) -> str | None:
     root = str(scope.get("root_path", ""))
     # raw_path still holds the mount prefix (root_path); skip as many segments as it has.
     segments = raw.split(b"?", 1)[0].split(b"/")[1 + root.count("/") :]
-    names = (unquote_to_bytes(s).decode("utf-8", "replace") for s in segments)
+    # A segment that is not UTF-8 keeps its bytes as lone surrogates, which no valid name
+    # holds: it is refused (400) rather than taken for a name of replacement characters.
+    names = (unquote_to_bytes(s).decode("utf-8", "surrogateescape") for s in segments)
     return root + "/" + "/".join(n.replace("%", "%25").replace("/", "%2F") for n in names)
 
 

@@ -174,7 +174,7 @@ def _replay(member: Member, page: HistoryPage, since: int | None, backlog: int |
     member as having everything up to the page's offset."""
     publications = page.publications
     if since is None and backlog is not None:
-        publications = publications[len(publications) - backlog :] if backlog else []
+        publications = publications[-backlog:] if backlog else []
     elif since is None:
         publications = []
     if publications:

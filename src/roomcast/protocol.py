@@ -195,7 +195,10 @@ def validate_name(value: object, what: str) -> str:
         FrameError: `invalid_frame`, naming `what` and the rule it breaks.
     """
     if not isinstance(value, str) or not value:
-        raise FrameError(ErrorCode.INVALID_FRAME, f"{what} is required")
+        wrong = value is not None and not isinstance(value, str)
+        raise FrameError(
+            ErrorCode.INVALID_FRAME, f"{what} must be a string" if wrong else f"{what} is required"
+        )
     if len(value) > MAX_NAME_LENGTH:
         raise FrameError(
             ErrorCode.INVALID_FRAME, f"{what} is longer than {MAX_NAME_LENGTH} characters"

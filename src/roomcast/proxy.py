@@ -10,6 +10,7 @@ other. The connect answer's identity and grants are applied exactly like a token
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
@@ -96,10 +97,13 @@ class Proxy:
 
     async def _ask(self, kind: Kind, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._client.post(
-                url, content=orjson.dumps(body), headers={"content-type": "application/json"}
-            )
-        except httpx.TimeoutException:
+            # httpx's timeout bounds each read, not the whole answer: a backend that trickles
+            # its answer a byte at a time is held to the total here.
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.post(
+                    url, content=orjson.dumps(body), headers={"content-type": "application/json"}
+                )
+        except (httpx.TimeoutException, TimeoutError):
             raise _unavailable(
                 f"the {kind} backend did not answer within {self.timeout:g} s"
             ) from None

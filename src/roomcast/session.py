@@ -300,11 +300,16 @@ class Session:
         self._ack(frame)
 
     async def _rejoined(self, member: Member, wanted: JoinRequest) -> None:
-        """A `room.join` of a room the connection is in: a fresh `joined`, nothing else."""
+        """A `room.join` of a room the connection is in: a fresh `joined`, nothing else
+        (`recovered` says what a fresh join would: whether nothing after `since` is missing;
+        there is nothing to replay, the connection has it all)."""
         broker = self.node.broker
-        page = await broker.history(member.room, None, 0)
+        since = wanted.since
+        page = await broker.history(member.room, since, 0)
         members = await self._members_of(member.room)
-        recovered = None if wanted.since is None else page.epoch == wanted.epoch
+        recovered = None
+        if since is not None:
+            recovered = page.complete and page.epoch == wanted.epoch and since <= page.offset
         self.connection.send(
             joined_frame(
                 room=member.room,

@@ -403,7 +403,8 @@ OPTIONS: tuple[Option, ...] = (
         "broker",
         str,
         "memory:// (default), redis://HOST:PORT/DB, several redis:// URLs separated by commas "
-        "(rooms sharded over them), or redis+sentinel://HOST:PORT[,...]/MASTER_NAME/DB",
+        "(rooms sharded over them), redis+cluster://HOST:PORT[,...] (a Redis Cluster), or "
+        "redis+sentinel://HOST:PORT[,...]/MASTER_NAME/DB",
         "URL",
     ),
     Option("node_id", str, "this node's name in the cluster (default HOSTNAME-PID)", "NAME"),

@@ -352,8 +352,10 @@ class Webhooks:
             )
         started = time.monotonic()
         try:
-            response = await client.post(url, content=body, headers=headers)
-        except httpx.TimeoutException:
+            # httpx's timeout bounds each read, not the whole answer (see proxy.py).
+            async with asyncio.timeout(self.settings.webhook_timeout):
+                response = await client.post(url, content=body, headers=headers)
+        except (httpx.TimeoutException, TimeoutError):
             return "timeout"
         except httpx.HTTPError:
             return "error"

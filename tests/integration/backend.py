@@ -5,7 +5,8 @@ ready. Every request to another path than `/_control` and `/_requests` is record
 answered by the first rule that matches it (default: 200 `{}`):
 
 - `POST /_control` with `{"rules": [{"path": "/hook", "contains": "bob", "status": 500,
-  "body": "...", "delay": 2.0}, ...]}` replaces the rules (`contains` matches the body);
+  "body": "...", "delay": 2.0}, ...]}` replaces the rules (`contains` matches the body; a
+  rule with `"trickle": SECONDS` sends its head at once, then its body a byte at a time);
 - `GET /_requests` answers every recorded request: `{"path", "headers", "body", "status"}`,
   with the status it was answered with;
 - a rule with `"hold": true` keeps its requests waiting (logged `backend holding held=N`)
@@ -101,7 +102,20 @@ class Handler(BaseHTTPRequestHandler):
                 }
             )
         try:
-            self._answer(status, str(rule.get("body", "{}")).encode())
+            body = str(rule.get("body", "{}")).encode()
+            trickle = float(rule.get("trickle", 0))
+            if trickle:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.flush()
+                for i in range(len(body)):
+                    time.sleep(trickle)  # a backend that answers a byte at a time
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+            else:
+                self._answer(status, body)
         except OSError:
             return  # the client gave up waiting (a timeout test)
         global _delivered

@@ -364,6 +364,23 @@ async def test_room_and_username_with_slash_and_percent(
     assert (await alice.closed())[0] == 4499
 
 
+@pytest.mark.parametrize("segment", ["%FF", "r%ED%A0%80", "%C3"])
+async def test_names_in_api_paths_that_are_not_utf8_are_400(
+    server: ServerProcess, api: httpx.AsyncClient, segment: str
+) -> None:
+    """A room or username whose percent-encoded bytes are not UTF-8 is refused (400
+    `invalid_frame`), not taken for a name of replacement characters."""
+    for method, path, body in [
+        ("POST", f"/api/v1/rooms/{segment}/messages", {"topic": "t", "payload": 1}),
+        ("GET", f"/api/v1/rooms/{segment}/members", None),
+        ("GET", f"/api/v1/rooms/{segment}/history", None),
+        ("DELETE", f"/api/v1/rooms/r1/members/{segment}", None),
+    ]:
+        response = await api.request(method, path, json=body)
+        assert response.status_code == 400, (method, path, response.text)
+        assert response.json()["error"]["code"] == "invalid_frame"
+
+
 def test_body_over_max_message_size_is_413(http: httpx.Client, room: str) -> None:
     """A POST body larger than --max-message-size is a 413 and publishes nothing."""
     body = {"topic": "t", "payload": "x" * 70000}

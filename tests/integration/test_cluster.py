@@ -44,6 +44,24 @@ async def close_all(clients: list[Client]) -> None:
         await asyncio.gather(*drains)
 
 
+async def test_a_username_is_free_again_once_its_close_completed(
+    start_server: Start, redis_server: RedisProcess
+) -> None:
+    """A client whose close handshake completed has left the room on every node: it connects
+    again at once under its username, to the same node or the other, and is welcomed (the
+    node answers a close frame once the leave went through Redis)."""
+    a = node(start_server, redis_server, "a")
+    b = node(start_server, redis_server, "b")
+    for i in range(20):
+        first, then = (a, a) if i < 10 else (a, b)
+        alice = await joined(first, "alice", f"again-{i}")
+        await alice.close()
+        again = await Client.connect(then.ws_url, "alice", f"again-{i}")
+        welcome = await again.recv()
+        assert welcome["topic"] == "welcome", (i, welcome)
+        await again.close()
+
+
 async def test_messages_and_presence_across_two_nodes(
     start_server: Start, redis_server: RedisProcess
 ) -> None:

@@ -299,6 +299,28 @@ async def test_backlog_is_bounded_by_what_is_retained(deploy_app: Deploy) -> Non
         await client.close()
 
 
+async def test_a_backlog_longer_than_the_history_replays_all_of_it(nodes: Pair) -> None:
+    """A backlog within --history-size but past what the room retains replays every
+    retained message, at connect and by `room.join`."""
+    room = rid()
+    alice = await connect(nodes.a, "alice", room)
+    for n in range(3):
+        await chat(alice, n, n + 1)
+    for backlog in (4, 5, 6):
+        bob = await connect(nodes.b, "bob", room, backlog=backlog)
+        assert [(await bob.recv())["offset"] for _ in range(3)] == [1, 2, 3]
+        await bob.barrier()
+        await bob.close()
+        await alice.recv_until(lambda f: f["topic"] == "presence.leave")
+    carol = await connect(nodes.b, "carol")
+    joined = await carol.join_room(room, backlog=5, ack=False)
+    assert joined["payload"]["offset"] == 3
+    assert [(await carol.recv())["offset"] for _ in range(3)] == [1, 2, 3]
+    await carol.acked(carol.last_id)
+    await alice.close()
+    await carol.close()
+
+
 @pytest.mark.parametrize(
     "params",
     [

@@ -83,6 +83,11 @@ BAD_QUERIES = {
     "roomID with no-break space": {"username": "alice", "roomID": "r\u00a01"},
     "since not a number": {"username": "alice", "roomID": "r1", "since": "abc", "epoch": "e"},
     "negative since": {"username": "alice", "roomID": "r1", "since": "-1", "epoch": "e"},
+    # Percent-encoded bytes that are not UTF-8 (a lone byte, an encoded surrogate): refused,
+    # not taken for a name of replacement characters.
+    "username not UTF-8": {"username": b"\xff", "roomID": "r1"},
+    "roomID not UTF-8": {"username": "alice", "roomID": b"r\xed\xa0\x80"},
+    "epoch not UTF-8": {"username": "alice", "roomID": "r1", "since": "0", "epoch": b"\xfe"},
 }
 
 

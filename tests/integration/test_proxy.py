@@ -87,6 +87,8 @@ async def test_connect_answer_gives_the_identity_and_its_grants(
         ({"body": '{"username": 5}'}, 4503, "unavailable"),
         ({"body": '{"username": "has space"}'}, 4503, "unavailable"),
         ({"delay": 2.0}, 4503, "unavailable"),
+        # Every byte in time for a read timeout, the whole answer not within the total.
+        ({"body": '{"username": "alice"}', "trickle": 0.1}, 4503, "unavailable"),
         ({"body": '{"rooms": ["elsewhere"]}'}, 4403, "forbidden"),
     ],
 )

@@ -179,6 +179,17 @@ async def test_joining_a_room_again_answers_joined_and_changes_nothing(pair: Pai
     again = await alice.join_room(room, backlog=5)
     assert again["payload"]["members"] == ["alice", "bob"]
     assert again["payload"]["offset"] == 1
+    assert "recovered" not in again["payload"]
+    # With since+epoch, `recovered` is what a fresh join would answer; nothing is replayed.
+    epoch = again["payload"]["epoch"]
+    for since, their_epoch, recovered in [
+        (0, epoch, True),
+        (1, epoch, True),
+        (2, epoch, False),
+        (0, "another", False),
+    ]:
+        again = await alice.join_room(room, since=since, epoch=their_epoch)
+        assert again["payload"]["recovered"] is recovered, (since, their_epoch)
     await alice.barrier()
     await bob.barrier()
     await bob.send({"topic": "chat", "payload": 2})

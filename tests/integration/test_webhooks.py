@@ -192,14 +192,15 @@ async def test_concurrent_joins_and_leaves_keep_each_room_in_order(
 async def test_5xx_and_timeouts_are_retried_until_delivered(
     start_server: StartServer, backend: Backend
 ) -> None:
-    """A receiver answering 503, then too slowly, gets the same batch again with backoff;
-    once it answers 2xx every event arrives in order; /metrics counts the retries."""
+    """A receiver answering 503, then too slowly (its whole answer, though each byte comes
+    in time for a read), gets the same batch again with backoff; once it answers 2xx every
+    event arrives in order; /metrics counts the retries."""
     backend.rules({"path": "/hook", "status": 503})
     server = start_server(*hook_flags(backend), "--webhook-timeout", "0.3")
     alice = await Client.connect(server.ws_url, "alice", "r1")
     await alice.join()
     backend.wait_answered(r"path=/hook status=503")
-    backend.rules({"path": "/hook", "delay": 1.0})
+    backend.rules({"path": "/hook", "trickle": 0.2, "body": "{" + " " * 20 + "}"})
     with server.http() as http:
         deadline = asyncio.get_running_loop().time() + 20
         while metric(server, 'roomcast_webhook_requests_total{result="timeout"}') < 1:

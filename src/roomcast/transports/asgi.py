@@ -11,9 +11,8 @@ import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
 
-from ..admission import open_session
+from ..admission import open_session, parse_query_string
 from ..codes import CloseCode
 from ..connection import Connection, Outbox
 from ..node import Node
@@ -230,9 +229,7 @@ class WebSocketEndpoint:
         direct = scope.get("extensions", {}).get(DIRECT_EXTENSION, {}).get("protocol")
         connection = AsgiConnection(send, node.settings.outbound_buffer, direct)
         connection.outbox.start_on_demand()
-        query = dict(
-            parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        )
+        query = parse_query_string(scope.get("query_string", b""))
         client = scope.get("client")
         session = await open_session(
             node, connection, query, headers, client[0] if client else None

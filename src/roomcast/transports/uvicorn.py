@@ -19,6 +19,9 @@ what the fast path needs.
   by one `error` frame before the close frame, and logs no traceback.
 - A close frame is written even when the peer has stopped reading, and when the peer does not
   complete the closing handshake within :data:`CLOSE_TIMEOUT` seconds the socket is aborted.
+- The answer to a peer's close frame waits until the application has handled the disconnect
+  (at most :data:`CLOSE_REPLY_WAIT` seconds): a client whose close completed has left its
+  rooms, and may connect again under its username at once, to any node.
 - Every handshake ends: a request the WebSocket parser refuses gets an HTTP error and a close,
   and one the application has not accepted by the handshake deadline gets 408/503.
 - The frames of one read are handed to the application a slice at a time, one slice per
@@ -117,6 +120,10 @@ POST_CLOSE_BYTES = 16384
 """Bytes of a peer's that are still parsed after the server's close frame (looking for the
 peer's close frame); what comes after them is dropped unread until the close times out."""
 
+CLOSE_REPLY_WAIT = 1.0
+"""Longest time in seconds the answer to a peer's close frame waits for the application to
+have handled the disconnect (see `WebSocketProtocol.handle_close`)."""
+
 # What the subclasses below use of uvicorn's classes: methods they override or call, and
 # attributes they read or write (instance attributes are checked on a real instance).
 _WS_METHODS = (
@@ -124,6 +131,7 @@ _WS_METHODS = (
     "connection_lost",
     "data_received",
     "handle_events",
+    "handle_close",
     "handle_connect",
     "handle_ping",
     "handle_parser_exception",
@@ -131,10 +139,12 @@ _WS_METHODS = (
     "pause_writing",
     "resume_writing",
     "receive",
+    "run_asgi",
     "send",
     "send_500_response",
     "send_receive_event_to_app",
     "shutdown",
+    "stop_keepalive",
 )
 _WS_ATTRIBUTES = (
     "close_sent",
@@ -158,6 +168,7 @@ _CONN_ATTRIBUTES = (
     "accept_called",
     "available_extensions",
     "available_subprotocols",
+    "close_rcvd",
     "close_sent",
     "current_size",
     "data_to_send",
@@ -444,6 +455,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     # This class's own state in slots: the instance dict keeps only uvicorn's.
     __slots__ = (
         "_after_close",
+        "_close_reply",
         "_handed",
         "_handshake_timer",
         "_owed_pong",
@@ -485,6 +497,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._writable = True  # `writable.is_set()`, without a call per frame
         self._parked = False  # the application waits in receive()
         self._handed = False  # the slice being parsed handed a frame to the receiver
+        self._close_reply: asyncio.TimerHandle | None = None  # see handle_close
 
     # The handshake
 
@@ -814,6 +827,43 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._unparsed = b""
         super().handle_parser_exception()
 
+    def handle_close(self, event: Any) -> None:
+        """The peer's close frame. uvicorn answers it at once, before the application has
+        seen the disconnect: a client could then connect again before its member left the
+        room (a leave through Redis takes a round trip) and be refused as a duplicate. Here
+        the answer waits until the application returns (`run_asgi`), at most
+        :data:`CLOSE_REPLY_WAIT` seconds."""
+        close = self.conn.close_rcvd
+        if self.close_sent or self.transport.is_closing() or close is None:
+            super().handle_close(event)
+            return
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        # While uvicorn's close timer is set, its run_asgi leaves the socket open.
+        self._close_reply = self.close_timer = self.loop.call_later(
+            CLOSE_REPLY_WAIT, self._reply_to_close
+        )
+
+    def _reply_to_close(self) -> None:
+        """Write the answer to the peer's close frame, and close the socket."""
+        timer, self._close_reply = self._close_reply, None
+        if timer is None:
+            return
+        timer.cancel()
+        if self.close_timer is timer:
+            self.close_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, then the answer to a close frame of the peer's held until now."""
+        try:
+            await super().run_asgi()
+        finally:
+            self._reply_to_close()
+
     def keepalive_timeout(self) -> None:
         """No pong in time: close with 4408 and tell the application why."""
         self.pong_timer = None
@@ -969,6 +1019,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def shutdown(self) -> None:
         """Server shutdown: close with 1012 (unless closed already), abort if unanswered."""
+        if self._close_reply is not None:
+            # The peer closed first: its close frame is answered now.
+            self.stop_keepalive()
+            self._reply_to_close()
+            return
         self.flush()
         super().shutdown()
         self._abort_later()
