@@ -280,6 +280,26 @@ def test_nodes_listing_the_servers_in_another_order_are_refused(
     start_server("--broker", swapped, "--node-id", "c")
 
 
+def test_a_node_given_one_server_of_a_running_list_is_refused(
+    start_server: Start, shards: list[RedisProcess]
+) -> None:
+    """A node given one server alone while nodes shard rooms over a list holding it does not
+    start (it would look for rooms elsewhere than they do); nor does a list node while a
+    node runs with that server alone."""
+    a = node(start_server, shards, "a")
+    for server in shards:
+        result = serve("--broker", server.url)
+        assert result.returncode == 2, result.stderr
+        assert "of the broker list on the running nodes (a), but #0/1 here" in result.stderr
+        assert "Traceback" not in result.stderr
+    a.stop()
+    alone = start_server("--broker", shards[1].url, "--node-id", "b")
+    listed = serve("--broker", ",".join(server.url for server in shards))
+    assert listed.returncode == 2, listed.stderr
+    assert "is #0/1 of the broker list on the running nodes (b), but #1/2 here" in listed.stderr
+    alone.stop()
+
+
 BAD_URLS = {
     "empty part": ("redis://127.0.0.1:1/0,,redis://127.0.0.1:2/0", "is empty"),
     "mixed schemes": ("redis://127.0.0.1:1/0,rediss://127.0.0.1:2/0", "mixed schemes"),

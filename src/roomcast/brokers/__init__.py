@@ -139,4 +139,5 @@ def from_url(
         presence_ttl=presence_ttl,
         presence=presence,
         classes=classes,
+        check_layout=True,
     )

@@ -30,14 +30,16 @@ from typing import Any
 from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
-from ...errors import BrokerUnavailable
+from ...errors import BrokerUnavailable, ConfigError
 from ...log import log_event, redact_url
 from ...protocol import IDEMPOTENCY_WINDOW
 from ...room_classes import RoomClasses
 from ..base import BrokerListener, HistoryPage, OutboxEntry, Publication, Signal
 from . import wire
 from .calls import Calls, unavailable
+from .cluster import CLUSTER_SCHEMES
 from .cluster_subscriber import ClusterSubscriber
+from .layout import LayoutMismatch, check_layout
 from .outbox import OUTBOX_SHARDS, Outbox
 from .presence import Presence
 from .publishing import Deliveries, Publishing
@@ -75,6 +77,9 @@ class RedisBroker:
             apply per room instead (their default class has the two above).
         idempotency_window: seconds a publish's idempotency key is remembered (a key of its
             own in the room's slot, with that time to live, set by the PUBLISH script).
+        check_layout: at start (with presence), check that no running node lists this
+            server among several (layout.py): a node given it alone while others shard rooms
+            over a list would look for rooms where those nodes do not.
     """
 
     batches_publishes = True
@@ -91,8 +96,10 @@ class RedisBroker:
         presence: bool = True,
         classes: RoomClasses | None = None,
         idempotency_window: float = IDEMPOTENCY_WINDOW,
+        check_layout: bool = False,
     ) -> None:
         self.url = url
+        self._check_layout = check_layout and not url.startswith(CLUSTER_SCHEMES)
         self.history_size = history_size
         self.history_ttl_ms = _ms(history_ttl)
         if classes is None:
@@ -179,13 +186,20 @@ class RedisBroker:
     async def start(self, node_id: str, listener: BrokerListener) -> None:
         """Connect; with presence, wait for the first attempt to connect (it fails at once
         when nothing listens, within the 2 s connect timeout when no answer comes), so a
-        server listens without delay whether Redis is there or not."""
+        server listens without delay whether Redis is there or not.
+
+        Raises:
+            ConfigError: (`check_layout`) a running node lists this server among several.
+        """
         self.node_id = node_id
         self._listener = listener
         self._presence.node_id = self._subscriber.node_id = node_id
         self._presence.listener = self._subscriber.listener = listener
         if not self.presence:
             return
+        if self._check_layout:
+            # Before anything of this node is written (its lease, its members).
+            await self._check_place()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(
@@ -197,6 +211,26 @@ class RedisBroker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(START_TIMEOUT):
                 await self._tried.wait()
+
+    async def _check_place(self) -> None:
+        """Record this server as the only one of this node's list, or refuse to start when a
+        running node has it at a place in a list of several.
+
+        Raises:
+            ConfigError: a running node lists this server among several.
+        """
+        try:
+            await check_layout(self.url, 0, 1, self.node_id)
+        except LayoutMismatch as exc:
+            raise ConfigError(f"broker {self._address}: {exc}") from None
+        except Exception as exc:  # unreachable now: the subscription reports it
+            log_event(
+                "broker.layout_unchecked",
+                level=30,
+                node_id=self.node_id,
+                address=self._address,
+                error=repr(exc),
+            )
 
     async def close(self) -> None:
         """Remove this node's presence entries and lease, then disconnect.
