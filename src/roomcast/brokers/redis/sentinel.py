@@ -39,7 +39,8 @@ def sentinel_pool(url: str, **options: Any) -> SentinelConnectionPool:
         ConfigError: `url` is malformed.
     """
     parts = parse_sentinel(url)
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+    # Typed from redis-py 8.2 on; untyped before.
+    sentinels = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         list(parts.sentinels),
         sentinel_kwargs={key: value for key, value in options.items() if key.startswith("socket_")},
     )
