@@ -250,8 +250,10 @@ def parse_offset(value: str | None, what: str = "since") -> int | None:
     """
     if value is None:
         return None
-    if not value.isascii() or not value.isdigit() or len(value) > 19 or int(value) >= 2**63:
+    if not value.isascii() or not value.isdigit():
         raise FrameError(ErrorCode.INVALID_FRAME, f"{what} must be a non-negative integer")
+    if len(value) > 19 or int(value) >= 2**63:
+        raise FrameError(ErrorCode.INVALID_FRAME, f"{what} must be below 2^63")
     return int(value)
 
 

@@ -63,9 +63,11 @@ async def _assert_only_history_keys(redis: RedisProcess, node_ids: list[str]) ->
         keys = sorted(await store.keys("*"))
         history = re.compile(r"^rc:\{soak-\d+\}:[oes]$")
         from roomcast.brokers.redis import wire
+        from roomcast.brokers.redis.layout import LAYOUT_KEY
 
         stats = {wire.stats_key(n) for n in node_ids}
         nodes = {wire.lease_key(n) for n in node_ids} | {wire.NODES_KEY, wire.STATS_KEY} | stats
+        nodes.add(LAYOUT_KEY)  # the server's place in the nodes' list, kept for good
         leftovers = [k for k in keys if not history.match(k) and k not in nodes]
         assert leftovers == [], leftovers
         for key in stats:  # the live nodes' stats messages expire by themselves

@@ -168,9 +168,19 @@ def test_parse_offset() -> None:
     assert parse_offset("0") == 0
     assert parse_offset("42") == 42
     assert parse_offset(str(2**63 - 1)) == 2**63 - 1
-    for bad in ("", "-1", "1.5", "x", "1e3", " 1", "9" * 20, str(2**63)):
-        with pytest.raises(FrameError):
+    for bad in ("", "-1", "1.5", "x", "1e3", " 1"):
+        with pytest.raises(FrameError, match="since must be a non-negative integer"):
             parse_offset(bad)
+    for big in ("9" * 20, str(2**63), str(2**70)):
+        with pytest.raises(FrameError, match="limit must be below 2\\^63"):
+            parse_offset(big, "limit")
+
+
+def test_a_name_of_the_wrong_type_is_named_as_such() -> None:
+    """`to` that is not a string says so; an empty one says it is required."""
+    assert parse_error('{"topic":"t","payload":1,"to":5}').message == "to must be a string"
+    assert parse_error('{"topic":"t","payload":1,"to":["a"]}').message == "to must be a string"
+    assert parse_error('{"topic":"t","payload":1,"to":""}').message == "to is required"
 
 
 def test_echo_is_parsed_as_a_boolean() -> None:

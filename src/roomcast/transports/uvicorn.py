@@ -840,6 +840,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait(
             {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
         )
+        self.stop_keepalive()  # a ping would write the answer along with it
         # While uvicorn's close timer is set, its run_asgi leaves the socket open.
         self._close_reply = self.close_timer = self.loop.call_later(
             CLOSE_REPLY_WAIT, self._reply_to_close
