@@ -258,7 +258,16 @@ def api_routes(node: Node) -> list[Route]:
 
     async def rooms(request: Request) -> Response:
         listing = await node.broker.rooms()
-        return json_response({"rooms": [{"roomID": r, "members": m} for r, m in listing.items()]})
+        classes = node.classes
+        return json_response(
+            {
+                "rooms": [
+                    {"roomID": r, "members": m}
+                    for r, m in listing.items()
+                    if classes.resolve(r).presence  # (rooms without presence are not listed)
+                ]
+            }
+        )
 
     async def members(request: Request) -> Response:
         room = _room(request)

@@ -169,12 +169,14 @@ class Delivery:
     def on_members_lost(self, room: str, usernames: list[str], node_id: str) -> None:
         """Announce the members of a dead node as gone (this node was chosen to do it)."""
         local = self.rooms.get(room)
-        if local is not None and not self.classes.resolve(room).announces:
+        cls = self.classes.resolve(room)
+        if local is not None and not cls.announces:
             local = None
         for username in usernames:
             if local is not None:
                 local.broadcast(presence_frame("leave", room, username), exclude=username)
-            self.events.publish(MemberLeft(room, username, "", node_id, "node_lost"))
+            if cls.presence:  # (a room without presence keeps its members unseen)
+                self.events.publish(MemberLeft(room, username, "", node_id, "node_lost"))
             log_event("presence.lost", room=room, username=username, node_id=node_id)
 
     def on_broker_state(self, available: bool, rooms: Callable[[str], bool] | None = None) -> None:

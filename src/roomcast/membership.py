@@ -88,7 +88,7 @@ async def join(
         )
     replace, share = resume_policy(cls.on_duplicate, since)
     previous: str | None = None
-    if cls.presence:
+    if cls.tracked:
         try:
             previous = await node.broker.add_member(
                 room,
@@ -202,10 +202,11 @@ async def leave(node: Node, member: Member, reason: str, *, announce: bool = Tru
     """
     await node.detach(member)
     cls = node.classes.resolve(member.room)
-    if not cls.presence:
+    if not cls.tracked:
         return False
     removed = False
     signal = None
+    announce = announce and cls.presence
     if announce and cls.join_leave:
         signal = Signal("leave", member.room, member.username, member.connection_id, node.node_id)
     try:
@@ -218,7 +219,7 @@ async def leave(node: Node, member: Member, reason: str, *, announce: bool = Tru
         node.events.publish(
             MemberLeft(member.room, member.username, member.connection_id, node.node_id, reason)
         )
-    return removed
+    return removed and cls.presence
 
 
 async def _signal_leave(node: Node, member: Member) -> None:

@@ -462,18 +462,18 @@ class Node:
     async def _find_member(self, room: str, username: str) -> None:
         """Raises `MemberNotFound` when `username` is connected to `room` on no node.
 
-        A room whose class has no presence lists nobody: there the message goes to wherever
-        the member is, and nothing is raised.
+        A room that keeps no member entries (a class without presence, under `share`) lists
+        nobody: there the message goes to wherever the member is, and nothing is raised.
         """
         if (
-            self.classes.resolve(room).presence
+            self.classes.resolve(room).tracked
             and self.rooms.find(room, username) is None
             and not (await self.broker.has_member(room, username))
         ):
             raise MemberNotFound(f"{username!r} is not connected to room {room!r}")
 
     async def _kick_member(self, command: KickMember) -> None:
-        if self.classes.resolve(command.room).presence and not await self.broker.has_member(
+        if self.classes.resolve(command.room).tracked and not await self.broker.has_member(
             command.room, command.username
         ):
             raise MemberNotFound(f"{command.username!r} is not connected to room {command.room!r}")

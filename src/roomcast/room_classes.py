@@ -55,7 +55,9 @@ class RoomClass:
     history_ttl: float | None = None
     """Seconds a room's retained messages live after its last publish. None: `--history-ttl`."""
     presence: bool = True
-    """False: no member lists, no presence frames, nothing of presence kept in the broker."""
+    """False: no member lists, no presence frames. Under `share` (and without `max_members`)
+    nothing of presence is kept in the broker either: the cheapest join there is; under
+    `reject` or `replace` the members are kept, unseen, to find a username's duplicate."""
     join_leave: bool = True
     """False: member lists as usual, but no `presence.join`/`presence.leave` frames."""
     client_publish: bool = True
@@ -84,17 +86,6 @@ class RoomClass:
         if self.on_duplicate is not None and self.on_duplicate not in DUPLICATE_POLICIES:
             raise _BadSetting(
                 "on_duplicate", f"must be reject, replace or share, got {self.on_duplicate!r}"
-            )
-        if not self.presence and self.max_members is not None:
-            raise _BadSetting(
-                "max_members",
-                "needs presence = true: a room without presence does not count its members",
-            )
-        if not self.presence and self.on_duplicate in ("reject", "replace"):
-            raise _BadSetting(
-                "on_duplicate",
-                f"{self.on_duplicate} needs presence = true: a room without presence keeps no "
-                "member list to find the username in (its connections all stay, as under share)",
             )
 
 
@@ -137,6 +128,10 @@ class ResolvedClass:
     max_members: int | None
     on_duplicate: DuplicatePolicy
     personal: bool
+    tracked: bool = True
+    """Whether the room keeps member entries: always with presence; without it, only where
+    something needs them (`max_members`, or `reject`/`replace`, which must find a username).
+    Entries of a room without presence are never shown: no member list, no presence frame."""
 
     @property
     def announces(self) -> bool:
@@ -197,9 +192,11 @@ class RoomClasses:
                 client_publish=cls.client_publish,
                 ephemeral_topics=cls.ephemeral_topics,
                 max_members=cls.max_members,
-                # Without presence no member list finds a duplicate: every connection stays.
-                on_duplicate=("share" if not cls.presence else cls.on_duplicate or on_duplicate),
+                on_duplicate=cls.on_duplicate or on_duplicate,
                 personal=cls.personal,
+                tracked=cls.presence
+                or cls.max_members is not None
+                or (cls.on_duplicate or on_duplicate) != "share",
             )
 
     def resolve(self, room: str) -> ResolvedClass:

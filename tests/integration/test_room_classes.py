@@ -37,10 +37,19 @@ presence = false
 
 [rooms.crowd]
 presence = false
+on_duplicate = "share"
 
 [rooms.hold]
 presence = false
+on_duplicate = "share"
 history_ttl = 1
+
+[rooms.unseen]
+presence = false
+
+[rooms.unseenfull]
+presence = false
+max_members = 2
 
 [rooms.quiet]
 join_leave = false
@@ -342,9 +351,53 @@ async def test_presence_false_to_still_works(classes: Pair) -> None:
     await carol.barrier()
 
 
+async def test_presence_false_under_reject_keeps_its_members_unseen(classes: Pair) -> None:
+    """Without presence but under the server's `reject` (or with `max_members`), the room
+    keeps its members unseen: nobody is listed or announced, yet a second connection of a
+    name is refused (4409, `duplicate` for a room.join), `to` and a kick of someone absent
+    answer `member_not_found`, and `max_members` refuses the joiner past it."""
+    room = rid("unseen")
+    alice = await connect(classes.a, "alice", room)
+    assert alice.welcome["payload"]["members"] == []  # type: ignore[attr-defined]
+    again = await RoomsClient.connect(classes.b.ws_url, "alice", room)
+    code, frames = await again.closed()
+    assert code == 4409
+    assert [f["payload"]["code"] for f in frames] == ["duplicate"]
+    other = await connect(classes.b, "alice")
+    error = await other.join_room(room, expect="error")
+    assert error["payload"]["code"] == "duplicate"
+    bob = await connect(classes.b, "bob", room)
+    assert bob.welcome["payload"]["members"] == []  # type: ignore[attr-defined]
+    error = await bob.error({"topic": "dm", "payload": 1, "to": "nobody", "id": 5})
+    assert error["code"] == "member_not_found"
+    await bob.send({"topic": "dm", "payload": "psst", "to": "alice", "id": 6})
+    assert (await alice.recv())["payload"] == "psst"
+    await bob.acked(6)
+    async with httpx.AsyncClient(base_url=classes.a.url, timeout=RECV_TIMEOUT) as http:
+        missing = await http.post(
+            f"/api/v1/rooms/{room}/messages", json={"topic": "t", "payload": 1, "to": "nobody"}
+        )
+        assert missing.status_code == 404
+        assert (await http.delete(f"/api/v1/rooms/{room}/members/nobody")).status_code == 404
+        assert (await http.get(f"/api/v1/rooms/{room}/members")).json() == {"members": []}
+        rooms = (await http.get("/api/v1/rooms")).json()["rooms"]
+        assert room not in [r["roomID"] for r in rooms]
+    await alice.barrier()  # no presence.join of bob
+    full = rid("unseenfull")
+    first, second = await connect(classes.a, "u1", full), await connect(classes.b, "u2", full)
+    third = await RoomsClient.connect(classes.a.ws_url, "u3", full)
+    code, frames = await third.closed()
+    assert (code, [f["payload"]["code"] for f in frames]) == (4429, ["room_full"])
+    await second.close()  # once its close completed, its place is free, on every node
+    fourth = await connect(classes.a, "u4", full)
+    await first.barrier()  # nobody announced
+    for client in (alice, other, bob, first, fourth):
+        await client.close()
+
+
 async def test_presence_false_same_username_twice(classes: Pair) -> None:
-    """Without a member list no duplicate is found: both connections of a name stay, and
-    each gets the room's messages; a kick closes both."""
+    """Under `share`, a room without presence keeps no member list: both connections of a
+    name stay, and each gets the room's messages; a kick closes both."""
     room = rid("crowd")
     first = await connect(classes.a, "alice", room)
     second = await connect(classes.b, "alice", room)

@@ -50,18 +50,8 @@ BAD_FILES = {
     "ephemeral topic empty": ('[rooms.chat]\nephemeral_topics = [""]\n', "chat", "ephemeral"),
     "max_members zero": ("[rooms.small]\nmax_members = 0\n", "small", "max_members"),
     "max_members wrong type": ("[rooms.small]\nmax_members = 2.5\n", "small", "max_members"),
-    "max_members without presence": (
-        "[rooms.small]\nmax_members = 5\npresence = false\n",
-        "small",
-        "max_members",
-    ),
     "on_duplicate unknown": ('[rooms.solo]\non_duplicate = "kick"\n', "solo", "on_duplicate"),
     "on_duplicate wrong type": ("[rooms.solo]\non_duplicate = 1\n", "solo", "on_duplicate"),
-    "on_duplicate reject without presence": (
-        '[rooms.solo]\non_duplicate = "reject"\npresence = false\n',
-        "solo",
-        "on_duplicate",
-    ),
     "class not a table": ("[rooms]\nchat = 5\n", "chat", "table"),
     "class name with a colon": ('[rooms."a:b"]\npresence = false\n', "a:b", "':'"),
     "class name with a space": ('[rooms."a b"]\npresence = false\n', "a b", "whitespace"),

@@ -31,7 +31,29 @@ def test_resolve_by_prefix() -> None:
     feed = classes.resolve("feed:news")
     assert not feed.presence
     assert not feed.announces
-    assert feed.on_duplicate == "share"  # no member list: every connection stays
+    assert feed.on_duplicate == "reject"  # the server's policy
+    assert feed.tracked  # its members are kept, unseen, to find a duplicate
+
+
+@pytest.mark.parametrize(
+    ("cls", "policy", "tracked"),
+    [
+        (RoomClass(), "share", True),
+        (RoomClass(presence=False), "share", False),
+        (RoomClass(presence=False), "reject", True),
+        (RoomClass(presence=False), "replace", True),
+        (RoomClass(presence=False, on_duplicate="share"), "reject", False),
+        (RoomClass(presence=False, on_duplicate="reject"), "share", True),
+        (RoomClass(presence=False, max_members=3), "share", True),
+    ],
+)
+def test_a_room_without_presence_keeps_members_only_when_needed(
+    cls: RoomClass, policy: Any, tracked: bool
+) -> None:
+    """Member entries are kept with presence, and without it where a duplicate must be found
+    (`reject`, `replace`) or members counted (`max_members`)."""
+    resolved = RoomClasses({"c": cls}, on_duplicate=policy).resolve("c:1")
+    assert resolved.tracked is tracked
 
 
 def test_personal_owner() -> None:
@@ -70,8 +92,6 @@ def test_ephemeral_topics_are_a_frozenset() -> None:
         ({"on_duplicate": "kick"}, "on_duplicate"),
         ({"ephemeral_topics": "typing"}, "ephemeral_topics"),
         ({"ephemeral_topics": ["$x"]}, "ephemeral_topics"),
-        ({"presence": False, "max_members": 3}, "max_members"),
-        ({"presence": False, "on_duplicate": "replace"}, "on_duplicate"),
     ],
 )
 def test_bad_values_name_the_setting(values: dict[str, Any], setting: str) -> None:

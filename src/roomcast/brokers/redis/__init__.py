@@ -174,7 +174,7 @@ class RedisBroker:
         return _ms(self._classes.resolve(room).history_ttl)
 
     def _room_keys(self, room: str) -> list[str]:
-        return wire.room_keys(room, listed=self._classes.resolve(room).presence)
+        return wire.room_keys(room, listed=self._classes.resolve(room).tracked)
 
     # lifecycle
 
@@ -495,7 +495,7 @@ class RedisBroker:
         if not self._calls.available:
             raise unavailable()
         await self._subscriber.subscribe(room)
-        if not self._classes.resolve(room).presence:
+        if not self._classes.resolve(room).tracked:
             self._unlisted.add(room)
             # Held before its history is first read: an epoch it creates gets no early TTL.
             await self._calls.call(lambda: self._hold([room]))
