@@ -64,6 +64,9 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
+_EVERY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def json_error(code: ErrorCode, message: str, status: int | None = None) -> Response:
     """`{"error": {"code", "message"}}` with the status that fits the code."""
     return json_response(
@@ -319,12 +322,30 @@ def api_routes(node: Node) -> list[Route]:
     def guarded(endpoint: Endpoint) -> Endpoint:
         return guard(node, endpoint)
 
-    return [
+    rooms_api = [
         Route("/api/v1/rooms", guarded(rooms), methods=["GET"]),
         _NameRoute("/api/v1/rooms/{room}/messages", guarded(publish), methods=["POST"]),
         _NameRoute("/api/v1/rooms/{room}/members", guarded(members), methods=["GET"]),
         _NameRoute("/api/v1/rooms/{room}/history", guarded(history), methods=["GET"]),
         _NameRoute("/api/v1/rooms/{room}/members/{username}", guarded(kick), methods=["DELETE"]),
+    ]
+
+    async def unmatched(request: Request) -> Response:
+        """Any other `/api/v1/rooms...` call: checked like the others (the key first), then
+        405 for a path of the API with another method, else 404."""
+        allowed = [r for r in rooms_api if r.matches(request.scope)[0] is Match.PARTIAL]
+        if allowed:
+            answer = json_error(ErrorCode.BAD_REQUEST, "Method Not Allowed", 405)
+            answer.headers["allow"] = ", ".join(
+                sorted({m for r in allowed for m in r.methods or ()})
+            )
+            return answer
+        return json_error(ErrorCode.NOT_FOUND, "Not Found", 404)
+
+    return [
+        *rooms_api,
+        # Every /api/v1/rooms... call needs the key, a path of none of the routes above too.
+        Route("/api/v1/rooms{rest:path}", guarded(unmatched), methods=list(_EVERY_METHOD)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

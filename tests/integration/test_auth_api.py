@@ -28,6 +28,32 @@ def test_several_api_keys(start_server: Callable[..., ServerProcess]) -> None:
         assert http.get("/healthz").status_code == 200
 
 
+def test_every_rooms_path_needs_the_key_even_one_of_no_route(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Without the key every `/api/v1/rooms...` call is 401, a wrong method or an unknown
+    path too; with it, those are 405 (with `Allow`) and 404, in JSON."""
+    server = start_server("--api-key", "the-key")
+    calls = [
+        ("PUT", "/api/v1/rooms", 405),
+        ("POST", "/api/v1/rooms/r1/members", 405),
+        ("GET", "/api/v1/rooms/r1/messages", 405),
+        ("GET", "/api/v1/rooms/r1/zzz", 404),
+        ("GET", "/api/v1/rooms/", 404),
+        ("DELETE", "/api/v1/roomsx", 404),
+    ]
+    with server.http() as http:
+        for method, path, status in calls:
+            response = http.request(method, path)
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.json()["error"]["code"] == "unauthenticated"
+            response = http.request(method, path, headers={"Authorization": "Bearer the-key"})
+            assert response.status_code == status, (method, path, response.text)
+            assert response.json()["error"]["code"] in ("bad_request", "not_found")
+        allowed = http.put("/api/v1/rooms", headers={"Authorization": "Bearer the-key"})
+        assert allowed.headers["allow"] == "GET, HEAD"
+
+
 def test_startup_log_says_who_may_connect(start_server: Callable[..., ServerProcess]) -> None:
     """Without a key the log says the API answers loopback only; beyond loopback without
     authentication it warns; with a key and JWT it does neither."""
