@@ -4,6 +4,8 @@ a scripted WebSocket server on a real socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 
 import pytest
@@ -239,9 +241,12 @@ async def send_duplicate_ack(ws: ServerConnection, frame_id: object, offset: int
     await ws.send(json.dumps({"topic": "ack", "payload": ack}))
 
 
-async def test_a_publish_cut_by_a_disconnect_is_sent_again_with_its_key() -> None:
+@pytest.mark.parametrize("answers", [[], ["unavailable"]], ids=["ack", "unavailable-then-ack"])
+async def test_a_publish_cut_by_a_disconnect_is_sent_again_with_its_key(answers: list[str]) -> None:
     """A request without an answer when the connection drops is sent again after the
-    reconnect, the same frame with the same key, and returns the offset its ack gives."""
+    reconnect, the same frame with the same key, and returns the offset its ack gives. Its
+    first copy may have been published: an `unavailable` answer to the resend is retried
+    too, not raised (the application would publish it again, under a new key)."""
     frames: list[dict[str, object]] = []
 
     async def script(ws: ServerConnection, number: int) -> None:
@@ -253,16 +258,20 @@ async def test_a_publish_cut_by_a_disconnect_is_sent_again_with_its_key() -> Non
             frames.append(frame)
             if number == 0:
                 await ws.close(1011)
+            elif answers:
+                error = {"code": answers.pop(0), "message": "", "id": frame["id"]}
+                await ws.send(json.dumps({"topic": "error", "payload": error}))
             else:
                 await send_duplicate_ack(ws, frame["id"], 1)
 
+    expected = 2 + len(answers)
     async with FakeServer(script) as server:
         client = Client(server.url, username="alice", room="r1", backoff=FAST)
         await client.connect()
         assert await client.request("chat", {"text": "x"}) == 1
-        assert len(frames) == 2
+        assert len(frames) == expected
         assert isinstance(frames[0]["key"], str)
-        assert frames[1] == frames[0]
+        assert all(f == frames[0] for f in frames)
         await client.close()
 
 
@@ -339,3 +348,110 @@ async def test_cancelled_connect_leaves_nothing_running() -> None:
         assert client.state is ClientState.CLOSED
         info = await asyncio.wait_for(client.wait_closed(), 5)
         assert info.code == 1000
+
+
+async def test_backoff_grows_when_each_connection_is_closed_after_its_welcome() -> None:
+    """A server that welcomes and then closes at once (4429) is backed off from more and
+    more: a welcome alone does not reset the backoff, a connection that lasted does."""
+    times: list[float] = []
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        times.append(asyncio.get_running_loop().time())
+        await ws.send(welcome(offset=0, recovered=True if number else None))
+        await ws.close(4429)
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="r1", backoff=FAST)
+        await client.connect()
+        await server.wait_connections(7)
+        await client.close()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # FAST: 0.05 s doubling up to 0.3 s, each delay between half and all of its ceiling.
+    assert max(gaps[:6]) >= 0.15, gaps
+    assert sum(gaps[3:6]) >= 3 * 0.15, gaps
+
+
+async def test_refused_tokens_in_a_row_end_the_client() -> None:
+    """Once connected, a provider that keeps handing out a token the server refuses (4401)
+    is tried three times in a row; then the client closes instead of reconnecting for ever."""
+    tokens = iter(["fresh"])
+    refuse = refuse_unless("fresh")
+
+    async def provider() -> str | None:
+        return next(tokens, "stale")
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        if number:
+            await refuse(ws, number)
+            return
+        await ws.send(welcome(offset=0))
+        await ws.close(4401, "token expired")
+
+    async with FakeServer(script) as server:
+        client = Client(
+            server.url, username="alice", room="r1", token_provider=provider, backoff=FAST
+        )
+        await client.connect()
+        async with asyncio.timeout(10):
+            info = await client.wait_closed()
+        assert info.code == 4401
+        assert server.tokens == ["Bearer fresh"] + ["Bearer stale"] * 3
+
+
+async def test_close_stops_a_hanging_handshake_and_passes_cancellation_on() -> None:
+    """close() during a first handshake that never completes returns at once; a timeout
+    around close() (a handler that never returns) raises, as the caller asked."""
+
+    done = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+    started = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read(65536)  # the upgrade request, never answered
+        started.set()
+        await done.wait()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = Client(f"ws://127.0.0.1:{port}", username="alice", room="r1", backoff=FAST)
+        connecting = asyncio.ensure_future(client.connect())
+        async with asyncio.timeout(5):
+            await started.wait()
+        async with asyncio.timeout(2):
+            await client.close()
+        with pytest.raises(ClientClosed):
+            await connecting
+    finally:
+        done.set()
+        server.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        await server.wait_closed()
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.send(welcome(offset=0))
+        await ws.send(message(1))
+        await ws.wait_closed()
+
+    blocked, release = asyncio.Event(), asyncio.Event()
+    async with FakeServer(script) as fake:
+        client = Client(fake.url, username="alice", room="r1", backoff=FAST)
+
+        async def stuck(frame: object) -> None:
+            blocked.set()
+            await release.wait()
+
+        client.add_handler("chat", stuck)
+        await client.connect()
+        async with asyncio.timeout(5):
+            await blocked.wait()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await client.close()
+        release.set()
+        async with asyncio.timeout(5):
+            await client.close()

@@ -222,6 +222,8 @@ interface Pending {
   resend: boolean;
   /** `timeout` and later `unavailable` answers so far: the outcome is unknown until an `ack`. */
   uncertain: number;
+  /** The wait before it is sent again after such an answer. */
+  again?: ReturnType<typeof setTimeout>;
 }
 
 type Handlers = Map<string, Set<Handler>>;
@@ -352,6 +354,7 @@ export class Client {
   /** The start of this client's idempotency keys (the frame id follows). */
   private readonly keys = randomKey();
   private attempt = 0;
+  private upSince?: number;
   private authFailures = 0;
   private timer?: ReturnType<typeof setTimeout>;
   private keepalive?: ReturnType<typeof setTimeout>;
@@ -543,7 +546,16 @@ export class Client {
     else if (room.backlog) payload.backlog = room.backlog;
     this.request("room.join", payload).catch((error: RoomcastError) => {
       // a join lost with its connection is sent again after the reconnect
-      if (error.code === "disconnected" || error.code === "timeout" || this.closed) return;
+      if (error.code === "disconnected" || this.closed) return;
+      if (error.code === "timeout") {
+        // no answer in time: asked again (joining a room twice changes nothing), unless the
+        // connection dropped meanwhile, after which the reconnect joins it
+        const ws = this.ws;
+        setTimeout(() => {
+          if (!this.closed && ws === this.ws && this.joined && this.rooms.get(room.id) === room) this.sendJoin(room);
+        }, this.backoff(0));
+        return;
+      }
       this.drop(room);
       room.settle[1](error);
       // a room re-joined after a reconnect may be refused now: it is left
@@ -563,18 +575,48 @@ export class Client {
 
   private open(): void {
     const opts = this.o;
+    // the first connection, token included, has `connectTimeout` to be welcomed
+    if (!this.welcome) this.armConnect();
     if (opts.tokenProvider && this.token === undefined) {
       Promise.resolve()
         .then(opts.tokenProvider)
         .then(
           (token) => {
             this.token = token;
-            if (!this.closed) this.open();
+            if (!this.closed) this.dial();
           },
-          () => this.retry(1011, "the token provider failed"),
+          (error) => {
+            if (this.closed) return;
+            const why = `the token provider failed${error?.message ? `: ${error.message}` : ""}`;
+            // the first connection is tried once: `ready` fails rather than retrying for ever
+            if (!this.welcome) return this.finish(undefined, why, new RoomcastError("unauthenticated", why));
+            this.retry(1011, why);
+          },
         );
       return;
     }
+    this.dial();
+  }
+
+  /** Fail the first connection when no welcome came within `connectTimeout`. */
+  private armConnect(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      const ws = this.ws;
+      this.ws = undefined;
+      try {
+        ws?.close(1000);
+      } catch {
+        // a socket that never opened may throw; it is dropped either way
+      }
+      const why = `no welcome from ${this.o.url} in time`;
+      this.finish(undefined, why, new RoomcastError("timeout", why));
+    }, this.o.connectTimeout ?? 10000);
+  }
+
+  /** Open the WebSocket, with the token and the URL room's resume point. */
+  private dial(): void {
+    const opts = this.o;
     const Ctor = opts.WebSocket ?? (globalThis as any).WebSocket;
     if (!Ctor) throw new TypeError("no WebSocket: pass the WebSocket option (e.g. from the ws package)");
     const query: Record<string, string> = { username: opts.username };
@@ -597,20 +639,6 @@ export class Client {
     // a close event follows; `ws` says why a handshake failed ("Unexpected server response: 404")
     ws.onerror = (event) => (this.failure = event?.message);
     this.arm();
-    if (!this.welcome) {
-      clearTimeout(this.timer);
-      this.timer = setTimeout(() => {
-        if (ws !== this.ws) return;
-        this.ws = undefined;
-        try {
-          ws.close(1000);
-        } catch {
-          // a socket that never opened may throw; it is dropped either way
-        }
-        const why = `no welcome from ${opts.url} in time`;
-        this.finish(undefined, why, new RoomcastError("timeout", why));
-      }, opts.connectTimeout ?? 10000);
-    }
   }
 
   /** Keepalive: ping after `pingInterval` of silence, give up `pingTimeout` later. */
@@ -642,6 +670,9 @@ export class Client {
       return;
     }
     this.arm();
+    // an error frame without id says why the close right after it came; any later frame
+    // means it was not a refusal
+    this.refusal = undefined;
     const p = m.payload;
     // a v1 server's frames about the room (presence answers) may not name it
     const room = m.room === undefined ? (m.topic === "presence" ? this.first : undefined) : this.rooms.get(m.room);
@@ -672,7 +703,10 @@ export class Client {
             pending.uncertain++;
             const ws = this.ws;
             // a connection lost meanwhile sends it again after the reconnect
-            setTimeout(() => ws === this.ws && this.pending.get(p.id) === pending && this.write(pending.text, p.id), delay);
+            pending.again = setTimeout(
+              () => ws === this.ws && this.pending.get(p.id) === pending && this.write(pending.text, p.id),
+              delay,
+            );
             return;
           }
           return this.answer(p.id, new RoomcastError(p.code, p.message));
@@ -725,7 +759,8 @@ export class Client {
     const first = this.first;
     const resumed = first?.epoch !== undefined;
     this.welcome = w;
-    this.attempt = this.authFailures = 0;
+    this.authFailures = 0;
+    this.upSince = Date.now();
     if (first) {
       first.members = [...w.members];
       if (!resumed || !w.recovered) {
@@ -789,6 +824,7 @@ export class Client {
     if (!pending) return;
     this.pending.delete(id);
     clearTimeout(pending.timer);
+    clearTimeout(pending.again);
     // a request that failed before it was sent is not sent later
     if (!pending.sent) this.queue = this.queue.filter((queued) => queued[1] !== id);
     if (result instanceof RoomcastError) pending.reject(result);
@@ -801,11 +837,14 @@ export class Client {
     clearTimeout(this.refresher);
     // a publish already sent may or may not have been handled: it goes first after the
     // reconnect, with its key; a built-in request fails
+    this.joined = false;
     const again: [string, number][] = [];
     for (const [id, pending] of this.pending) {
       if (!pending.sent) continue;
       if (pending.resend) {
         pending.sent = false;
+        // it may have been published: an `unavailable` to its resend is retried, as after `timeout`
+        pending.uncertain = Math.max(pending.uncertain, 1);
         again.push([pending.text, id]);
       } else this.answer(id, new RoomcastError("disconnected", "the connection dropped"));
     }
@@ -834,9 +873,16 @@ export class Client {
   }
 
   private retry(code: number, reason: string): void {
+    // A connection welcomed and then closed at once (a server that rate-limits or fails) is
+    // a failed attempt too: only one that lasted `maxDelay` resets the backoff.
+    if (this.upSince !== undefined && Date.now() - this.upSince >= (this.o.maxDelay ?? 20000)) {
+      this.attempt = 0;
+    }
+    this.upSince = undefined;
     let delay: number;
-    if (RESTART.includes(code)) {
+    if (RESTART.includes(code) && this.attempt === 0) {
       delay = Math.random() * 1000;
+      this.attempt++;
     } else delay = this.backoff(this.attempt++);
     this.setStatus(this.welcome ? "reconnecting" : "connecting", {
       code,

@@ -228,26 +228,32 @@ test("a request with no answer rejects with timeout", async (t) => {
   await assert.rejects(c.request("chat", "unanswered"), { code: "timeout" });
 });
 
-test("a publish in flight when the connection drops is sent again, with its key, after the reconnect", async (t) => {
-  const frames = [];
-  const server = await fakeServer(t, (ws, url, n) => {
-    welcome(ws, url, { recovered: n ? true : undefined });
-    ws.on("message", (raw) => {
-      const f = JSON.parse(raw);
-      if (f.topic !== "chat") return;
-      frames.push(f);
-      // the first connection ends when the request arrives, before any answer
-      if (n === 0) ws.close(1011);
-      else sendFrame(ws, "ack", { id: f.id, offset: 1, duplicate: true });
+for (const answers of [[], ["unavailable"]]) {
+  test(`a publish in flight when the connection drops is sent again, with its key, after the reconnect (${answers.join() || "ack"})`, async (t) => {
+    const frames = [];
+    const server = await fakeServer(t, (ws, url, n) => {
+      welcome(ws, url, { recovered: n ? true : undefined });
+      ws.on("message", (raw) => {
+        const f = JSON.parse(raw);
+        if (f.topic !== "chat") return;
+        frames.push(f);
+        // the first connection ends when the request arrives, before any answer; its first
+        // copy may have been published, so an `unavailable` to the resend is retried too
+        if (n === 0) return ws.close(1011);
+        const code = answers.shift();
+        if (code) sendFrame(ws, "error", { code, message: code, id: f.id });
+        else sendFrame(ws, "ack", { id: f.id, offset: 1, duplicate: true });
+      });
     });
+    const expected = 2 + answers.length;
+    const c = client(t, server.url, "alice", "r1");
+    await within(c.ready, "welcome");
+    assert.equal(await within(c.request("chat", "resent"), "the ack"), 1);
+    assert.equal(frames.length, expected);
+    assert.equal(typeof frames[0].key, "string");
+    for (const f of frames) assert.deepEqual(f, frames[0]);
   });
-  const c = client(t, server.url, "alice", "r1");
-  await within(c.ready, "welcome");
-  assert.equal(await within(c.request("chat", "resent"), "the ack"), 1);
-  assert.equal(frames.length, 2);
-  assert.equal(typeof frames[0].key, "string");
-  assert.deepEqual(frames[1], frames[0]);
-});
+}
 
 test("a built-in request in flight when the connection drops rejects with disconnected", async (t) => {
   const server = await fakeServer(t, (ws, url, n) => {
@@ -283,4 +289,51 @@ test("a publish answered timeout is sent again with its key, through unavailable
   // without a timeout first, unavailable is the answer: the frame was not handled
   answers.push("unavailable");
   await assert.rejects(c.request("chat", "not handled"), { code: "unavailable" });
+});
+
+test("a server that welcomes and then closes with 4429 is backed off from more and more", async (t) => {
+  const times = [];
+  const server = await fakeServer(t, (ws, url, n) => {
+    times.push(Date.now());
+    welcome(ws, url, { recovered: n ? true : undefined });
+    ws.close(4429, "slow down");
+  });
+  const c = client(t, server.url, "alice", "r1", { minDelay: 20, maxDelay: 160 });
+  await server.connection(6);
+  c.close();
+  const gaps = times.slice(1).map((time, i) => time - times[i]);
+  // 20 ms doubling up to 160: the later gaps are each at least half of 160
+  assert.ok(gaps.slice(3, 6).every((gap) => gap >= 70), `gaps ${gaps}`);
+});
+
+test("a token provider that fails or never answers fails the first connection", async (t) => {
+  const server = await fakeServer(t, (ws, url) => welcome(ws, url));
+  const failing = client(t, server.url, "alice", "r1", {
+    tokenProvider: () => Promise.reject(new Error("no token service")),
+  });
+  await assert.rejects(within(failing.ready, "ready"), { code: "unauthenticated" });
+  const silent = client(t, server.url, "bob", "r1", {
+    tokenProvider: () => new Promise(() => {}),
+    connectTimeout: 300,
+  });
+  await assert.rejects(within(silent.ready, "ready"), { code: "timeout" });
+  assert.equal(server.urls.length, 0);
+});
+
+test("an error frame without id is no reason for a close that comes later", async (t) => {
+  const server = await fakeServer(t, (ws, url) => {
+    welcome(ws, url);
+    sendFrame(ws, "error", { code: "forbidden", message: "not here" });
+    sendFrame(ws, "chat", "later", { room: "r1", from: "bob", offset: 1 });
+    ws.on("message", (raw) => JSON.parse(raw).topic === "bye" && ws.close(1000));
+  });
+  const c = client(t, server.url, "alice", "r1");
+  const chat = next(c, "chat");
+  await within(c.ready, "welcome");
+  await chat;
+  const closed = status(c, "closed");
+  c.send("bye", 1);
+  const info = await closed;
+  assert.equal(info.code, 1000);
+  assert.equal(info.error, undefined);
 });

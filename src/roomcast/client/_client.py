@@ -43,6 +43,9 @@ logger = logging.getLogger("roomcast.client")
 
 WS_PATH = "/api/v1/ws"
 _REFRESH_AT = 0.8
+MAX_REFUSED_TOKENS = 3
+"""Tokens refused (4401) in a row, with no connection welcomed between them, after which the
+client gives up (a provider that keeps handing out a token the server refuses)."""
 
 TokenProvider = Callable[[], Awaitable[str | None]]
 """An async callable returning a fresh token, or None when there is none to give."""
@@ -388,14 +391,17 @@ class Client:
         if ws is not None:
             with contextlib.suppress(Exception):
                 await ws.close(1000, "client closed")
+        elif self._run_task is not None and self._run_task is not asyncio.current_task():
+            # Connecting (a handshake that may hang until its timeout) or waiting to: stop it.
+            self._run_task.cancel()
         if self._run_task is None:
             self._finish(CloseInfo(1000, "client closed"))
             self._incoming.put_nowait(None)
         current = asyncio.current_task()
         for task in (self._run_task, self._dispatch_task):
-            if task is not None and task is not current:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(task)
+            if task is not None and task is not current and not task.done():
+                # asyncio.wait, not a shield: the caller's own cancellation still reaches it.
+                await asyncio.wait({task})
         if self._dispatch_task is None:
             self._end_inbox()
 
@@ -404,9 +410,9 @@ class Client:
         while self._final is None:
             changed = self._changed
             await changed.wait()
-        if self._dispatch_task is not None and self._dispatch_task is not asyncio.current_task():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._dispatch_task)
+        task = self._dispatch_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            await asyncio.wait({task})
         return self._final
 
     async def __aenter__(self) -> Client:
@@ -513,6 +519,10 @@ class Client:
                 await self._send_join(ws, room)
         for entry in list(self._pending.values()):
             if entry.resend and entry.sent_on is not ws and not entry.future.done():
+                if entry.sent_on is not None:
+                    # Sent on a connection that dropped before its answer: it may have been
+                    # published, so an `unavailable` now is retried, as after a `timeout`.
+                    entry.uncertain = max(entry.uncertain, 1)
                 with contextlib.suppress(ConnectionLost):  # then after the next reconnect
                     await self._write_pending(ws, entry)
 
@@ -732,19 +742,31 @@ class Client:
         attempt = 0
         ever_joined = False
         fresh_token_tried = False
+        refused_tokens = 0
         final: CloseInfo | None = None
+        loop = asyncio.get_running_loop()
         try:
             if self._token is None and self._token_provider is not None:
                 final = await self._fetch_token()
             while final is None and not self._stopping:
+                started = loop.time()
                 info, joined = await self._connect_once()
                 self._last_close = info
                 if self._stopping:
                     break
                 if joined:
                     ever_joined = True
-                    attempt = 0
+                    refused_tokens = 0
+                    # A connection welcomed and then closed at once (a server that rate-limits
+                    # or fails) is a failed attempt too: only one that lasted resets backoff.
+                    if loop.time() - started >= self._backoff.max_delay:
+                        attempt = 0
                 rule = reconnect_rule(info.code) if self._reconnect else Reconnect.NEVER
+                if rule is Reconnect.NEW_TOKEN:
+                    refused_tokens += 1
+                    if refused_tokens > MAX_REFUSED_TOKENS:
+                        final = info
+                        break
                 if not ever_joined and not (rule is Reconnect.NEW_TOKEN and not fresh_token_tried):
                     final = info
                     break
