@@ -128,7 +128,9 @@ async def test_frames_reach_only_their_rooms_handlers() -> None:
 
 
 async def test_publish_request_and_presence_name_the_room() -> None:
-    """A room's publish, request and presence carry its id; the client's own frames do not."""
+    """A room's publish, request and presence carry its id; so do the client's own frames
+    for its URL room (once that room was left, they answer `not_joined` instead of reaching
+    the connection's next room), but not its built-in ones."""
     rooms = Rooms(offset=0)
     async with connected(rooms) as c:
         room = await c.join("r2")
@@ -142,7 +144,7 @@ async def test_publish_request_and_presence_name_the_room() -> None:
             ("chat", "r2", "bob"),
             ("chat", "r2", None),
             ("presence", None, None),
-            ("chat", None, None),
+            ("chat", "lobby", None),
             ("ping", None, None),
         ]
 
@@ -309,3 +311,20 @@ async def test_leaving_the_url_room_reconnects_without_it() -> None:
         await rooms.sockets[0].close(1012)
         await rooms.server.wait_connections(2)
         assert "roomID" not in rooms.server.queries[1]
+
+
+async def test_frames_for_a_left_url_room_answer_not_joined(start_server: StartServer) -> None:
+    """Once the client left its URL room, its own publish and history answer `not_joined`
+    (a real server): they do not reach the other room the connection is in."""
+    server = start_server()
+    async with Client(server.ws_url, username="alice", room="lobby", backoff=FAST) as c:
+        news = await c.join("news")
+        assert c.first_room is not None
+        await c.first_room.leave()
+        with pytest.raises(RequestError) as refused:
+            await c.request("chat", {"text": "meant for lobby"})
+        assert refused.value.wire_code == "not_joined"
+        with pytest.raises(RequestError) as refused:
+            await c.history()
+        assert refused.value.wire_code == "not_joined"
+        assert (await news.history()).messages == ()

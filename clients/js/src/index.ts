@@ -455,7 +455,16 @@ export class Client {
    *   frames wait for a reconnect.
    */
   send(topic: string, payload: unknown, to?: string, room?: string, options: PublishOptions = {}): void {
-    this.write(frame(topic, payload, to, undefined, room, options.echo));
+    this.write(frame(topic, payload, to, undefined, this.roomOf(topic, room), options.echo));
+  }
+
+  /**
+   * The room a frame names: `room`, else, for a relayed topic, the `room` option's, so that
+   * once that room was left the server answers `not_joined` rather than taking the frame to
+   * the connection's next room.
+   */
+  private roomOf(topic: string, room?: string): string | undefined {
+    return room ?? (isBuiltin(topic) ? undefined : this.o.room);
   }
 
   /**
@@ -478,7 +487,8 @@ export class Client {
     room?: string,
     options: PublishOptions = {},
   ): Promise<number | undefined> {
-    return this.call(topic, (id, key) => frame(topic, payload, to, id, room, options.echo, key), false);
+    const named = this.roomOf(topic, room);
+    return this.call(topic, (id, key) => frame(topic, payload, to, id, named, options.echo, key), false);
   }
 
   /**
@@ -492,7 +502,7 @@ export class Client {
    */
   async history(options: HistoryOptions & { room?: string } = {}): Promise<HistoryPage> {
     const payload: Record<string, unknown> = {};
-    const room = options.room ?? this.first?.id;
+    const room = options.room ?? this.o.room;
     if (room !== undefined) payload.roomID = room;
     if (options.before !== undefined) payload.before = options.before;
     if (options.limit !== undefined) payload.limit = options.limit;
@@ -516,7 +526,7 @@ export class Client {
         this.o.requestTimeout ?? 10000,
       );
       const text = build(id, `${this.keys}-${id}`);
-      const resend = !(["ping", "presence", "auth.refresh"].includes(topic) || topic.startsWith("room."));
+      const resend = !isBuiltin(topic);
       this.pending.set(id, { resolve, reject, timer, sent: false, answered, text, resend, uncertain: 0 });
       try {
         this.write(text, id);
@@ -930,6 +940,11 @@ export async function connect(options: ClientOptions): Promise<Client> {
   const client = new Client(options);
   await client.ready;
   return client;
+}
+
+/** A topic the server answers itself (never relayed, never resent). */
+function isBuiltin(topic: string): boolean {
+  return ["ping", "presence", "auth.refresh"].includes(topic) || topic.startsWith("room.");
 }
 
 function frame(

@@ -99,7 +99,7 @@ test("publish and request name the room; presence asks for the room's members", 
     { topic: "chat", payload: { text: "hi" }, room: "r2", to: "bob" },
     { topic: "chat", payload: { text: "again" }, room: "r2", to: undefined },
     { topic: "presence", payload: { roomID: "r2" }, room: undefined, to: undefined },
-    { topic: "chat", payload: "v1", room: undefined, to: undefined },
+    { topic: "chat", payload: "v1", room: "lobby", to: undefined },
     { topic: "ping", payload: 1, room: undefined, to: undefined },
   ]);
 });
@@ -216,3 +216,16 @@ function collectRoom(room, count) {
     `${count} messages in ${room.id}`,
   );
 }
+
+test("on a real server, frames for a left URL room answer not_joined instead of reaching another room", async (t) => {
+  const server = await new Server().start();
+  t.after(() => server.stop());
+  const lobby = `lobby-${randomUUID()}`;
+  const c = client(t, server.url, "alice", lobby);
+  await within(c.ready, "welcome");
+  const news = await within(c.join(`news-${randomUUID()}`), "join");
+  await within(c.rooms.get(lobby).leave(), "leave");
+  await assert.rejects(within(c.request("chat", "meant for the lobby"), "answer"), { code: "not_joined" });
+  await assert.rejects(within(c.history(), "history"), { code: "not_joined" });
+  assert.deepEqual((await within(news.history(), "news history")).messages, []);
+});

@@ -599,6 +599,8 @@ class Client:
             RequestTimeout, ConnectionLost, ClientClosed: as :meth:`request`.
         """
         payload: dict[str, Any] = {}
+        if room is None and self._url_room is not None:
+            room = self._url_room.id
         if room is not None:
             payload["roomID"] = room
         if before is not None:
@@ -669,7 +671,11 @@ class Client:
         room: str | None,
         echo: bool = True,
     ) -> dict[str, Any]:
-        """A client frame; one with an `id` carries this client's key for that id."""
+        """A client frame; one with an `id` carries this client's key for that id. A frame
+        for the client's own room names it: once that room was left, the server answers
+        `not_joined` rather than taking the frame to the connection's next room."""
+        if room is None and self._url_room is not None and not is_builtin(topic):
+            room = self._url_room.id
         frame = _frame(topic, payload, to, frame_id, room, echo)
         if frame_id is not None:
             frame["key"] = f"{self._keys}-{frame_id}"
