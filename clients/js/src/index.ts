@@ -261,6 +261,8 @@ export class Room {
   /** @internal */ handlers: Handlers = new Map();
   /** @internal */ resets = new Set<(joined: Joined) => void>();
   /** @internal */ backlog?: number;
+  /** @internal re-joins asked again in a row (their backoff) */
+  retries = 0;
   /** @internal frames that came before any handler of their topic (none for the URL's room) */
   early?: Message[];
   /** @internal */ settle!: [(room: Room) => void, (error: RoomcastError) => void];
@@ -557,13 +559,14 @@ export class Client {
     this.request("room.join", payload).catch((error: RoomcastError) => {
       // a join lost with its connection is sent again after the reconnect
       if (error.code === "disconnected" || this.closed) return;
-      if (error.code === "timeout") {
-        // no answer in time: asked again (joining a room twice changes nothing), unless the
-        // connection dropped meanwhile, after which the reconnect joins it
+      // no answer in time, or (a room joined before the reconnect) the broker unavailable
+      // for now: asked again (joining a room twice changes nothing), unless the connection
+      // dropped meanwhile, after which the reconnect joins it
+      if (error.code === "timeout" || (error.code === "unavailable" && room.joined)) {
         const ws = this.ws;
         setTimeout(() => {
           if (!this.closed && ws === this.ws && this.joined && this.rooms.get(room.id) === room) this.sendJoin(room);
-        }, this.backoff(0));
+        }, this.backoff(room.retries++));
         return;
       }
       this.drop(room);
@@ -597,7 +600,7 @@ export class Client {
           },
           (error) => {
             if (this.closed) return;
-            const why = `the token provider failed${error?.message ? `: ${error.message}` : ""}`;
+            const why = `the token provider failed: ${error?.message ?? error}`;
             // the first connection is tried once: `ready` fails rather than retrying for ever
             if (!this.welcome) return this.finish(undefined, why, new RoomcastError("unauthenticated", why));
             this.retry(1011, why);
@@ -761,6 +764,7 @@ export class Client {
     }
     if (resumed && !j.recovered) for (const handler of room.resets) handler(j);
     room.joined = true;
+    room.retries = 0;
     room.settle[0](room);
   }
 

@@ -229,3 +229,32 @@ test("on a real server, frames for a left URL room answer not_joined instead of 
   await assert.rejects(within(c.history(), "history"), { code: "not_joined" });
   assert.deepEqual((await within(news.history(), "news history")).messages, []);
 });
+
+test("a re-join answered unavailable (the broker down for now) is asked again, not given up", async (t) => {
+  const refuse = {};
+  const server = await roomsServer(t, {
+    offset: 2,
+    recovered: true,
+    refuse,
+    onConnect: (ws, url, n) => {
+      if (n === 0) setTimeout(() => ((refuse.a = "unavailable"), ws.close(1012)), 50);
+      // the first re-join is refused; the next one is answered
+      else setTimeout(() => delete refuse.a, 300);
+    },
+  });
+  const c = client(t, server.url, "alice", "lobby");
+  const a = await within(c.join("a"), "join");
+  const left = [];
+  c.on("left", (m) => left.push(m));
+  await server.connection(1);
+  await within(
+    new Promise((resolve) => {
+      const check = () => (server.frames[1]?.filter((f) => f.topic === "room.join").length >= 2 ? resolve() : setTimeout(check, 20));
+      check();
+    }),
+    "a second room.join",
+  );
+  assert.deepEqual(left, []);
+  assert.equal(a.joined, true);
+  assert.equal(c.rooms.get("a"), a);
+});
