@@ -14,9 +14,17 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from roomcast.client import Client, ClientState, HttpApi, RequestError, Room
+from roomcast.client import Client, ClientState, HttpApi, RequestError, RequestTimeout, Room
 from tests.harness import ServerProcess
-from tests.integration.client_support import FAST, Collector, FakeServer, Proxy, StateLog, poll
+from tests.integration.client_support import (
+    FAST,
+    Collector,
+    FakeServer,
+    Proxy,
+    StateLog,
+    poll,
+    welcome,
+)
 
 StartServer = Callable[..., ServerProcess]
 
@@ -328,3 +336,40 @@ async def test_frames_for_a_left_url_room_answer_not_joined(start_server: StartS
             await c.history()
         assert refused.value.wire_code == "not_joined"
         assert (await news.history()).messages == ()
+
+
+async def test_a_join_that_times_out_leaves_no_room_behind() -> None:
+    """join() raising RequestTimeout (no answer in time) failed: the room is not in
+    client.rooms, the server is asked to leave it, and it is not joined again after a
+    reconnect."""
+    frames: list[tuple[int, dict[str, Any]]] = []
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.send(welcome(offset=0, recovered=True if number else None))
+        async for raw in ws:
+            frame = orjson.loads(raw)
+            frames.append((number, frame))
+            if frame["topic"] == "drop" and number == 0:
+                await ws.close(1012)
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="lobby", backoff=FAST)
+        await client.connect()
+        with pytest.raises(RequestTimeout):
+            await client.join("slow", timeout=0.2)
+        assert "slow" not in client.rooms
+        await client.send("drop", 1)  # the server ends this connection on it
+        await server.wait_connections(2)
+        await client.send("marker", 1)  # sent after whatever the reconnect sends first
+
+        async def marked() -> bool:
+            return any(f["topic"] == "marker" for _, f in frames)
+
+        await poll(marked)
+        topics = [
+            (n, f["topic"], f["payload"].get("roomID"))
+            for n, f in frames
+            if f["topic"].startswith("room.")
+        ]
+        assert topics == [(0, "room.join", "slow"), (0, "room.leave", "slow")]
+        await client.close()

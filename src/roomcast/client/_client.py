@@ -458,6 +458,7 @@ class Client:
         if self._final is not None:
             raise self._closed_error()
         room = self._rooms.get(room_id)
+        created = room is None
         if room is None:
             room = Room(
                 self,
@@ -475,6 +476,16 @@ class Client:
         try:
             await room._wait_joined(timeout)
         except TimeoutError:
+            if created and not room._joined.is_set():
+                # Failed, as the caller is told: not joined again after a reconnect, and left
+                # should the server's answer come after all.
+                self._drop_room(room)
+                ws = self._ws
+                if self.connected and ws is not None:
+                    with contextlib.suppress(ClientError):
+                        await self._write(
+                            ws, self._frame("room.leave", {"roomID": room_id}, None, None, None)
+                        )
             raise RequestTimeout(f"not joined to {room_id!r} within {timeout} s") from None
         return room
 
