@@ -183,6 +183,7 @@ class RoomClasses:
         self._classes: dict[str, ResolvedClass] = {}
         for name, cls in (classes or {}).items():
             check_class_name(name)
+            policy = cls.on_duplicate or on_duplicate
             self._classes[name] = ResolvedClass(
                 name=name,
                 history_size=history_size if cls.history_size is None else cls.history_size,
@@ -192,11 +193,9 @@ class RoomClasses:
                 client_publish=cls.client_publish,
                 ephemeral_topics=cls.ephemeral_topics,
                 max_members=cls.max_members,
-                on_duplicate=cls.on_duplicate or on_duplicate,
+                on_duplicate=policy,
                 personal=cls.personal,
-                tracked=cls.presence
-                or cls.max_members is not None
-                or (cls.on_duplicate or on_duplicate) != "share",
+                tracked=cls.presence or cls.max_members is not None or policy != "share",
             )
 
     def resolve(self, room: str) -> ResolvedClass:

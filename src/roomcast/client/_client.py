@@ -44,8 +44,9 @@ logger = logging.getLogger("roomcast.client")
 WS_PATH = "/api/v1/ws"
 _REFRESH_AT = 0.8
 MAX_REFUSED_TOKENS = 3
-"""Tokens refused (4401) in a row, with no connection welcomed between them, after which the
-client gives up (a provider that keeps handing out a token the server refuses)."""
+"""Tokens refused (4401) in a row, with no connection welcomed between them, after which a
+client that was connected gives up (a provider that keeps handing out a token the server
+refuses); the first connection gets one fresh token."""
 
 TokenProvider = Callable[[], Awaitable[str | None]]
 """An async callable returning a fresh token, or None when there is none to give."""
@@ -758,8 +759,7 @@ class Client:
     async def _run(self) -> None:
         attempt = 0
         ever_joined = False
-        fresh_token_tried = False
-        refused_tokens = 0
+        refused_tokens = 0  # in a row, since the last welcome
         final: CloseInfo | None = None
         loop = asyncio.get_running_loop()
         try:
@@ -780,11 +780,12 @@ class Client:
                         attempt = 0
                 rule = reconnect_rule(info.code) if self._reconnect else Reconnect.NEVER
                 if rule is Reconnect.NEW_TOKEN:
+                    # The first connection gets one fresh token; a working client, a few.
                     refused_tokens += 1
-                    if refused_tokens > MAX_REFUSED_TOKENS:
+                    if refused_tokens > (MAX_REFUSED_TOKENS if ever_joined else 1):
                         final = info
                         break
-                if not ever_joined and not (rule is Reconnect.NEW_TOKEN and not fresh_token_tried):
+                elif not ever_joined:
                     final = info
                     break
                 if rule is Reconnect.NEVER or (
@@ -795,7 +796,6 @@ class Client:
                 if ever_joined:
                     self._set_state(ClientState.RECONNECTING)
                 if rule is Reconnect.NEW_TOKEN:
-                    fresh_token_tried = True
                     final = await self._fetch_token(info)
                     if final is not None:
                         break
