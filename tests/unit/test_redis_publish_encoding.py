@@ -14,7 +14,25 @@ from roomcast.brokers.redis import wire
 from roomcast.brokers.redis.publishing import _NUMKEYS, BATCH_CALLS, Deliveries, Publishing
 
 
-def publishing_of(calls: Any) -> Publishing:
+class Own:
+    """A subscription that receives the rooms `rooms` (`OwnCopies`)."""
+
+    node_channel = wire.node_channel(wire.channel_prefix(0), "n1")
+
+    def __init__(self, *rooms: str) -> None:
+        self.rooms = rooms
+
+    def own(self, room: str) -> int:
+        return 7 if room in self.rooms else 0
+
+    def deliver_own(self, publication: Any, subscription: int) -> bool:
+        raise AssertionError("not answered here")
+
+    def repair(self, room: str) -> None:
+        raise AssertionError("not answered here")
+
+
+def publishing_of(calls: Any, own: Any = None, serves: Any = None) -> Publishing:
     """A node's publishing over `calls` (a stand-in), rooms of 100 messages for 300 s."""
     return Publishing(
         calls,
@@ -23,16 +41,14 @@ def publishing_of(calls: Any) -> Publishing:
         keys=lambda room: wire.room_keys(room),
         idempotency_window_ms=120_000,
         deliveries=Deliveries(),
-        serves=lambda room: False,
+        serves=serves or (lambda room: False),
+        own=own,
     )
 
 
-async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
-    calls: Any = SimpleNamespace(available=True, cluster=False)
-    publishing = publishing_of(calls)
-    publishing.publish_soon("r1", '{"topic":"t","payload":"é","offset":', None)
-    publishing.publish_soon("r1", '{"topic":"t","payload":2,"offset":', "bob", "c7", "key-1")
-    publishing.publish_soon("}odd", '{"topic":"t","payload":3,"offset":', None, "c8")
+async def queued_as_hiredis_encodes_them(publishing: Publishing) -> list[Any]:
+    """The calls queued (their flush stopped), each checked to be encoded byte for byte as
+    hiredis encodes its arguments."""
     batch = list(publishing._batch)
     for task in list(publishing._flushes):
         task.cancel()
@@ -43,14 +59,40 @@ async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
     for (args, keys, argv), _ in batch:
         ours = b"*%d\r\n%b%b%b%b" % (len(args) + 2, head, _NUMKEYS[args[0]], keys, argv)
         assert ours == pack_command(("EVALSHA", sha, *args))
+    return batch
+
+
+async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
+    calls: Any = SimpleNamespace(available=True, cluster=False)
+    publishing = publishing_of(calls)
+    publishing.publish_soon("r1", '{"topic":"t","payload":"é","offset":', None)
+    publishing.publish_soon("r1", '{"topic":"t","payload":2,"offset":', "bob", "c7", "key-1")
+    publishing.publish_soon("}odd", '{"topic":"t","payload":3,"offset":', None, "c8")
+    batch = await queued_as_hiredis_encodes_them(publishing)
     first, second, third = (args for (args, _, _), _ in batch)
     assert first[0] == 4
-    assert first[-3:-1] == ('{"topic":"t","payload":"é","offset":', "")
+    assert first[-4:-2] == ('{"topic":"t","payload":"é","offset":', "")
+    assert first[-1] == b""  # no node channel: this node does not receive r1
     assert second[0] == 5
     assert second[5] == wire.idempotency_key("r1", "key-1")
-    assert second[-3] == "bob c7"
+    assert second[-4] == "bob c7"
     assert second[-1] == 120_000
     assert third[1:5] == tuple(wire.room_keys("}odd"))
+
+
+async def test_a_room_this_node_receives_names_the_node_channel_in_its_call() -> None:
+    """The PUBLISH script may leave the publish to the node (scripts.py) only when the call
+    names the node's channel: for the rooms its subscription receives, not for the others."""
+    calls: Any = SimpleNamespace(available=True, cluster=False)
+    publishing = publishing_of(calls, Own("mine"))
+    publishing.publish_soon("mine", '{"topic":"t","payload":1,"offset":', None)
+    publishing.publish_soon("mine", '{"topic":"t","payload":2,"offset":', None, None, "k")
+    publishing.publish_soon("theirs", '{"topic":"t","payload":3,"offset":', None)
+    batch = await queued_as_hiredis_encodes_them(publishing)
+    first, second, third = (args for (args, _, _), _ in batch)
+    assert first[-1] == Own.node_channel
+    assert second[-2:] == (Own.node_channel, 120_000)
+    assert third[-1] == b""
 
 
 async def test_a_call_through_the_client_passes_its_number_of_keys_once() -> None:

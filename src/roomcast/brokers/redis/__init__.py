@@ -150,6 +150,7 @@ class RedisBroker:
             idempotency_window_ms=max(1, math.ceil(idempotency_window * 1000)),
             deliveries=deliveries,
             serves=self._subscriber.serves,
+            own=self._subscriber if isinstance(self._subscriber, Subscriber) else None,
         )
         self._outbox = Outbox(self._calls)
         self._listener: BrokerListener | None = None

@@ -27,7 +27,15 @@ of different masters have no order between them). A call answered `MOVED` or `AS
 is sent once more through the cluster client, which follows the redirect.
 
 A node that serves the room also waits (bounded) until its own subscription delivered the
-message, so that a sender's `ack` follows its own copy (:class:`Deliveries`).
+message, so that a sender's `ack` follows its own copy (:class:`Deliveries`). On one Redis, a
+node whose subscription is all that receives the room gets its publish back unannounced (the
+PUBLISH script checks it, in the same atomic step): it delivers the message from the answer,
+as if its subscription had brought it, which spares Redis the PUBLISH and the node the read
+and parse of its own message. A room's order holds across the two ways in: the node's room
+cursor (delivery.py) repairs from history whatever arrives before an offset it lacks. Should
+the node's subscription of the room have ended meanwhile (another node may then have been
+the one subscriber the script counted), the node announces the message itself, late, and
+that node's cursor puts it in its place.
 """
 
 from __future__ import annotations
@@ -36,18 +44,26 @@ import asyncio
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from ...errors import BrokerTimeout, RoomcastError
+from ...log import log_event
 from ...protocol import message_frame
 from ..base import Publication
 from . import redispy, wire
 from .calls import FAULTS, Calls, unavailable
 
-__all__ = ["BATCH_CALLS", "DELIVERY_WAIT", "REPLICA_WAIT_MS", "Deliveries", "Publishing"]
+__all__ = [
+    "BATCH_CALLS",
+    "DELIVERY_WAIT",
+    "REPLICA_WAIT_MS",
+    "Deliveries",
+    "OwnCopies",
+    "Publishing",
+]
 
 BATCH_CALLS = 256
 """Most publishes in one PUBLISH_BATCH call (a longer batch is several calls, pipelined): one
@@ -156,6 +172,24 @@ class Deliveries:
             callback()
 
 
+class OwnCopies(Protocol):
+    """What takes the publishes that Redis leaves to this node to deliver (the Subscriber
+    on one Redis)."""
+
+    @property
+    def node_channel(self) -> bytes:
+        """The channel that shows Redis this node's subscription (wire.node_channel)."""
+
+    def own(self, room: str) -> int:
+        """This node's live subscription of `room` (a number), or 0 for none."""
+
+    def deliver_own(self, publication: Publication, subscription: int) -> bool:
+        """Deliver `publication` as if it had arrived; False when `subscription` ended."""
+
+    def repair(self, room: str) -> None:
+        """Read `room`'s history for whatever this node has not delivered."""
+
+
 class Publishing:
     """Batched publishes of one node.
 
@@ -167,6 +201,8 @@ class Publishing:
         idempotency_window_ms: how long a publish's idempotency key is remembered.
         deliveries: where the subscription reports what it delivered.
         serves: whether this node receives a room (then a publish waits for its own copy).
+        own: the subscription that delivers publishes Redis leaves to this node (None on a
+            Redis Cluster: every publish is announced).
     """
 
     def __init__(
@@ -179,6 +215,7 @@ class Publishing:
         idempotency_window_ms: int,
         deliveries: Deliveries,
         serves: Callable[[str], bool],
+        own: OwnCopies | None = None,
     ) -> None:
         self._calls = calls
         self._channel_prefix = channel_prefix
@@ -187,6 +224,10 @@ class Publishing:
         self._idempotency_window_ms = idempotency_window_ms
         self._serves = serves
         self._deliveries = deliveries
+        self._own = own
+        self._node_argument: tuple[bytes, bytes] | None = None
+        """This node's channel as the PUBLISH script's argument, and encoded (once the node
+        has its id)."""
         self._rooms: dict[str, tuple[tuple[Any, ...], bytes, bytes]] = {}
         """Per room recently published to: its keys, history size and ttl, and channel, and
         their encoding (the keys', the rest's); a room's class, and so all of these, never
@@ -236,30 +277,44 @@ class Publishing:
             )
         fixed, packed_keys, packed_room = known
         target = wire.encode_target(to, exclude)
-        argv = b"%b%b%b%b" % (
+        subscription = 0 if self._own is None else self._own.own(room)
+        node, packed_node = self._node() if subscription else _NO_NODE
+        argv = b"%b%b%b%b%b" % (
             packed_room,
             _bulk(prefix.encode()),
-            _bulk(target.encode()),
+            _bulk(target.encode()) if target else _EMPTY,
             self._packed_epoch,
+            packed_node,
         )
         call: _Call
         if key is None:
-            call = ((4, *fixed, prefix, target, self._epoch), packed_keys, argv)
+            call = ((4, *fixed, prefix, target, self._epoch, node), packed_keys, argv)
         else:
             idempotency_key = wire.idempotency_key(room, key)
             window = self._idempotency_window_ms
             call = (
-                (5, *fixed[:4], idempotency_key, *fixed[4:], prefix, target, self._epoch, window),
+                (5, *fixed[:4], idempotency_key, *fixed[4:], prefix, target, self._epoch, node,
+                 window),
                 packed_keys + _bulk(idempotency_key.encode()),
                 argv + _bulk(b"%d" % window),
-            )
-        self._batch.append((call, partial(self._answered, done, room, prefix, to, exclude)))
+            )  # fmt: skip
+        self._batch.append(
+            (call, partial(self._answered, done, room, prefix, to, exclude, subscription))
+        )
         if not self._flushing:
             self._flushing = True
             task = loop.create_task(self._flush())
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
         return done
+
+    def _node(self) -> tuple[bytes, bytes]:
+        """This node's channel, and encoded (kept: the node has its id by now)."""
+        if self._node_argument is None:
+            assert self._own is not None
+            channel = self._own.node_channel
+            self._node_argument = (channel, _bulk(channel))
+        return self._node_argument
 
     def _answered(
         self,
@@ -268,29 +323,62 @@ class Publishing:
         prefix: str,
         to: str | None,
         exclude: str | None,
+        subscription: int,
         result: Any,
     ) -> None:
         """Redis answered one publish call: `done` gets its publication (once its own copy
-        arrived, when this node serves the room) or its error."""
-        if done.done():  # the caller stopped waiting
-            return
+        arrived, when this node serves the room) or its error. A publish that Redis left
+        unannounced is delivered here (or announced now, see the module's docstring)."""
         if isinstance(result, BaseException):
-            done.set_exception(result)
+            if subscription and isinstance(result, BrokerTimeout):
+                # It may have run and been left to this node: history has it if so.
+                assert self._own is not None
+                self._own.repair(room)
+            if not done.done():  # (unless the caller stopped waiting)
+                done.set_exception(result)
             return
         try:
             offset, epoch = int(result[0]), result[1].decode()
+            answer = int(result[2]) if len(result) > 2 else 0
         except Exception as exc:  # pragma: no cover - what the PUBLISH script returns
-            done.set_exception(exc)
+            if not done.done():
+                done.set_exception(exc)
             return
         publication = Publication(
-            room, offset, message_frame(prefix, offset), to, epoch, exclude, len(result) > 2
+            room, offset, message_frame(prefix, offset), to, epoch, exclude, answer == 1
         )
+        if answer == 2:
+            # Delivered whether or not the caller still waits: nobody else will.
+            assert self._own is not None
+            if not self._own.deliver_own(publication, subscription):
+                self._announce_late(publication)
+            if not done.done():
+                done.set_result(publication)
+            return
+        if done.done():  # the caller stopped waiting
+            return
         if self._serves(room):
             self._deliveries.when_delivered(
                 room, offset, DELIVERY_WAIT, partial(_resolve, done, publication)
             )
         else:
             done.set_result(publication)
+
+    def _announce_late(self, publication: Publication) -> None:
+        """Announce a publication that Redis left to this node after all (its subscription
+        of the room ended before the answer came): a failure is logged, and a node that
+        misses it repairs the gap from history at the room's next message."""
+        channel = wire.channel(self._channel_prefix, publication.room)
+        payload = wire.encode_publication(publication)
+        assert self._loop is not None
+        task = self._loop.create_task(self._calls.announce(channel, payload))
+        self._flushes.add(task)
+        task.add_done_callback(self._announced)
+
+    def _announced(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log_event("broker.announce_failed", level=30, error=repr(exc))
 
     async def _flush(self) -> None:
         """Send the publishes queued meanwhile in one pipeline: one round trip, not one each.
@@ -499,6 +587,12 @@ _NUMKEYS = {4: b"$1\r\n4\r\n", 5: b"$1\r\n5\r\n"}
 
 _WAIT = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n" + _bulk(b"%d" % REPLICA_WAIT_MS)
 """`WAIT 1 <REPLICA_WAIT_MS>`, encoded."""
+
+
+_EMPTY = _bulk(b"")
+"""An empty argument, encoded."""
+_NO_NODE = (b"", _EMPTY)
+"""No node channel, and encoded: the publish is announced."""
 
 
 def _resolve(done: asyncio.Future[Publication], publication: Publication) -> None:

@@ -33,9 +33,24 @@ _PUBLISH_ONE = (
     """
 -- KEYS: offset, epoch, stream, presence[, idempotency key]
 -- ARGV: history size, history ttl (ms), channel (the room's, the same for every publish),
---       prefix, target, epoch if none exists[, idempotency window (ms)]
--- Returns {offset, epoch}, or {first offset, its epoch, 1} for an idempotency key that
--- published already within its window (then nothing is published).
+--       prefix, target, epoch if none exists, the publisher's node channel ('' when the
+--       publisher does not receive the room)[, idempotency window (ms)]
+-- Returns {offset, epoch}; {offset, epoch, 2} when nothing was announced because the
+-- publisher's node is all that receives the room (it delivers the message itself); or
+-- {first offset, its epoch, 1} for an idempotency key that published already within its
+-- window (then nothing is published).
+local live = nil
+-- Whether the only subscriber of `channel` is the node whose subscription holds `node`: its
+-- subscription is there (exactly one holds `node`), nothing listens by pattern, and one
+-- subscriber holds `channel` (the publisher says its subscription holds it). Asked once per
+-- script call for the node (a batch is one node's).
+local function alone(channel, node)
+  if live == nil then
+    live = redis.call('PUBSUB', 'NUMPAT') == 0
+      and redis.call('PUBSUB', 'NUMSUB', node)[2] == 1
+  end
+  return live and redis.call('PUBSUB', 'NUMSUB', channel)[2] == 1
+end
 local function publish(KEYS, ARGV)
   if KEYS[5] then
     local seen = redis.call('GET', KEYS[5])
@@ -78,7 +93,10 @@ local function publish(KEYS, ARGV)
     redis.call('PEXPIRE', KEYS[2], ARGV[2])
   end
   if KEYS[5] then
-    redis.call('SET', KEYS[5], id .. ' ' .. epoch, 'PX', ARGV[7])
+    redis.call('SET', KEYS[5], id .. ' ' .. epoch, 'PX', ARGV[8])
+  end
+  if ARGV[7] ~= '' and alone(ARGV[3], ARGV[7]) then
+    return {offset, epoch, 2}
   end
   redis.call('PUBLISH', ARGV[3], """
     + LUA_PUBLICATION
@@ -94,7 +112,7 @@ PUBLISH_BATCH = (
     _PUBLISH_ONE
     + """
 -- Several publishes in one call, in order: KEYS holds each one's keys after the other's, ARGV
--- each one's number of keys (4 or 5), then its ARGV as PUBLISH takes it (n + 2 values).
+-- each one's number of keys (4 or 5), then its ARGV as PUBLISH takes it (n + 3 values).
 -- Returns each one's answer, or the error it met (the others still run, as separate calls).
 local answers = {}
 local k, a = 0, 1
@@ -102,14 +120,14 @@ while a <= #ARGV do
   local n = tonumber(ARGV[a])
   local keys, argv = {}, {}
   for i = 1, n do keys[i] = KEYS[k + i] end
-  for i = 1, n + 2 do argv[i] = ARGV[a + i] end
+  for i = 1, n + 3 do argv[i] = ARGV[a + i] end
   local ok, answer = pcall(publish, keys, argv)
   if not ok and (type(answer) ~= 'table' or not answer.err) then
     answer = {err = tostring(answer)}
   end
   answers[#answers + 1] = answer
   k = k + n
-  a = a + n + 3
+  a = a + n + 4
 end
 return answers
 """

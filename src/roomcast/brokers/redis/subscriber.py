@@ -88,6 +88,10 @@ class Subscriber:
         """Channel -> room, for every channel that may still deliver (until UNSUBSCRIBE)."""
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
         """Subscribers waiting for Redis to confirm a SUBSCRIBE, per channel."""
+        self._confirmed: dict[str, int] = {}
+        """Rooms whose SUBSCRIBE Redis confirmed on this connection (not sharded), with the
+        number of that confirmation (see `own`)."""
+        self._confirmations_seen = 0
         self._conn: AbstractConnection | None = None
         self._send_lock = asyncio.Lock()
         self._last_read = 0.0
@@ -115,6 +119,38 @@ class Subscriber:
         """Whether this node receives `room`."""
         return room in self._rooms
 
+    def own(self, room: str) -> int:
+        """A number for this node's live subscription of `room` (one Redis, not sharded),
+        or 0 when it has none; a publish that Redis left to this node (the PUBLISH script,
+        when this subscription is all that receives the room) is delivered with it
+        (`deliver_own`)."""
+        return self._confirmed.get(room, 0)
+
+    @property
+    def node_channel(self) -> bytes:
+        """The channel that shows Redis this node's subscription (wire.node_channel)."""
+        return wire.node_channel(self._channel_prefix, self.node_id)
+
+    def deliver_own(self, publication: Publication, subscription: int) -> bool:
+        """Deliver a publication that Redis did not announce because this node's subscription
+        (`subscription`, from `own`) was all that received its room, as if it had arrived
+        here. False when that subscription has ended since: then it may not have been the
+        only one (another node may have subscribed after it ended), and the caller announces
+        the publication itself."""
+        room = publication.room
+        if self._confirmed.get(room) != subscription:
+            return False
+        if self.listener is not None:
+            self.listener.on_publication(publication)
+        self._deliveries.delivered(room, publication.offset)
+        return True
+
+    def repair(self, room: str) -> None:
+        """Have the listener read `room`'s history for what this node has not delivered (a
+        publish whose answer was lost may have been left to this node)."""
+        if self.listener is not None and room in self._rooms:
+            self.listener.on_broker_state(True, lambda r: r == room)
+
     async def subscribe(self, room: str) -> None:
         """Subscribe to the room's channel and wait for Redis to confirm it."""
         if self._conn is None:
@@ -135,6 +171,7 @@ class Subscriber:
     async def unsubscribe(self, room: str) -> None:
         """Stop receiving the room's channel."""
         channel = self._rooms.pop(room, None)
+        self._confirmed.pop(room, None)
         self._deliveries.forget(room)
         if channel is None:
             return
@@ -152,6 +189,7 @@ class Subscriber:
     def forget(self, room: str) -> None:
         """Let `room` go without a word to Redis (its slot moved away from this shard)."""
         self._rooms.pop(room, None)
+        self._confirmed.pop(room, None)
 
     async def _send(self, *args: Any) -> None:
         # One lock, taken in call order: SUBSCRIBE/UNSUBSCRIBE reach Redis in the order the
@@ -198,8 +236,12 @@ class Subscriber:
         self._heartbeat = asyncio.get_running_loop().create_task(
             self._beat(conn), name="roomcast-redis-heartbeat"
         )
-        # Resubscribe every room this node serves before the broker turns available.
+        # Resubscribe every room this node serves before the broker turns available; on one
+        # Redis, then the node's channel (which the PUBLISH script counts: a subscription
+        # that holds it holds every room already).
         rooms = list(self._rooms.values())
+        if not self._sharded:
+            rooms.append(self.node_channel)
         if rooms:
             if self._sharded:
                 for channel in rooms:
@@ -213,7 +255,7 @@ class Subscriber:
                     if response[0] == self._subscribed_kind:
                         waiting.discard(response[1])
                     self._handle(response)
-        await self._on_connected(len(rooms))
+        await self._on_connected(len(self._rooms))
 
     async def _read(self) -> None:
         conn = self._conn
@@ -268,6 +310,7 @@ class Subscriber:
                     waiter.set_exception(BrokerUnavailable("subscription connection lost"))
                     waiter.exception()
         self._confirmations.clear()
+        self._confirmed.clear()
         self._unsubscribing.clear()
         self._deliveries.reset()
 
@@ -283,6 +326,10 @@ class Subscriber:
         if kind == self._message_kind:
             self._dispatch(response[1], response[2])
         elif kind == self._subscribed_kind:
+            room = self._channels.get(response[1])
+            if room is not None and not self._sharded and self._rooms.get(room) == response[1]:
+                self._confirmations_seen += 1
+                self._confirmed[room] = self._confirmations_seen
             for waiter in self._confirmations.pop(response[1], ()):
                 if not waiter.done():
                     waiter.set_result(None)
