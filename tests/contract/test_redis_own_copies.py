@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -41,7 +42,7 @@ async def nodes(redis_server: RedisProcess) -> AsyncIterator[tuple[Node, Node, R
         await node.shutdown()
 
 
-async def publish(node: Node, room: str, n: int) -> None:
+async def publish(node: Node, room: str, n: object) -> None:
     await node.broker.publish(room, message_prefix("t", n, room, "x"))
 
 
@@ -130,3 +131,26 @@ async def test_what_the_script_announces_is_what_the_node_would_announce(
         await pubsub.aclose()
         await redis.aclose()
         await broker.close()
+
+
+async def test_an_own_publish_that_overtakes_an_announced_one_waits_for_it(
+    nodes: tuple[Node, Node, Redis],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """n2's message (offset 1) is still on its way to n1 by the subscription when n1's own
+    (offset 2) comes back in its answer: the member gets 1 (read from history), then 2, and
+    the late copy of 1 is dropped."""
+    n1, n2, _ = nodes
+    connection = await member_in(n1, "r1")
+    subscriber = n1.broker._subscriber  # type: ignore[attr-defined]
+    held: list[tuple[bytes, bytes]] = []
+    dispatch = subscriber._dispatch
+    monkeypatch.setattr(subscriber, "_dispatch", lambda channel, data: held.append((channel, data)))
+    await publish(n2, "r1", "theirs")
+    await until(lambda: held)
+    await publish(n1, "r1", "mine")
+    await until(lambda: len(connection.frames) >= 2)
+    for channel, data in held:
+        dispatch(channel, data)
+    assert connection.offsets() == [1, 2]
+    assert [orjson.loads(f)["payload"] for f in connection.frames] == ["theirs", "mine"]

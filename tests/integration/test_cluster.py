@@ -30,6 +30,17 @@ async def joined(server: ServerProcess, username: str, room: str = "r1", **param
     return client
 
 
+async def chat_of(client: Client, count: int, timeout: float = 60) -> list[tuple[int, Any]]:
+    """The first `count` `chat` messages `client` receives, as (offset, payload)."""
+    got: list[tuple[int, Any]] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            frame = await client.recv(30)
+            if frame["topic"] == "chat":
+                got.append((frame["offset"], frame["payload"]))
+    return got
+
+
 async def close_all(clients: list[Client]) -> None:
     """Close many clients at once, reading what still arrives so that no close stalls."""
 
@@ -148,16 +159,7 @@ async def test_one_order_for_every_member_on_three_nodes(
         for n in range(50):
             await client.send({"topic": "chat", "payload": [index, n]})
 
-    async def collect(client: Client) -> list[tuple[int, Any]]:
-        got: list[tuple[int, Any]] = []
-        async with asyncio.timeout(60):
-            while len(got) < 1000:
-                frame = await client.recv(30)
-                if frame["topic"] == "chat":
-                    got.append((frame["offset"], frame["payload"]))
-        return got
-
-    collectors = [asyncio.ensure_future(collect(c)) for c in members]
+    collectors = [asyncio.ensure_future(chat_of(c, 1000)) for c in members]
     await asyncio.gather(*(publish(i, c) for i, c in enumerate(publishers)))
     orders = await asyncio.gather(*collectors)
     first = orders[0]
@@ -170,6 +172,41 @@ async def test_one_order_for_every_member_on_three_nodes(
     for client in members:
         await client.barrier()
     await close_all(members)
+
+
+async def test_one_order_when_a_node_without_members_publishes_into_the_room(
+    start_server: Start, redis_server: RedisProcess
+) -> None:
+    """Every member of r1 is on node a, whose own publishes Redis leaves to it (it alone
+    receives r1); node b, with no member there, publishes into r1 through the API at the same
+    time (announced). The two ways in meet on a: still one gap-free order, each sender's kept
+    (four members relaying, four API callers, 50 messages each)."""
+    a, b = node(start_server, redis_server, "a"), node(start_server, redis_server, "b")
+    publishers = [await joined(a, f"p{i}") for i in range(4)]
+
+    async def relay(index: int, client: Client) -> None:
+        for n in range(50):
+            await client.send({"topic": "chat", "payload": [index, n]})
+
+    async def api(index: int, http: httpx.AsyncClient) -> None:
+        for n in range(50):
+            answer = await http.post(
+                "/api/v1/rooms/r1/messages", json={"topic": "chat", "payload": [index, n]}
+            )
+            assert answer.status_code == 202, answer.text
+
+    collectors = [asyncio.ensure_future(chat_of(c, 400)) for c in publishers]
+    async with httpx.AsyncClient(base_url=b.url) as http:
+        await asyncio.gather(
+            *(api(i, http) for i in range(4, 8)), *(relay(i, c) for i, c in enumerate(publishers))
+        )
+    orders = await asyncio.gather(*collectors)
+    first = orders[0]
+    assert [offset for offset, _ in first] == list(range(1, 401))
+    for index in range(8):
+        assert [p[1] for _, p in first if p[0] == index] == list(range(50))
+    assert all(order == first for order in orders[1:])
+    await close_all(publishers)
 
 
 async def test_duplicate_username_across_nodes(

@@ -19,6 +19,7 @@ from roomcast.brokers.sharded import shard_of
 from tests.harness import ROOT, Client, RedisProcess, ServerProcess, logged_once_at_least
 from tests.integration.reliability import Publisher as HttpPublisher
 from tests.integration.reliability import ResumingClient
+from tests.integration.test_cluster import chat_of
 
 Start = Callable[..., ServerProcess]
 
@@ -78,15 +79,7 @@ async def test_one_order_per_room_across_two_nodes_and_two_shards(
         observers = [await joined(n, f"o{i}", room) for i, n in enumerate((a, b))]
         members = publishers + observers
 
-        async def collect(client: Client) -> list[tuple[int, Any]]:
-            got: list[tuple[int, Any]] = []
-            while len(got) < 100:
-                frame = await client.recv(20)
-                if frame["topic"] == "chat":
-                    got.append((frame["offset"], frame["payload"]))
-            return got
-
-        collectors = [asyncio.ensure_future(collect(c)) for c in members]
+        collectors = [asyncio.ensure_future(chat_of(c, 100)) for c in members]
         for n in range(25):
             for i, client in enumerate(publishers):
                 await client.send({"topic": "chat", "payload": [i, n]})
