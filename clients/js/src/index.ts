@@ -42,10 +42,11 @@ export interface Message<P = any> {
 export interface Welcome {
   connectionId: string;
   username: string;
-  roomID: string;
-  members: string[];
-  epoch: string;
-  offset: number;
+  /** The URL's room, and where it stands: absent for a connection made without `roomID` (protocol v1.1). */
+  roomID?: string;
+  members?: string[];
+  epoch?: string;
+  offset?: number;
   /** Present when the connection resumed a room: false when messages may have been missed. */
   recovered?: boolean;
   /** The rooms the connection is in (protocol v1.1). */
@@ -776,11 +777,12 @@ export class Client {
     this.authFailures = 0;
     this.upSince = Date.now();
     if (first) {
-      first.members = [...w.members];
+      // a connection with a room is welcomed with where that room stands
+      first.members = [...w.members!];
       if (!resumed || !w.recovered) {
         first.epoch = w.epoch;
         // a backlog replays messages up to the welcome's offset: let them through once
-        first.offset = resumed ? w.offset : Math.max(0, w.offset - (this.o.backlog ?? 0));
+        first.offset = resumed ? w.offset! : Math.max(0, w.offset! - (this.o.backlog ?? 0));
       }
       first.joined = true;
       first.settle[0](first);
