@@ -154,3 +154,27 @@ async def test_an_own_publish_that_overtakes_an_announced_one_waits_for_it(
         dispatch(channel, data)
     assert connection.offsets() == [1, 2]
     assert [orjson.loads(f)["payload"] for f in connection.frames] == ["theirs", "mine"]
+
+
+async def test_a_redis_user_denied_pubsub_gets_every_publish_announced(
+    redis_server: RedisProcess,
+) -> None:
+    """An ACL that denies `PUBSUB` (which the script needs to count subscribers) leaves every
+    publish announced: they still arrive, in order, and the node says why once."""
+    admin = Redis.from_url(redis_server.url)
+    # The ACL of docs/configuration.md ("The Redis user"), without PUBSUB.
+    acl = ("on", ">secret", "~rc:*", "&rc:*", "+@all", "-pubsub")
+    await admin.execute_command("ACL", "SETUSER", "limited", *acl)
+    url = f"redis://limited:secret@127.0.0.1:{redis_server.port}/0"
+    node = Node(Settings(node_id="n1"), broker=RedisBroker(url))
+    await node.start()
+    try:
+        connection = await member_in(node, "r1")
+        await admin.config_resetstat()
+        for n in range(5):
+            await publish(node, "r1", n)
+        assert connection.offsets() == [1, 2, 3, 4, 5]
+        assert await publishes_seen(admin) == 5
+    finally:
+        await node.shutdown()
+        await admin.aclose()

@@ -92,6 +92,9 @@ class Subscriber:
         """Rooms whose SUBSCRIBE Redis confirmed on this connection (not sharded), with the
         number of that confirmation (see `own`)."""
         self._confirmations_seen = 0
+        self.own_copies = True
+        """Whether publishes may be left to this node (`own`): Redis lets its user count
+        subscribers (set by the broker on each connect)."""
         self._conn: AbstractConnection | None = None
         self._send_lock = asyncio.Lock()
         self._last_read = 0.0
@@ -124,7 +127,7 @@ class Subscriber:
         or 0 when it has none; a publish that Redis left to this node (the PUBLISH script,
         when this subscription is all that receives the room) is delivered with it
         (`deliver_own`)."""
-        return self._confirmed.get(room, 0)
+        return self._confirmed.get(room, 0) if self.own_copies else 0
 
     @property
     def node_channel(self) -> bytes:
