@@ -8,6 +8,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from roomcast.brokers.base import Publication
 from roomcast.brokers.redis import wire
 from roomcast.brokers.redis.publishing import Publishing
@@ -20,12 +22,13 @@ PREFIX = '{"topic":"t","payload":1,"offset":'
 class Own:
     """A subscription of room r1, number 7 (`OwnCopies`), that records what it is asked."""
 
-    node_channel = wire.node_channel(wire.channel_prefix(0), "n1")
+    node_channel = wire.node_channel(wire.channel_prefix(0), "n1", "t0")
+    own_copies = True
 
     def __init__(self) -> None:
         self.subscription = 7
         self.delivered: list[Publication] = []
-        self.repaired: list[str] = []
+        self.doubts = 0
 
     def own(self, room: str) -> int:
         return self.subscription if room == "r1" else 0
@@ -36,8 +39,14 @@ class Own:
         self.delivered.append(publication)
         return True
 
-    def repair(self, room: str) -> None:
-        self.repaired.append(room)
+    def doubt(self) -> None:
+        self.doubts += 1
+
+    def expect(self, rooms: set[str]) -> None:
+        pass
+
+    def settled(self) -> None:
+        pass
 
 
 def setup() -> tuple[Publishing, Own, list[tuple[bytes, bytes]]]:
@@ -49,14 +58,15 @@ def setup() -> tuple[Publishing, Own, list[tuple[bytes, bytes]]]:
     calls: Any = SimpleNamespace(available=True, cluster=False, announce=announce)
     own = Own()
     publishing = publishing_of(calls, own, serves=lambda room: room == "r1")
+    publishing._deliveries.delivered("r1", 2)  # this node has delivered r1 up to 2
     return publishing, own, announced
 
 
 async def answer(publishing: Publishing, result: Any) -> asyncio.Future[Publication]:
     """Queue one publish to r1 and hand it `result` as Redis' answer (no Redis involved)."""
     done = publishing.publish_soon("r1", PREFIX, None)
-    ((_, answered),) = publishing._batch
-    publishing._batch.clear()
+    ((_, answered),), _ = publishing._batch_of(publishing._queued)
+    publishing._queued.clear()
     answered(result)
     await asyncio.sleep(0)  # the flush task, which finds nothing to send
     return done
@@ -76,8 +86,8 @@ async def test_a_subscription_ended_before_the_answer_makes_the_node_announce_it
     under way: the script may have counted another node as the one subscriber."""
     publishing, own, announced = setup()
     done = publishing.publish_soon("r1", PREFIX, "bob", "c1")
-    ((_, answered),) = publishing._batch
-    publishing._batch.clear()
+    ((_, answered),), _ = publishing._batch_of(publishing._queued)
+    publishing._queued.clear()
     own.subscription = 8
     answered([4, b"e1", 2])
     publication = done.result()
@@ -102,10 +112,17 @@ async def test_an_announced_publish_waits_for_the_subscription() -> None:
     assert own.delivered == []
 
 
-async def test_a_lost_answer_repairs_a_room_this_node_receives() -> None:
-    """A publish whose answer did not come may have run and been left to this node: the
-    room is read from history (which has it if so)."""
+async def test_a_lost_answer_makes_the_node_doubt_its_subscription() -> None:
+    """A publish whose answer did not come may have run, or may run later, and been left to
+    this node: the subscription is started again (`Subscriber.doubt`)."""
     publishing, own, _ = setup()
     done = await answer(publishing, BrokerTimeout("no answer"))
     assert isinstance(done.exception(), BrokerTimeout)
-    assert own.repaired == ["r1"]
+    assert own.doubts == 1
+
+
+async def test_a_pubsub_refused_since_the_node_connected_stops_leaving_publishes() -> None:
+    publishing, own, _ = setup()
+    done = await answer(publishing, ResponseError("NOPERM this user has no permissions"))
+    assert isinstance(done.exception(), ResponseError)
+    assert own.own_copies is False

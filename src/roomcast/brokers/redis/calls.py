@@ -172,6 +172,7 @@ class Calls:
         """
         try:
             await self.redis.execute_command("PUBSUB", "NUMPAT")
+            await self.redis.execute_command("PUBSUB", "NUMSUB", "rc:")
         except ResponseError:  # NOPERM
             return False
         except FAULTS as exc:

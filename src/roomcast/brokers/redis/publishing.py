@@ -81,6 +81,9 @@ _Call = tuple[tuple[Any, ...], bytes, bytes]
 """One PUBLISH script call: its arguments (number of keys, keys, argv: its first key names
 its slot), and the RESP encoding of its keys and of its argv."""
 _Batch = list[tuple[_Call, _Answer]]
+_Queued = tuple[_Call, "asyncio.Future[Publication]", str, str, "str | None", "str | None"]
+"""A publish asked for: its call (without what names the node's subscription, added as it
+goes out), its future, room, prefix, `to` and `exclude`."""
 ROOM_CACHE_SIZE = 4096
 """Rooms whose PUBLISH keys and arguments are kept between publishes (then forgotten)."""
 
@@ -118,6 +121,11 @@ class Deliveries:
         self._waiters.setdefault(room, []).append((offset, deadline, callback))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire)
+
+    def position(self, room: str) -> int:
+        """The highest offset of `room` delivered here, or -1 when this node does not know
+        (it has delivered nothing of the room since it subscribed or reconnected)."""
+        return self._delivered.get(room, -1)
 
     def delivered(self, room: str, offset: int) -> None:
         """The subscription delivered `offset` of `room`: call whoever waits for it."""
@@ -176,9 +184,10 @@ class OwnCopies(Protocol):
     """What takes the publishes that Redis leaves to this node to deliver (the Subscriber
     on one Redis)."""
 
-    @property
-    def node_channel(self) -> bytes:
-        """The channel that shows Redis this node's subscription (wire.node_channel)."""
+    node_channel: bytes
+    """The channel that shows Redis this node's subscription (wire.node_channel)."""
+    own_copies: bool
+    """Whether publishes may be left to this node at all."""
 
     def own(self, room: str) -> int:
         """This node's live subscription of `room` (a number), or 0 for none."""
@@ -186,8 +195,16 @@ class OwnCopies(Protocol):
     def deliver_own(self, publication: Publication, subscription: int) -> bool:
         """Deliver `publication` as if it had arrived; False when `subscription` ended."""
 
-    def repair(self, room: str) -> None:
-        """Read `room`'s history for whatever this node has not delivered."""
+    def expect(self, rooms: set[str]) -> None:
+        """Calls of `rooms` that may be left to this node go out (`Subscriber.expect`)."""
+
+    def settled(self) -> None:
+        """Their answers were handled."""
+
+    def doubt(self) -> None:
+        """A call that named the subscription went unanswered: it may run later and be left
+        to this node, whose answer is then lost; start a new subscription (a new channel:
+        such a call is then announced) and repair every room from history."""
 
 
 class Publishing:
@@ -225,14 +242,14 @@ class Publishing:
         self._serves = serves
         self._deliveries = deliveries
         self._own = own
-        self._node_argument: tuple[bytes, bytes] | None = None
-        """This node's channel as the PUBLISH script's argument, and encoded (once the node
-        has its id)."""
+        self._node_channel = b""
+        self._packed_node_channel = _EMPTY
+        """The node's channel that the calls name (`OwnCopies.node_channel`), and encoded."""
         self._rooms: dict[str, tuple[tuple[Any, ...], bytes, bytes]] = {}
         """Per room recently published to: its keys, history size and ttl, and channel, and
         their encoding (the keys', the rest's); a room's class, and so all of these, never
         changes."""
-        self._batch: _Batch = []
+        self._queued: list[_Queued] = []
         """Publishes asked for since the last batch went out, in call order."""
         self._epoch = ""
         """The epoch the publishes of the next batch offer for a room's new incarnation
@@ -277,30 +294,24 @@ class Publishing:
             )
         fixed, packed_keys, packed_room = known
         target = wire.encode_target(to, exclude)
-        subscription = 0 if self._own is None else self._own.own(room)
-        node, packed_node = self._node() if subscription else _NO_NODE
-        argv = b"%b%b%b%b%b" % (
+        argv = b"%b%b%b%b" % (
             packed_room,
             _bulk(prefix.encode()),
             _bulk(target.encode()) if target else _EMPTY,
             self._packed_epoch,
-            packed_node,
         )
         call: _Call
         if key is None:
-            call = ((4, *fixed, prefix, target, self._epoch, node), packed_keys, argv)
+            call = ((4, *fixed, prefix, target, self._epoch), packed_keys, argv)
         else:
             idempotency_key = wire.idempotency_key(room, key)
             window = self._idempotency_window_ms
             call = (
-                (5, *fixed[:4], idempotency_key, *fixed[4:], prefix, target, self._epoch, node,
-                 window),
+                (5, *fixed[:4], idempotency_key, *fixed[4:], prefix, target, self._epoch, window),
                 packed_keys + _bulk(idempotency_key.encode()),
                 argv + _bulk(b"%d" % window),
-            )  # fmt: skip
-        self._batch.append(
-            (call, partial(self._answered, done, room, prefix, to, exclude, subscription))
-        )
+            )
+        self._queued.append((call, done, room, prefix, to, exclude))
         if not self._flushing:
             self._flushing = True
             task = loop.create_task(self._flush())
@@ -308,13 +319,35 @@ class Publishing:
             task.add_done_callback(self._flushes.discard)
         return done
 
-    def _node(self) -> tuple[bytes, bytes]:
-        """This node's channel, and encoded (kept: the node has its id by now)."""
-        if self._node_argument is None:
-            assert self._own is not None
-            channel = self._own.node_channel
-            self._node_argument = (channel, _bulk(channel))
-        return self._node_argument
+    def _batch_of(self, queued: list[_Queued]) -> tuple[_Batch, set[str]]:
+        """The calls of the publishes queued, completed as they go out now: each names this
+        node's subscription when it may be left to the node (it has delivered the room up to
+        some offset: the script then leaves the publish to it only if it is the next one, so
+        nothing reaches the room's members out of turn), and its answer callback; and the
+        rooms of the calls that may be left to the node."""
+        own, deliveries = self._own, self._deliveries
+        if own is not None and own.node_channel is not self._node_channel:
+            self._node_channel = own.node_channel
+            self._packed_node_channel = _bulk(own.node_channel)
+        batch: _Batch = []
+        own_rooms: set[str] = set()
+        for (args, packed_keys, argv), done, room, prefix, to, exclude in queued:
+            subscription = 0 if own is None else own.own(room)
+            position = deliveries.position(room) if subscription else -1
+            if position < 0:
+                subscription = 0
+                call = ((*args, b"", -1), packed_keys, argv + _NOT_OWN)
+            else:
+                own_rooms.add(room)
+                call = (
+                    (*args, self._node_channel, position),
+                    packed_keys,
+                    b"%b%b%b" % (argv, self._packed_node_channel, _bulk(b"%d" % position)),
+                )
+            batch.append(
+                (call, partial(self._answered, done, room, prefix, to, exclude, subscription))
+            )
+        return batch, own_rooms
 
     def _answered(
         self,
@@ -331,9 +364,14 @@ class Publishing:
         unannounced is delivered here (or announced now, see the module's docstring)."""
         if isinstance(result, BaseException):
             if subscription and isinstance(result, BrokerTimeout):
-                # It may have run and been left to this node: history has it if so.
+                # It may have run (now or later) and been left to this node: see `doubt`.
                 assert self._own is not None
-                self._own.repair(room)
+                self._own.doubt()
+            elif subscription and str(result).startswith("NOPERM"):
+                # PUBSUB was refused since the node connected (it wrote nothing): from now
+                # on every publish is announced.
+                assert self._own is not None
+                self._own.own_copies = False
             if not done.done():  # (unless the caller stopped waiting)
                 done.set_exception(result)
             return
@@ -390,13 +428,25 @@ class Publishing:
         """
         try:
             await asyncio.sleep(0)  # let the publishes of this loop iteration join the batch
-            while self._batch:
-                batch, self._batch = self._batch, []
+            while self._queued:
+                queued, self._queued = self._queued, []
                 self._renew_epoch()
-                await self._send(batch)
+                batch, own_rooms = self._batch_of(queued)
+                if own_rooms:
+                    assert self._own is not None
+                    self._own.expect(own_rooms)
+                    try:
+                        await self._send(batch)
+                    finally:
+                        self._own.settled()
+                else:
+                    await self._send(batch)
         except BaseException as exc:
-            batch, self._batch = self._batch, []
-            _fail(batch, unavailable(repr(exc)))
+            queued, self._queued = self._queued, []
+            error = unavailable(repr(exc))
+            for _, done, *_ in queued:
+                if not done.done():
+                    done.set_exception(error)
             raise
         finally:
             self._flushing = False
@@ -591,8 +641,8 @@ _WAIT = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n" + _bulk(b"%d" % REPLICA_WAIT_MS)
 
 _EMPTY = _bulk(b"")
 """An empty argument, encoded."""
-_NO_NODE = (b"", _EMPTY)
-"""No node channel, and encoded: the publish is announced."""
+_NOT_OWN = _EMPTY + _bulk(b"-1")
+"""No node channel and no position, encoded: the publish is announced."""
 
 
 def _resolve(done: asyncio.Future[Publication], publication: Publication) -> None:

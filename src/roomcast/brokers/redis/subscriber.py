@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import math
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -92,6 +93,15 @@ class Subscriber:
         """Rooms whose SUBSCRIBE Redis confirmed on this connection (not sharded), with the
         number of that confirmation (see `own`)."""
         self._confirmations_seen = 0
+        self.node_channel = b""
+        """The channel that shows Redis this connection's subscription (wire.node_channel: a
+        new one for each connection), once it is subscribed."""
+        self._doubts: set[asyncio.Task[None]] = set()
+        self._awaiting: set[str] | frozenset[str] = frozenset()
+        """Rooms with publishes on their way that Redis may leave to this node (`expect`:
+        the node sends one batch at a time)."""
+        self._held: list[Publication] = []
+        """Publications held until the answers they may follow came (`_dispatch`)."""
         self.own_copies = True
         """Whether publishes may be left to this node (`own`): Redis lets its user count
         subscribers (set by the broker on each connect)."""
@@ -129,11 +139,6 @@ class Subscriber:
         (`deliver_own`)."""
         return self._confirmed.get(room, 0) if self.own_copies else 0
 
-    @property
-    def node_channel(self) -> bytes:
-        """The channel that shows Redis this node's subscription (wire.node_channel)."""
-        return wire.node_channel(self._channel_prefix, self.node_id)
-
     def deliver_own(self, publication: Publication, subscription: int) -> bool:
         """Deliver a publication that Redis did not announce because this node's subscription
         (`subscription`, from `own`) was all that received its room, as if it had arrived
@@ -143,16 +148,53 @@ class Subscriber:
         room = publication.room
         if self._confirmed.get(room) != subscription:
             return False
-        if self.listener is not None:
-            self.listener.on_publication(publication)
-        self._deliveries.delivered(room, publication.offset)
+        self._deliver(publication)
         return True
 
-    def repair(self, room: str) -> None:
-        """Have the listener read `room`'s history for what this node has not delivered (a
-        publish whose answer was lost may have been left to this node)."""
-        if self.listener is not None and room in self._rooms:
-            self.listener.on_broker_state(True, lambda r: r == room)
+    def expect(self, rooms: set[str]) -> None:
+        """A batch of publishes to `rooms` that may be left to this node goes out (the node
+        sends one batch at a time): until its answers are handled (`settled`), a
+        publication of those rooms that comes after an offset this node has not delivered
+        waits, since that offset may be in the answers (it was left to this node, then
+        another node's was announced)."""
+        self._awaiting = rooms
+
+    def settled(self) -> None:
+        """The answers of the batch (`expect`) were handled: what waited for them goes on."""
+        self._awaiting = frozenset()
+        if self._held:
+            self._release(lambda room: True)
+
+    def _release(self, which: Callable[[str], bool]) -> None:
+        """Deliver the held publications of the rooms for which `which(room)` holds, in the
+        order they came."""
+        held, self._held = self._held, []
+        keep = []
+        for publication in held:
+            if which(publication.room):
+                self._deliver(publication)
+            else:
+                keep.append(publication)
+        self._held = keep + self._held
+
+    def _deliver(self, publication: Publication) -> None:
+        if self.listener is not None and publication.room in self._rooms:
+            self.listener.on_publication(publication)
+        self._deliveries.delivered(publication.room, publication.offset)
+
+    def doubt(self) -> None:
+        """A publish that named this subscription went unanswered: it may still run, and be
+        left to this node with its answer lost. The connection is dropped: the reader loop
+        reconnects (a new connection, a new node channel, which such a call does not name:
+        it is announced if it runs after that) and every room is then repaired from
+        history (which has it if it ran before)."""
+        conn = self._conn
+        if conn is None or self._doubts:
+            return
+        log_event("broker.reconnect", level=30, node_id=self.node_id, reason="unanswered_publish")
+        task = asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+        self._doubts.add(task)
+        task.add_done_callback(self._doubts.discard)
 
     async def subscribe(self, room: str) -> None:
         """Subscribe to the room's channel and wait for Redis to confirm it."""
@@ -244,6 +286,9 @@ class Subscriber:
         # that holds it holds every room already).
         rooms = list(self._rooms.values())
         if not self._sharded:
+            self.node_channel = wire.node_channel(
+                self._channel_prefix, self.node_id, secrets.token_hex(4)
+            )
             rooms.append(self.node_channel)
         if rooms:
             if self._sharded:
@@ -314,6 +359,9 @@ class Subscriber:
                     waiter.exception()
         self._confirmations.clear()
         self._confirmed.clear()
+        self._awaiting = frozenset()
+        if self._held:  # (the cursor repairs what they lack once the node is back)
+            self._release(lambda room: True)
         self._unsubscribing.clear()
         self._deliveries.reset()
 
@@ -373,8 +421,14 @@ class Subscriber:
                 )
             return
         if isinstance(message, Publication):
-            listener.on_publication(message)
-            if not message.ephemeral:
+            if message.ephemeral:
+                listener.on_publication(message)
+            elif room in self._awaiting and (
+                self._held or message.offset > self._deliveries.position(room) + 1
+            ):
+                self._held.append(message)
+            else:
+                listener.on_publication(message)
                 self._deliveries.delivered(room, message.offset)
         elif not (
             message.kind == "leave"

@@ -9,7 +9,8 @@ another to read is named or encoded here, and nowhere else:
   name nodes (`rc:nodes`, `rc:stats`) are keys of their own. Each Lua script touches the keys
   of one tag only, handed to it in `KEYS`, built by the functions below;
 - channels: one per room, `rc:<db>:{room}` (pub/sub ignores the database number, so it is
-  part of the name), and one per node, `rc:<db>:node:<node id>`, on which nothing is sent;
+  part of the name), and one per subscription connection of a node,
+  `rc:<db>:node:<node id>:<token>`, on which nothing is sent;
 - presence values (`node_id:connection_id`) and a node's member entries
   (`room\\nusername\\nconnection_id`);
 - the three messages a room channel carries, told apart by their first byte: a publication
@@ -213,11 +214,12 @@ def channel(prefix: str, room: str) -> bytes:
     return f"{prefix}{{{_tag(room)}}}".encode()
 
 
-def node_channel(prefix: str, node_id: str) -> bytes:
-    """The channel that a node's subscription holds beside its rooms' (after them), under
-    :func:`channel_prefix`: nothing is sent on it; the PUBLISH script counts its subscribers
-    to know that the node's subscription is there (scripts.py)."""
-    return f"{prefix}node:{node_id}".encode()
+def node_channel(prefix: str, node_id: str, token: str) -> bytes:
+    """The channel that a node's subscription connection holds beside its rooms' (after
+    them), under :func:`channel_prefix`, with a token of that connection: nothing is sent on
+    it; the PUBLISH script counts its subscribers to know that the connection is there
+    (scripts.py)."""
+    return f"{prefix}node:{node_id}:{token}".encode()
 
 
 # presence entries
