@@ -14,26 +14,7 @@ from roomcast.brokers.redis import wire
 from roomcast.brokers.redis.publishing import _NUMKEYS, BATCH_CALLS, Deliveries, Publishing
 
 
-class Own:
-    """A subscription that receives the rooms `rooms` (`OwnCopies`)."""
-
-    node_channel = wire.node_channel(wire.channel_prefix(0), "n1", "t0")
-    own_copies = True
-
-    def __init__(self, *rooms: str) -> None:
-        self.rooms = rooms
-
-    def own(self, room: str) -> int:
-        return 7 if room in self.rooms else 0
-
-    def deliver_own(self, publication: Any, subscription: int) -> bool:
-        raise AssertionError("not answered here")
-
-    def doubt(self) -> None:
-        raise AssertionError("not answered here")
-
-
-def publishing_of(calls: Any, own: Any = None, serves: Any = None) -> Publishing:
+def publishing_of(calls: Any) -> Publishing:
     """A node's publishing over `calls` (a stand-in), rooms of 100 messages for 300 s."""
     return Publishing(
         calls,
@@ -42,16 +23,17 @@ def publishing_of(calls: Any, own: Any = None, serves: Any = None) -> Publishing
         keys=lambda room: wire.room_keys(room),
         idempotency_window_ms=120_000,
         deliveries=Deliveries(),
-        serves=serves or (lambda room: False),
-        own=own,
+        serves=lambda room: False,
     )
 
 
-async def queued_as_hiredis_encodes_them(publishing: Publishing) -> list[Any]:
-    """The calls queued (their flush stopped), each checked to be encoded byte for byte as
-    hiredis encodes its arguments."""
-    batch, _ = publishing._batch_of(publishing._queued)
-    publishing._queued.clear()
+async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
+    calls: Any = SimpleNamespace(available=True, cluster=False)
+    publishing = publishing_of(calls)
+    publishing.publish_soon("r1", '{"topic":"t","payload":"é","offset":', None)
+    publishing.publish_soon("r1", '{"topic":"t","payload":2,"offset":', "bob", "c7", "key-1")
+    publishing.publish_soon("}odd", '{"topic":"t","payload":3,"offset":', None, "c8")
+    batch = list(publishing._batch)
     for task in list(publishing._flushes):
         task.cancel()
     await asyncio.gather(*publishing._flushes, return_exceptions=True)
@@ -61,44 +43,14 @@ async def queued_as_hiredis_encodes_them(publishing: Publishing) -> list[Any]:
     for (args, keys, argv), _ in batch:
         ours = b"*%d\r\n%b%b%b%b" % (len(args) + 2, head, _NUMKEYS[args[0]], keys, argv)
         assert ours == pack_command(("EVALSHA", sha, *args))
-    return batch
-
-
-async def test_each_call_is_encoded_as_hiredis_encodes_its_arguments() -> None:
-    calls: Any = SimpleNamespace(available=True, cluster=False)
-    publishing = publishing_of(calls)
-    publishing.publish_soon("r1", '{"topic":"t","payload":"é","offset":', None)
-    publishing.publish_soon("r1", '{"topic":"t","payload":2,"offset":', "bob", "c7", "key-1")
-    publishing.publish_soon("}odd", '{"topic":"t","payload":3,"offset":', None, "c8")
-    batch = await queued_as_hiredis_encodes_them(publishing)
     first, second, third = (args for (args, _, _), _ in batch)
     assert first[0] == 4
-    assert first[-5:-3] == ('{"topic":"t","payload":"é","offset":', "")
-    assert first[-2:] == (b"", -1)  # no node channel: this node does not receive r1
+    assert first[-3:-1] == ('{"topic":"t","payload":"é","offset":', "")
     assert second[0] == 5
     assert second[5] == wire.idempotency_key("r1", "key-1")
-    assert second[-5] == "bob c7"
-    assert second[-3:] == (120_000, b"", -1)
+    assert second[-3] == "bob c7"
+    assert second[-1] == 120_000
     assert third[1:5] == tuple(wire.room_keys("}odd"))
-
-
-async def test_a_room_this_node_receives_names_the_node_channel_in_its_call() -> None:
-    """The PUBLISH script may leave the publish to the node (scripts.py) only when the call
-    names the node's channel and how far the node has delivered the room: for the rooms its
-    subscription receives and whose position it knows, not for the others."""
-    calls: Any = SimpleNamespace(available=True, cluster=False)
-    publishing = publishing_of(calls, Own("mine", "new"))
-    publishing._deliveries.delivered("mine", 41)
-    publishing.publish_soon("mine", '{"topic":"t","payload":1,"offset":', None)
-    publishing.publish_soon("mine", '{"topic":"t","payload":2,"offset":', None, None, "k")
-    publishing.publish_soon("theirs", '{"topic":"t","payload":3,"offset":', None)
-    publishing.publish_soon("new", '{"topic":"t","payload":4,"offset":', None)
-    batch = await queued_as_hiredis_encodes_them(publishing)
-    first, second, third, fourth = (args for (args, _, _), _ in batch)
-    assert first[-2:] == (Own.node_channel, 41)
-    assert second[-3:] == (120_000, Own.node_channel, 41)
-    assert third[-2:] == (b"", -1)
-    assert fourth[-2:] == (b"", -1)  # received, but nothing of it delivered here yet
 
 
 async def test_a_call_through_the_client_passes_its_number_of_keys_once() -> None:
@@ -115,7 +67,7 @@ async def test_a_call_through_the_client_passes_its_number_of_keys_once() -> Non
     )
     publishing = publishing_of(calls)
     publishing.publish_soon("r1", '{"offset":', None)
-    (args, _, _), _ = publishing._batch_of(publishing._queued)[0][0]
+    (args, _, _), _ = publishing._batch[0]
     for task in list(publishing._flushes):
         task.cancel()
     await asyncio.gather(*publishing._flushes, return_exceptions=True)
@@ -140,7 +92,7 @@ async def test_a_batch_is_one_script_call_per_batch_calls_with_every_call_in_it(
         publishing.publish_soon(
             f"r{i % 3}", f'{{"n":{i},"offset":', None, None, "k" if i % 2 else None
         )
-    batch = [call for call, _ in publishing._batch_of(publishing._queued)[0]]
+    batch = [call for call, _ in publishing._batch]
     for task in list(publishing._flushes):
         task.cancel()
     await asyncio.gather(*publishing._flushes, return_exceptions=True)

@@ -559,9 +559,5 @@ class _ShardListener:
         self._listener.on_members_lost(room, usernames, node_id)
 
     def on_broker_state(self, available: bool, rooms: Callable[[str], bool] | None = None) -> None:
-        """The shard's connection came or went; with `rooms`, those of its rooms are to be
-        repaired from history (the shard itself did not change)."""
-        if rooms is not None:
-            self._listener.on_broker_state(available, rooms)
-            return
+        """The shard's connection came or went."""
         self._owner._shard_state(self._index, available)

@@ -150,7 +150,6 @@ class RedisBroker:
             idempotency_window_ms=max(1, math.ceil(idempotency_window * 1000)),
             deliveries=deliveries,
             serves=self._subscriber.serves,
-            own=self._subscriber if isinstance(self._subscriber, Subscriber) else None,
         )
         self._outbox = Outbox(self._calls)
         self._listener: BrokerListener | None = None
@@ -255,17 +254,6 @@ class RedisBroker:
 
     async def _connected(self, rooms: int) -> None:
         await self._calls.load_scripts()
-        if isinstance(self._subscriber, Subscriber):
-            allowed = await self._calls.may_count_subscribers()
-            if not allowed and self._subscriber.own_copies:
-                log_event(
-                    "broker.pubsub_denied",
-                    level=30,
-                    node_id=self.node_id,
-                    address=self._address,
-                    detail="PUBSUB is not allowed: every publish is announced",
-                )
-            self._subscriber.own_copies = allowed
         await self._presence.on_connected()
         self._calls.available = True
         self._tried.set()

@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import BrokerUnavailable, ConfigError
@@ -162,22 +162,6 @@ class Calls:
                 await pipe.execute()
         except FAULTS as exc:
             raise unavailable(exc) from None
-
-    async def may_count_subscribers(self) -> bool:
-        """Whether this connection's Redis user may run `PUBSUB` (an ACL may deny it), which
-        the PUBLISH script needs to leave a publish to its node (publishing.py).
-
-        Raises:
-            BrokerUnavailable: Redis is unreachable.
-        """
-        try:
-            await self.redis.execute_command("PUBSUB", "NUMPAT")
-            await self.redis.execute_command("PUBSUB", "NUMSUB", "rc:")
-        except ResponseError:  # NOPERM
-            return False
-        except FAULTS as exc:
-            raise unavailable(exc) from None
-        return True
 
     def slot(self, key: str) -> int:
         """The hash slot of `key` on a Redis Cluster (0 on one Redis: every key together)."""

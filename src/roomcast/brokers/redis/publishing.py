@@ -27,15 +27,7 @@ of different masters have no order between them). A call answered `MOVED` or `AS
 is sent once more through the cluster client, which follows the redirect.
 
 A node that serves the room also waits (bounded) until its own subscription delivered the
-message, so that a sender's `ack` follows its own copy (:class:`Deliveries`). On one Redis, a
-node whose subscription is all that receives the room gets its publish back unannounced (the
-PUBLISH script checks it, in the same atomic step): it delivers the message from the answer,
-as if its subscription had brought it, which spares Redis the PUBLISH and the node the read
-and parse of its own message. A room's order holds across the two ways in: the node's room
-cursor (delivery.py) repairs from history whatever arrives before an offset it lacks. Should
-the node's subscription of the room have ended meanwhile (another node may then have been
-the one subscriber the script counted), the node announces the message itself, late, and
-that node's cursor puts it in its place.
+message, so that a sender's `ack` follows its own copy (:class:`Deliveries`).
 """
 
 from __future__ import annotations
@@ -44,26 +36,18 @@ import asyncio
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from ...errors import BrokerTimeout, RoomcastError
-from ...log import log_event
 from ...protocol import message_frame
 from ..base import Publication
 from . import redispy, wire
 from .calls import FAULTS, Calls, unavailable
 
-__all__ = [
-    "BATCH_CALLS",
-    "DELIVERY_WAIT",
-    "REPLICA_WAIT_MS",
-    "Deliveries",
-    "OwnCopies",
-    "Publishing",
-]
+__all__ = ["BATCH_CALLS", "DELIVERY_WAIT", "REPLICA_WAIT_MS", "Deliveries", "Publishing"]
 
 BATCH_CALLS = 256
 """Most publishes in one PUBLISH_BATCH call (a longer batch is several calls, pipelined): one
@@ -81,9 +65,6 @@ _Call = tuple[tuple[Any, ...], bytes, bytes]
 """One PUBLISH script call: its arguments (number of keys, keys, argv: its first key names
 its slot), and the RESP encoding of its keys and of its argv."""
 _Batch = list[tuple[_Call, _Answer]]
-_Queued = tuple[_Call, "asyncio.Future[Publication]", str, str, "str | None", "str | None"]
-"""A publish asked for: its call (without what names the node's subscription, added as it
-goes out), its future, room, prefix, `to` and `exclude`."""
 ROOM_CACHE_SIZE = 4096
 """Rooms whose PUBLISH keys and arguments are kept between publishes (then forgotten)."""
 
@@ -121,11 +102,6 @@ class Deliveries:
         self._waiters.setdefault(room, []).append((offset, deadline, callback))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire)
-
-    def position(self, room: str) -> int:
-        """The highest offset of `room` delivered here, or -1 when this node does not know
-        (it has delivered nothing of the room since it subscribed or reconnected)."""
-        return self._delivered.get(room, -1)
 
     def delivered(self, room: str, offset: int) -> None:
         """The subscription delivered `offset` of `room`: call whoever waits for it."""
@@ -180,33 +156,6 @@ class Deliveries:
             callback()
 
 
-class OwnCopies(Protocol):
-    """What takes the publishes that Redis leaves to this node to deliver (the Subscriber
-    on one Redis)."""
-
-    node_channel: bytes
-    """The channel that shows Redis this node's subscription (wire.node_channel)."""
-    own_copies: bool
-    """Whether publishes may be left to this node at all."""
-
-    def own(self, room: str) -> int:
-        """This node's live subscription of `room` (a number), or 0 for none."""
-
-    def deliver_own(self, publication: Publication, subscription: int) -> bool:
-        """Deliver `publication` as if it had arrived; False when `subscription` ended."""
-
-    def expect(self, rooms: set[str]) -> None:
-        """Calls of `rooms` that may be left to this node go out (`Subscriber.expect`)."""
-
-    def settled(self) -> None:
-        """Their answers were handled."""
-
-    def doubt(self) -> None:
-        """A call that named the subscription went unanswered: it may run later and be left
-        to this node, whose answer is then lost; start a new subscription (a new channel:
-        such a call is then announced) and repair every room from history."""
-
-
 class Publishing:
     """Batched publishes of one node.
 
@@ -218,8 +167,6 @@ class Publishing:
         idempotency_window_ms: how long a publish's idempotency key is remembered.
         deliveries: where the subscription reports what it delivered.
         serves: whether this node receives a room (then a publish waits for its own copy).
-        own: the subscription that delivers publishes Redis leaves to this node (None on a
-            Redis Cluster: every publish is announced).
     """
 
     def __init__(
@@ -232,7 +179,6 @@ class Publishing:
         idempotency_window_ms: int,
         deliveries: Deliveries,
         serves: Callable[[str], bool],
-        own: OwnCopies | None = None,
     ) -> None:
         self._calls = calls
         self._channel_prefix = channel_prefix
@@ -241,15 +187,11 @@ class Publishing:
         self._idempotency_window_ms = idempotency_window_ms
         self._serves = serves
         self._deliveries = deliveries
-        self._own = own
-        self._node_channel = b""
-        self._packed_node_channel = _EMPTY
-        """The node's channel that the calls name (`OwnCopies.node_channel`), and encoded."""
         self._rooms: dict[str, tuple[tuple[Any, ...], bytes, bytes]] = {}
         """Per room recently published to: its keys, history size and ttl, and channel, and
         their encoding (the keys', the rest's); a room's class, and so all of these, never
         changes."""
-        self._queued: list[_Queued] = []
+        self._batch: _Batch = []
         """Publishes asked for since the last batch went out, in call order."""
         self._epoch = ""
         """The epoch the publishes of the next batch offer for a room's new incarnation
@@ -297,7 +239,7 @@ class Publishing:
         argv = b"%b%b%b%b" % (
             packed_room,
             _bulk(prefix.encode()),
-            _bulk(target.encode()) if target else _EMPTY,
+            _bulk(target.encode()),
             self._packed_epoch,
         )
         call: _Call
@@ -311,43 +253,13 @@ class Publishing:
                 packed_keys + _bulk(idempotency_key.encode()),
                 argv + _bulk(b"%d" % window),
             )
-        self._queued.append((call, done, room, prefix, to, exclude))
+        self._batch.append((call, partial(self._answered, done, room, prefix, to, exclude)))
         if not self._flushing:
             self._flushing = True
             task = loop.create_task(self._flush())
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
         return done
-
-    def _batch_of(self, queued: list[_Queued]) -> tuple[_Batch, set[str]]:
-        """The calls of the publishes queued, completed as they go out now: each names this
-        node's subscription when it may be left to the node (it has delivered the room up to
-        some offset: the script then leaves the publish to it only if it is the next one, so
-        nothing reaches the room's members out of turn), and its answer callback; and the
-        rooms of the calls that may be left to the node."""
-        own, deliveries = self._own, self._deliveries
-        if own is not None and own.node_channel is not self._node_channel:
-            self._node_channel = own.node_channel
-            self._packed_node_channel = _bulk(own.node_channel)
-        batch: _Batch = []
-        own_rooms: set[str] = set()
-        for (args, packed_keys, argv), done, room, prefix, to, exclude in queued:
-            subscription = 0 if own is None else own.own(room)
-            position = deliveries.position(room) if subscription else -1
-            if position < 0:
-                subscription = 0
-                call = ((*args, b"", -1), packed_keys, argv + _NOT_OWN)
-            else:
-                own_rooms.add(room)
-                call = (
-                    (*args, self._node_channel, position),
-                    packed_keys,
-                    b"%b%b%b" % (argv, self._packed_node_channel, _bulk(b"%d" % position)),
-                )
-            batch.append(
-                (call, partial(self._answered, done, room, prefix, to, exclude, subscription))
-            )
-        return batch, own_rooms
 
     def _answered(
         self,
@@ -356,67 +268,29 @@ class Publishing:
         prefix: str,
         to: str | None,
         exclude: str | None,
-        subscription: int,
         result: Any,
     ) -> None:
         """Redis answered one publish call: `done` gets its publication (once its own copy
-        arrived, when this node serves the room) or its error. A publish that Redis left
-        unannounced is delivered here (or announced now, see the module's docstring)."""
+        arrived, when this node serves the room) or its error."""
+        if done.done():  # the caller stopped waiting
+            return
         if isinstance(result, BaseException):
-            if subscription and isinstance(result, BrokerTimeout):
-                # It may have run (now or later) and been left to this node: see `doubt`.
-                assert self._own is not None
-                self._own.doubt()
-            elif subscription and str(result).startswith("NOPERM"):
-                # PUBSUB was refused since the node connected (it wrote nothing): from now
-                # on every publish is announced.
-                assert self._own is not None
-                self._own.own_copies = False
-            if not done.done():  # (unless the caller stopped waiting)
-                done.set_exception(result)
+            done.set_exception(result)
             return
         try:
             offset, epoch = int(result[0]), result[1].decode()
-            answer = int(result[2]) if len(result) > 2 else 0
         except Exception as exc:  # pragma: no cover - what the PUBLISH script returns
-            if not done.done():
-                done.set_exception(exc)
+            done.set_exception(exc)
             return
         publication = Publication(
-            room, offset, message_frame(prefix, offset), to, epoch, exclude, answer == 1
+            room, offset, message_frame(prefix, offset), to, epoch, exclude, len(result) > 2
         )
-        if answer == 2:
-            # Delivered whether or not the caller still waits: nobody else will.
-            assert self._own is not None
-            if not self._own.deliver_own(publication, subscription):
-                self._announce_late(publication)
-            if not done.done():
-                done.set_result(publication)
-            return
-        if done.done():  # the caller stopped waiting
-            return
         if self._serves(room):
             self._deliveries.when_delivered(
                 room, offset, DELIVERY_WAIT, partial(_resolve, done, publication)
             )
         else:
             done.set_result(publication)
-
-    def _announce_late(self, publication: Publication) -> None:
-        """Announce a publication that Redis left to this node after all (its subscription
-        of the room ended before the answer came): a failure is logged, and a node that
-        misses it repairs the gap from history at the room's next message."""
-        channel = wire.channel(self._channel_prefix, publication.room)
-        payload = wire.encode_publication(publication)
-        assert self._loop is not None
-        task = self._loop.create_task(self._calls.announce(channel, payload))
-        self._flushes.add(task)
-        task.add_done_callback(self._announced)
-
-    def _announced(self, task: asyncio.Task[None]) -> None:
-        self._flushes.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log_event("broker.announce_failed", level=30, error=repr(exc))
 
     async def _flush(self) -> None:
         """Send the publishes queued meanwhile in one pipeline: one round trip, not one each.
@@ -428,25 +302,13 @@ class Publishing:
         """
         try:
             await asyncio.sleep(0)  # let the publishes of this loop iteration join the batch
-            while self._queued:
-                queued, self._queued = self._queued, []
+            while self._batch:
+                batch, self._batch = self._batch, []
                 self._renew_epoch()
-                batch, own_rooms = self._batch_of(queued)
-                if own_rooms:
-                    assert self._own is not None
-                    self._own.expect(own_rooms)
-                    try:
-                        await self._send(batch)
-                    finally:
-                        self._own.settled()
-                else:
-                    await self._send(batch)
+                await self._send(batch)
         except BaseException as exc:
-            queued, self._queued = self._queued, []
-            error = unavailable(repr(exc))
-            for _, done, *_ in queued:
-                if not done.done():
-                    done.set_exception(error)
+            batch, self._batch = self._batch, []
+            _fail(batch, unavailable(repr(exc)))
             raise
         finally:
             self._flushing = False
@@ -637,12 +499,6 @@ _NUMKEYS = {4: b"$1\r\n4\r\n", 5: b"$1\r\n5\r\n"}
 
 _WAIT = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n" + _bulk(b"%d" % REPLICA_WAIT_MS)
 """`WAIT 1 <REPLICA_WAIT_MS>`, encoded."""
-
-
-_EMPTY = _bulk(b"")
-"""An empty argument, encoded."""
-_NOT_OWN = _EMPTY + _bulk(b"-1")
-"""No node channel and no position, encoded: the publish is announced."""
 
 
 def _resolve(done: asyncio.Future[Publication], publication: Publication) -> None:

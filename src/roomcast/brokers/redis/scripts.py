@@ -33,27 +33,10 @@ _PUBLISH_ONE = (
     """
 -- KEYS: offset, epoch, stream, presence[, idempotency key]
 -- ARGV: history size, history ttl (ms), channel (the room's, the same for every publish),
---       prefix, target, epoch if none exists[, idempotency window (ms)], the channel of the
---       publisher's subscription ('' when it does not receive the room), the room's highest
---       offset that the publisher has delivered (-1 for none)
--- Returns {offset, epoch}; {offset, epoch, 2} when nothing was announced because it is left
--- to the publisher (below); or {first offset, its epoch, 1} for an idempotency key that
+--       prefix, target, epoch if none exists[, idempotency window (ms)]
+-- Returns {offset, epoch}, or {first offset, its epoch, 1} for an idempotency key that
 -- published already within its window (then nothing is published).
--- A publish is left to its publisher, which delivers it from this answer, when nothing else
--- receives the room (no pattern subscriber, one subscriber of the publisher's channel: its
--- subscription is there, one of the room's) and the offset is the next one after those the
--- publisher has delivered or was left in this call: nothing can reach its members out of turn.
-local live = nil
-local left = {}
-local function alone(channel, node)
-  if live == nil then
-    live = redis.call('PUBSUB', 'NUMPAT') == 0
-      and redis.call('PUBSUB', 'NUMSUB', node)[2] == 1
-  end
-  return live and redis.call('PUBSUB', 'NUMSUB', channel)[2] == 1
-end
 local function publish(KEYS, ARGV)
-  local node, position = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV])
   if KEYS[5] then
     local seen = redis.call('GET', KEYS[5])
     if seen then
@@ -61,8 +44,6 @@ local function publish(KEYS, ARGV)
       return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1), 1}
     end
   end
-  -- Asked before anything is written: a PUBSUB that an ACL refuses fails the call whole.
-  local solo = node ~= '' and alone(ARGV[3], node)
   local epoch = redis.call('GET', KEYS[2])
   if not epoch then
     -- A new incarnation (the room is new, or its history was lost): nothing of an older one
@@ -99,11 +80,6 @@ local function publish(KEYS, ARGV)
   if KEYS[5] then
     redis.call('SET', KEYS[5], id .. ' ' .. epoch, 'PX', ARGV[7])
   end
-  if solo and offset - 1 == (left[ARGV[3]] or position) then
-    left[ARGV[3]] = offset
-    return {offset, epoch, 2}
-  end
-  left[ARGV[3]] = nil
   redis.call('PUBLISH', ARGV[3], """
     + LUA_PUBLICATION
     + """)
@@ -118,7 +94,7 @@ PUBLISH_BATCH = (
     _PUBLISH_ONE
     + """
 -- Several publishes in one call, in order: KEYS holds each one's keys after the other's, ARGV
--- each one's number of keys (4 or 5), then its ARGV as PUBLISH takes it (n + 4 values).
+-- each one's number of keys (4 or 5), then its ARGV as PUBLISH takes it (n + 2 values).
 -- Returns each one's answer, or the error it met (the others still run, as separate calls).
 local answers = {}
 local k, a = 0, 1
@@ -126,14 +102,14 @@ while a <= #ARGV do
   local n = tonumber(ARGV[a])
   local keys, argv = {}, {}
   for i = 1, n do keys[i] = KEYS[k + i] end
-  for i = 1, n + 4 do argv[i] = ARGV[a + i] end
+  for i = 1, n + 2 do argv[i] = ARGV[a + i] end
   local ok, answer = pcall(publish, keys, argv)
   if not ok and (type(answer) ~= 'table' or not answer.err) then
     answer = {err = tostring(answer)}
   end
   answers[#answers + 1] = answer
   k = k + n
-  a = a + n + 5
+  a = a + n + 3
 end
 return answers
 """

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import math
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -89,22 +88,6 @@ class Subscriber:
         """Channel -> room, for every channel that may still deliver (until UNSUBSCRIBE)."""
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
         """Subscribers waiting for Redis to confirm a SUBSCRIBE, per channel."""
-        self._confirmed: dict[str, int] = {}
-        """Rooms whose SUBSCRIBE Redis confirmed on this connection (not sharded), with the
-        number of that confirmation (see `own`)."""
-        self._confirmations_seen = 0
-        self.node_channel = b""
-        """The channel that shows Redis this connection's subscription (wire.node_channel: a
-        new one for each connection), once it is subscribed."""
-        self._doubts: set[asyncio.Task[None]] = set()
-        self._awaiting: set[str] | frozenset[str] = frozenset()
-        """Rooms with publishes on their way that Redis may leave to this node (`expect`:
-        the node sends one batch at a time)."""
-        self._held: list[Publication] = []
-        """Publications held until the answers they may follow came (`_dispatch`)."""
-        self.own_copies = True
-        """Whether publishes may be left to this node (`own`): Redis lets its user count
-        subscribers (set by the broker on each connect)."""
         self._conn: AbstractConnection | None = None
         self._send_lock = asyncio.Lock()
         self._last_read = 0.0
@@ -132,70 +115,6 @@ class Subscriber:
         """Whether this node receives `room`."""
         return room in self._rooms
 
-    def own(self, room: str) -> int:
-        """A number for this node's live subscription of `room` (one Redis, not sharded),
-        or 0 when it has none; a publish that Redis left to this node (the PUBLISH script,
-        when this subscription is all that receives the room) is delivered with it
-        (`deliver_own`)."""
-        return self._confirmed.get(room, 0) if self.own_copies else 0
-
-    def deliver_own(self, publication: Publication, subscription: int) -> bool:
-        """Deliver a publication that Redis did not announce because this node's subscription
-        (`subscription`, from `own`) was all that received its room, as if it had arrived
-        here. False when that subscription has ended since: then it may not have been the
-        only one (another node may have subscribed after it ended), and the caller announces
-        the publication itself."""
-        room = publication.room
-        if self._confirmed.get(room) != subscription:
-            return False
-        self._deliver(publication)
-        return True
-
-    def expect(self, rooms: set[str]) -> None:
-        """A batch of publishes to `rooms` that may be left to this node goes out (the node
-        sends one batch at a time): until its answers are handled (`settled`), a
-        publication of those rooms that comes after an offset this node has not delivered
-        waits, since that offset may be in the answers (it was left to this node, then
-        another node's was announced)."""
-        self._awaiting = rooms
-
-    def settled(self) -> None:
-        """The answers of the batch (`expect`) were handled: what waited for them goes on."""
-        self._awaiting = frozenset()
-        if self._held:
-            self._release(lambda room: True)
-
-    def _release(self, which: Callable[[str], bool]) -> None:
-        """Deliver the held publications of the rooms for which `which(room)` holds, in the
-        order they came."""
-        held, self._held = self._held, []
-        keep = []
-        for publication in held:
-            if which(publication.room):
-                self._deliver(publication)
-            else:
-                keep.append(publication)
-        self._held = keep + self._held
-
-    def _deliver(self, publication: Publication) -> None:
-        if self.listener is not None and publication.room in self._rooms:
-            self.listener.on_publication(publication)
-        self._deliveries.delivered(publication.room, publication.offset)
-
-    def doubt(self) -> None:
-        """A publish that named this subscription went unanswered: it may still run, and be
-        left to this node with its answer lost. The connection is dropped: the reader loop
-        reconnects (a new connection, a new node channel, which such a call does not name:
-        it is announced if it runs after that) and every room is then repaired from
-        history (which has it if it ran before)."""
-        conn = self._conn
-        if conn is None or self._doubts:
-            return
-        log_event("broker.reconnect", level=30, node_id=self.node_id, reason="unanswered_publish")
-        task = asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
-        self._doubts.add(task)
-        task.add_done_callback(self._doubts.discard)
-
     async def subscribe(self, room: str) -> None:
         """Subscribe to the room's channel and wait for Redis to confirm it."""
         if self._conn is None:
@@ -216,7 +135,6 @@ class Subscriber:
     async def unsubscribe(self, room: str) -> None:
         """Stop receiving the room's channel."""
         channel = self._rooms.pop(room, None)
-        self._confirmed.pop(room, None)
         self._deliveries.forget(room)
         if channel is None:
             return
@@ -234,7 +152,6 @@ class Subscriber:
     def forget(self, room: str) -> None:
         """Let `room` go without a word to Redis (its slot moved away from this shard)."""
         self._rooms.pop(room, None)
-        self._confirmed.pop(room, None)
 
     async def _send(self, *args: Any) -> None:
         # One lock, taken in call order: SUBSCRIBE/UNSUBSCRIBE reach Redis in the order the
@@ -281,15 +198,8 @@ class Subscriber:
         self._heartbeat = asyncio.get_running_loop().create_task(
             self._beat(conn), name="roomcast-redis-heartbeat"
         )
-        # Resubscribe every room this node serves before the broker turns available; on one
-        # Redis, then the node's channel (which the PUBLISH script counts: a subscription
-        # that holds it holds every room already).
+        # Resubscribe every room this node serves before the broker turns available.
         rooms = list(self._rooms.values())
-        if not self._sharded:
-            self.node_channel = wire.node_channel(
-                self._channel_prefix, self.node_id, secrets.token_hex(4)
-            )
-            rooms.append(self.node_channel)
         if rooms:
             if self._sharded:
                 for channel in rooms:
@@ -303,7 +213,7 @@ class Subscriber:
                     if response[0] == self._subscribed_kind:
                         waiting.discard(response[1])
                     self._handle(response)
-        await self._on_connected(len(self._rooms))
+        await self._on_connected(len(rooms))
 
     async def _read(self) -> None:
         conn = self._conn
@@ -358,10 +268,6 @@ class Subscriber:
                     waiter.set_exception(BrokerUnavailable("subscription connection lost"))
                     waiter.exception()
         self._confirmations.clear()
-        self._confirmed.clear()
-        self._awaiting = frozenset()
-        if self._held:  # (the cursor repairs what they lack once the node is back)
-            self._release(lambda room: True)
         self._unsubscribing.clear()
         self._deliveries.reset()
 
@@ -377,10 +283,6 @@ class Subscriber:
         if kind == self._message_kind:
             self._dispatch(response[1], response[2])
         elif kind == self._subscribed_kind:
-            room = self._channels.get(response[1])
-            if room is not None and not self._sharded and self._rooms.get(room) == response[1]:
-                self._confirmations_seen += 1
-                self._confirmed[room] = self._confirmations_seen
             for waiter in self._confirmations.pop(response[1], ()):
                 if not waiter.done():
                     waiter.set_result(None)
@@ -421,14 +323,8 @@ class Subscriber:
                 )
             return
         if isinstance(message, Publication):
-            if message.ephemeral:
-                listener.on_publication(message)
-            elif room in self._awaiting and (
-                self._held or message.offset > self._deliveries.position(room) + 1
-            ):
-                self._held.append(message)
-            else:
-                listener.on_publication(message)
+            listener.on_publication(message)
+            if not message.ephemeral:
                 self._deliveries.delivered(room, message.offset)
         elif not (
             message.kind == "leave"

@@ -9,8 +9,7 @@ another to read is named or encoded here, and nowhere else:
   name nodes (`rc:nodes`, `rc:stats`) are keys of their own. Each Lua script touches the keys
   of one tag only, handed to it in `KEYS`, built by the functions below;
 - channels: one per room, `rc:<db>:{room}` (pub/sub ignores the database number, so it is
-  part of the name), and one per subscription connection of a node,
-  `rc:<db>:node:<node id>:<token>`, on which nothing is sent;
+  part of the name);
 - presence values (`node_id:connection_id`) and a node's member entries
   (`room\\nusername\\nconnection_id`);
 - the three messages a room channel carries, told apart by their first byte: a publication
@@ -48,7 +47,6 @@ __all__ = [
     "decode",
     "decode_target",
     "encode_ephemeral",
-    "encode_publication",
     "encode_signal",
     "encode_target",
     "hold_key",
@@ -57,7 +55,6 @@ __all__ = [
     "member_entry",
     "member_set_key",
     "new_epoch",
-    "node_channel",
     "node_keys",
     "outbox_keys",
     "parse_member_entry",
@@ -214,14 +211,6 @@ def channel(prefix: str, room: str) -> bytes:
     return f"{prefix}{{{_tag(room)}}}".encode()
 
 
-def node_channel(prefix: str, node_id: str, token: str) -> bytes:
-    """The channel that a node's subscription connection holds beside its rooms' (after
-    them), under :func:`channel_prefix`, with a token of that connection: nothing is sent on
-    it; the PUBLISH script counts its subscribers to know that the connection is there
-    (scripts.py)."""
-    return f"{prefix}node:{node_id}:{token}".encode()
-
-
 # presence entries
 
 
@@ -276,15 +265,6 @@ def decode_target(target: str) -> tuple[str | None, str | None]:
     """`(to, exclude)` of a target made by :func:`encode_target`."""
     to, _, exclude = target.partition(" ")
     return to or None, exclude or None
-
-
-def encode_publication(publication: Publication) -> bytes:
-    """A publication as :data:`LUA_PUBLICATION` encodes it, for one that its publisher
-    announces after the PUBLISH script left it unannounced (scripts.py)."""
-    target = encode_target(publication.to, publication.exclude)
-    return _PUBLICATION + (
-        f"{publication.epoch}\n{publication.offset}\n{target}\n{publication.frame}".encode()
-    )
 
 
 def encode_ephemeral(frame: str, to: str | None, exclude: str | None) -> bytes:
