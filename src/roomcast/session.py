@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from . import membership
@@ -29,6 +30,7 @@ from .log import log_event
 from .node import Node
 from .protocol import (
     ClientFrame,
+    FrameId,
     JoinRequest,
     RoomID,
     ack_frame,
@@ -414,8 +416,12 @@ class Session:
             )
         admission = _OK if self.bucket is None else self.bucket.take()
         if admission is _EXCEEDED:
+            try:  # (once: the connection closes) the error answers the frame's `id`
+                frame_id = parse_client_frame(text).id
+            except FrameError as exc:
+                frame_id = exc.frame_id
             return self._after_relays(
-                self.close,
+                partial(self.close, frame_id=frame_id),
                 CloseCode.RATE_LIMITED,
                 ErrorCode.RATE_LIMITED,
                 "too many frames: kept sending while rate limited",
@@ -863,10 +869,17 @@ class Session:
         self.connection.send(error_frame(code, message, frame_id))
 
     def close(
-        self, close_code: CloseCode, code: ErrorCode, message: str, *, frame: bool = True
+        self,
+        close_code: CloseCode,
+        code: ErrorCode,
+        message: str,
+        *,
+        frame: bool = True,
+        frame_id: FrameId | None = None,
     ) -> None:
         """Close with `close_code` after the queued frames, preceded by one error frame
-        unless `frame` is False."""
+        (answering `frame_id`, when the frame that caused it had one) unless `frame` is
+        False."""
         if self.closing:
             return
         self.closing = True
@@ -874,7 +887,7 @@ class Session:
         self._log("connection.closing", close_code=int(close_code), code=code.value, reason=message)
         if frame:
             self.node.metrics.errors.labels(code.value).inc()
-            self.connection.send(error_frame(code, message))
+            self.connection.send(error_frame(code, message, frame_id))
         self.connection.close(close_code, message[:120])
 
     def overflow(self) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import httpx
 
+from roomcast.transports.uvicorn import CLOSE_TIMEOUT, SLOW_PEER_CLOSE_TIMEOUT
 from tests.harness import Client, ServerProcess
 from tests.integration.reliability import RawClient, metric, poll_until, publish
 
@@ -66,10 +67,10 @@ async def test_stalled_reader_is_closed_with_4408_and_others_get_everything(
     assert "room=r" in line.string
     assert metric(server, "roomcast_slow_consumer_disconnects_total") == 1.0
     assert metric(server, 'roomcast_disconnects_total{code="4408"}') == 1.0
-    # When the stalled client finally reads, it finds the 4408 close after what was buffered,
-    # or (if the server already gave up waiting for its close reply) no connection at all.
+    # When the stalled client finally reads, it finds the 4408 close after what was buffered
+    # (the server waits SLOW_PEER_CLOSE_TIMEOUT for it).
     code, _ = await slow.read_until_close(timeout=10)
-    assert code in (4408, None)
+    assert code == 4408
     slow.close()
     with server.http() as http:
         assert http.get("/api/v1/rooms/r/members").json() == {"members": ["fast"]}
@@ -79,26 +80,52 @@ async def test_stalled_reader_is_closed_with_4408_and_others_get_everything(
 
 async def test_stalled_reader_socket_is_released(start_server: StartServer) -> None:
     """The socket of a dropped slow consumer that never reads again is released (the server
-    aborts it when the close is not answered) instead of being held open forever."""
+    aborts it when the close is not answered, SLOW_PEER_CLOSE_TIMEOUT after it) instead of
+    being held open forever."""
     server = start_server("--outbound-buffer", "65536")
     assert server.log is not None
     assert server.proc is not None
     baseline = _sockets(server.proc.pid)
     slow = await RawClient.connect(server, "slow", "r", rcvbuf=4096)
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
-        for _ in range(4000):
-            await publish(http, "r", {"blob": "y" * 8192})
-            if any("connection.slow_consumer" in line for line in server.log.lines):
-                break
-        else:
-            raise AssertionError("the stalled reader was never disconnected")
+        await _flood_until_slow_consumer(server, http)
     server.log.wait_for(r"connection\.left .*username=slow .*reason=slow_consumer", timeout=5)
     pid = server.proc.pid
-    await poll_until(lambda: _sockets(pid) <= baseline, timeout=10)
+    await poll_until(lambda: _sockets(pid) <= baseline, timeout=SLOW_PEER_CLOSE_TIMEOUT + 5)
     with server.http() as http:
         assert http.get("/api/v1/rooms").json() == {"rooms": []}
     assert metric(server, "roomcast_connections") == 0.0
     slow.close()
+
+
+async def test_a_slow_consumer_that_reads_again_later_gets_its_4408(
+    start_server: StartServer,
+) -> None:
+    """A client that stopped reading, and reads again only after longer than the server
+    waits for an ordinary close reply (CLOSE_TIMEOUT), still finds the 4408 close frame
+    after what was buffered: the socket of a peer that stopped reading is kept until it has
+    had SLOW_PEER_CLOSE_TIMEOUT to get there."""
+    server = start_server("--outbound-buffer", "65536")
+    assert server.log is not None
+    slow = await RawClient.connect(server, "slow", "r", rcvbuf=4096)
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        await _flood_until_slow_consumer(server, http)
+    # The stalled client, as one that is busy for a while: it reads again past CLOSE_TIMEOUT.
+    await asyncio.sleep(CLOSE_TIMEOUT + 1)
+    code, _ = await slow.read_until_close(timeout=10)
+    assert code == 4408
+    slow.close()
+
+
+async def _flood_until_slow_consumer(server: ServerProcess, http: httpx.AsyncClient) -> None:
+    """Publish 8 KiB messages to room r until the server drops a slow consumer (at most
+    4,000)."""
+    assert server.log is not None
+    for _ in range(4000):
+        await publish(http, "r", {"blob": "y" * 8192})
+        if any("connection.slow_consumer" in line for line in server.log.lines):
+            return
+    raise AssertionError("the stalled reader was never disconnected")
 
 
 def _sockets(pid: int) -> int:

@@ -18,7 +18,9 @@ what the fast path needs.
 - A frame refused by the parser (larger than `ws_max_size`: 1009, not UTF-8: 1007) is answered
   by one `error` frame before the close frame, and logs no traceback.
 - A close frame is written even when the peer has stopped reading, and when the peer does not
-  complete the closing handshake within :data:`CLOSE_TIMEOUT` seconds the socket is aborted.
+  complete the closing handshake within :data:`CLOSE_TIMEOUT` seconds the socket is aborted
+  (:data:`SLOW_PEER_CLOSE_TIMEOUT` when it had stopped reading: it must first read what is
+  buffered before the close frame, such as a slow consumer's 4408).
 - The answer to a peer's close frame waits until the application has handled the disconnect
   (at most :data:`CLOSE_REPLY_WAIT` seconds): a client whose close completed has left its
   rooms, and may connect again under its username at once, to any node.
@@ -87,6 +89,7 @@ __all__ = [
     "DIRECT_EXTENSION",
     "KEEPALIVE_REASON",
     "READ_SLICE",
+    "SLOW_PEER_CLOSE_TIMEOUT",
     "DirectWriter",
     "WebSocketProtocol",
     "forget_captured_signals",
@@ -95,6 +98,11 @@ __all__ = [
     "text_frame",
     "websocket_protocol",
 ]
+
+SLOW_PEER_CLOSE_TIMEOUT = 10.0
+"""Seconds a peer that had stopped reading when the server closed has to read up to the
+close frame (queued behind what its socket holds) and answer it, before the socket is
+aborted (which drops what it has not read)."""
 
 READ_SLICE = 2048
 """Bytes of one read fed to the WebSocket parser at a time. After a slice that yielded frames,
@@ -970,11 +978,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(frame)
         return self.transport.get_write_buffer_size()
 
-    def _abort_later(self) -> None:
+    def _abort_later(self, timeout: float | None = None) -> None:
         if self.close_timer is not None:
             self.close_timer.cancel()
         if not self.disconnected:
-            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+            delay = self.close_timeout if timeout is None else timeout
+            self.close_timer = self.loop.call_later(delay, self.transport.abort)
 
     async def send(self, message: Any) -> None:
         """Send an ASGI message; a close frame does not wait for the peer to read."""
@@ -1002,7 +1011,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             # to a bound: cut at the end, as the parser needs the stream without gaps.
             self._unparsed = self._unparsed[:POST_CLOSE_BYTES]
             self._after_close = len(self._unparsed)
-            self._abort_later()
+            # A peer that stopped reading (a slow consumer's 4408) reaches the close frame
+            # only once it reads what is buffered before it: it gets longer for that.
+            self._abort_later(SLOW_PEER_CLOSE_TIMEOUT if paused else None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket is gone: give back its place among the handshakes."""
