@@ -53,7 +53,7 @@ class RoomClass:
     history_size: int | None = None
     """Messages retained per room; 0 keeps none. None: `--history-size`."""
     history_ttl: float | None = None
-    """Seconds a room's retained messages live after its last publish. None: `--history-ttl`."""
+    """Seconds each retained message of a room lives after its publish. None: `--history-ttl`."""
     presence: bool = True
     """False: no member lists, no presence frames. Under `share` (and without `max_members`)
     nothing of presence is kept in the broker either: the cheapest join there is; under

@@ -94,7 +94,7 @@ class Settings:
     history_size: int = 100
     """Messages retained per room."""
     history_ttl: float = 300.0
-    """Seconds a room's retained messages live after its last publish."""
+    """Seconds each retained message lives after its publish."""
     max_message_size: int = 65536
     """Largest client frame in bytes; larger frames close the connection with 1009."""
     on_duplicate: DuplicatePolicy | None = None
@@ -449,7 +449,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "history_ttl",
         _float,
-        "seconds history lives after the last publish (default 300)",
+        "seconds each retained message lives after its publish (default 300)",
         "SECONDS",
     ),
     Option("max_message_size", _int, "largest client frame in bytes (default 65536)", "BYTES"),

@@ -245,6 +245,25 @@ async def test_held_room_keeps_its_epoch_after_retention(make_broker: Factory) -
     assert (again.epoch, again.offset) == (first.epoch, 2)
 
 
+async def test_each_retained_message_lives_the_history_ttl_from_its_own_publish(
+    make_broker: Factory,
+) -> None:
+    """History is bounded by age message by message: once the first of two messages is
+    older than `history_ttl`, it is gone while the second, published a second later, is
+    still there (a later publish does not extend the life of an earlier one)."""
+    broker, _ = await make_broker(history_ttl=2)
+    await broker.add_member("r1", "bob", "c1")
+    await broker.subscribe("r1")
+    first = await broker.publish("r1", prefix("r1", 1))
+    await asyncio.sleep(1)  # the scenario: a second between the two publishes
+    await broker.publish("r1", prefix("r1", 2))
+    page = await poll_history(broker, "r1", lambda p: len(p.publications) < 2)
+    assert [p.offset for p in page.publications] == [2]
+    assert (page.epoch, page.offset, page.complete) == (first.epoch, 2, True)
+    assert not (await broker.history("r1", 0)).complete
+    assert (await broker.history("r1", 1)).complete
+
+
 async def test_unheld_room_starts_a_new_epoch_after_retention(make_broker: Factory) -> None:
     """Once nobody is in a room and its messages expired, its history is lost: history shows
     a new epoch at offset 0, and the next publish takes that epoch and offset 1."""

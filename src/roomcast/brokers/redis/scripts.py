@@ -36,6 +36,14 @@ _PUBLISH_ONE = (
 --       prefix, target, epoch if none exists[, idempotency window (ms)]
 -- Returns {offset, epoch}, or {first offset, its epoch, 1} for an idempotency key that
 -- published already within its window (then nothing is published).
+local clock = nil
+local function now_ms()
+  if clock == nil then
+    local time = redis.call('TIME')
+    clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  end
+  return clock
+end
 local function publish(KEYS, ARGV)
   if KEYS[5] then
     local seen = redis.call('GET', KEYS[5])
@@ -63,7 +71,8 @@ local function publish(KEYS, ARGV)
     + """
   local size = tonumber(ARGV[1])
   if size > 0 then
-    redis.call('XADD', KEYS[3], id .. '-0', 'f', frame, 't', ARGV[5])
+    -- `a`: when it was published (ms), for HISTORY, which keeps each entry `ttl` from then.
+    redis.call('XADD', KEYS[3], id .. '-0', 'f', frame, 't', ARGV[5], 'a', now_ms())
     -- Trimmed exactly, but every tenth of the size rather than at each message (a trim is most
     -- of a publish's cost in Redis): the stream holds up to a tenth more, which HISTORY skips.
     if offset % math.max(1, math.floor(size / 10)) == 0 then
@@ -122,8 +131,9 @@ HISTORY = """
 --       join (Broker.read_join) announces each signal on the room's channel and lists the
 --       members, in the same step
 -- Returns {epoch, offset, first retained id ('' for none), entries, members ({} unless asked)}
--- Only the last `history size` offsets are read: the stream may hold a few older ones
--- (PUBLISH trims it now and then).
+-- Only the last `history size` offsets are read (the stream may hold a few older ones:
+-- PUBLISH trims it now and then), and of those only entries published within the history
+-- ttl (the stream itself expires that long after the last publish).
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   -- A new incarnation, which the next publish adopts.
@@ -137,10 +147,41 @@ if not epoch then
 end
 local offset = tonumber(redis.call('GET', KEYS[1]) or '0')
 local kept = math.max(1, offset - tonumber(ARGV[5]) + 1)
-local first = redis.call('XRANGE', KEYS[3], kept .. '-0', '+', 'COUNT', 1)
+-- Each entry is kept `ttl` from its publish (field `a`; one without it counts as fresh):
+-- entries are in the order of their times, so the first fresh one is found by halving.
+local time = redis.call('TIME')
+local cutoff = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) - tonumber(ARGV[2])
+local function at_or_after(o)
+  return redis.call('XRANGE', KEYS[3], o .. '-0', '+', 'COUNT', 1)[1]
+end
+local function stale(entry)
+  local fields = entry[2]
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'a' then
+      return tonumber(fields[i + 1]) < cutoff
+    end
+  end
+  return false
+end
+local first = at_or_after(kept)
+if first and stale(first) then
+  -- Entries before `low` are stale; the one at or after `high` is fresh, or there is none.
+  local low, high = tonumber(string.match(first[1], '^%d+')) + 1, offset + 1
+  while low < high do
+    local middle = math.floor((low + high) / 2)
+    local entry = at_or_after(middle)
+    if entry and stale(entry) then
+      low = tonumber(string.match(entry[1], '^%d+')) + 1
+    else
+      high = middle
+    end
+  end
+  kept = low
+  first = at_or_after(low)
+end
 local first_id = ''
-if #first > 0 then
-  first_id = first[1][1]
+if first then
+  first_id = first[1]
 end
 local from = math.max(kept, tonumber(ARGV[3])) .. '-0'
 local count = tonumber(ARGV[4])
