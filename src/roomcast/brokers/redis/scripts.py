@@ -29,13 +29,8 @@ __all__ = [
     "sharded",
 ]
 
-_PUBLISH_ONE = (
-    """
--- KEYS: offset, epoch, stream, presence[, idempotency key]
--- ARGV: history size, history ttl (ms), channel (the room's, the same for every publish),
---       prefix, target, epoch if none exists[, idempotency window (ms)]
--- Returns {offset, epoch}, or {first offset, its epoch, 1} for an idempotency key that
--- published already within its window (then nothing is published).
+_NOW_MS = """
+-- Redis' clock in milliseconds, read once per script call.
 local clock = nil
 local function now_ms()
   if clock == nil then
@@ -44,6 +39,18 @@ local function now_ms()
   end
   return clock
 end
+"""
+
+_PUBLISH_ONE = (
+    """
+-- KEYS: offset, epoch, stream, presence[, idempotency key]
+-- ARGV: history size, history ttl (ms), channel (the room's, the same for every publish),
+--       prefix, target, epoch if none exists[, idempotency window (ms)]
+-- Returns {offset, epoch}, or {first offset, its epoch, 1} for an idempotency key that
+-- published already within its window (then nothing is published).
+"""
+    + _NOW_MS
+    + """
 local function publish(KEYS, ARGV)
   if KEYS[5] then
     local seen = redis.call('GET', KEYS[5])
@@ -124,7 +131,9 @@ return answers
 """
 )
 
-HISTORY = """
+HISTORY = (
+    _NOW_MS
+    + """
 -- KEYS: offset, epoch, stream, presence
 -- ARGV: epoch if none exists, history ttl (ms), first offset wanted (1 for all), count (-1:
 --       all), history size[, channel, members ('1': list them), signal, ...]: the rest of a
@@ -149,8 +158,7 @@ local offset = tonumber(redis.call('GET', KEYS[1]) or '0')
 local kept = math.max(1, offset - tonumber(ARGV[5]) + 1)
 -- Each entry is kept `ttl` from its publish (field `a`; one without it counts as fresh):
 -- entries are in the order of their times, so the first fresh one is found by halving.
-local time = redis.call('TIME')
-local cutoff = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) - tonumber(ARGV[2])
+local cutoff = now_ms() - tonumber(ARGV[2])
 local function at_or_after(o)
   return redis.call('XRANGE', KEYS[3], o .. '-0', '+', 'COUNT', 1)[1]
 end
@@ -204,6 +212,7 @@ if ARGV[6] then
 end
 return {epoch, offset, first_id, entries, members}
 """
+)
 
 # A presence value is one `node_id:connection_id` token, or under the `share` policy several,
 # separated by spaces: the username stays listed from its first connection to its last.
