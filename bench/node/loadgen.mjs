@@ -301,7 +301,10 @@ let stopping = false;
 const RUN = Math.floor(Math.random() * 1e9).toString(36);
 
 // Parse `~ts|seq|sender|` from a frame's bytes at index i.
+// Frames parsed so far, in or out of a window: the first window waits for traffic to flow.
+let parsed = 0;
 function parse(buf, i) {
+  parsed++;
   let j = i + 1;
   let ts = 0;
   let c;
@@ -381,9 +384,12 @@ function endWindow() {
 }
 
 // `windows` consecutive windows of `duration` seconds after `warmup`: the driver keeps the
-// best one, which drops the windows disturbed by other work on the machine.
+// best one, which drops the windows disturbed by other work on the machine. The warmup lasts
+// until the first delivery too (up to 10 s more), so that a server slow to answer its first
+// frames on a busy machine is not measured at zero.
 async function measure(p) {
   await sleep(p.warmup * 1000);
+  for (let t = 0; parsed === 0 && t < 200; t++) await sleep(50);
   const results = [];
   for (let k = 0; k < (p.windows ?? 1); k++) {
     startWindow();

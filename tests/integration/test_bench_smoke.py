@@ -23,7 +23,7 @@ def test_bench_driver_quick_mode(tmp_path: Path) -> None:
     errors = {name: r["error"] for name, r in result.items() if "error" in r}
     assert errors == {}
     for scenario in ("fanout", "chat", "latency", "cpu"):
-        assert result[scenario]["deliveries"] > 0
+        assert result[scenario]["deliveries"] > 0, (scenario, result[scenario])
         assert result[scenario]["server_cpu_s"] >= 0
     assert result["idle"]["connections"] == 100
     assert "roomcast" in done.stdout
@@ -86,4 +86,4 @@ def test_bench_baseline_runs_another_checkout(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     servers = json.loads(out.read_text())["servers"]
     for name in ("roomcast", "roomcast-baseline"):
-        assert servers[name]["chat"]["deliveries"] > 0, name
+        assert servers[name]["chat"]["deliveries"] > 0, (name, servers[name]["chat"], done.stderr)
