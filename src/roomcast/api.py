@@ -254,8 +254,10 @@ def api_routes(node: Node) -> list[Route]:
         offset = publication.offset
         if publication.duplicate:
             log_event("api.duplicate", room=room, topic=topic, to=to, offset=offset)
-            # The first one's status, with its offset: the retry learns what it needs.
-            return json_response({"offset": offset, "duplicate": True}, 202)
+            # The first one's status, with its offset (none when that one was a frame of an
+            # ephemeral topic): the retry learns what it needs.
+            answer: dict[str, Any] = {"offset": offset} if offset else {}
+            return json_response({**answer, "duplicate": True}, 202)
         log_event("api.published", room=room, topic=topic, to=to, offset=offset)
         return json_response({"offset": offset}, 202)
 

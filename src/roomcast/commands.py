@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
+from .brokers.base import Publication
 from .protocol import SERVER_SENDER
 
 __all__ = [
@@ -67,11 +68,16 @@ class SendToMember(Command[int]):
 
 
 @dataclass(frozen=True, slots=True)
-class PublishEphemeral(Command[None]):
+class PublishEphemeral(Command[Publication | None]):
     """Deliver a message of an ephemeral topic to `room` (or to its member `to`): no offset,
     not retained, not replayed (docs/protocol.md, section 10).
 
-    Raises `MemberNotFound` when `to` is given and connected nowhere.
+    Answers None. With `key`, a repeat of a key published to the room within the
+    idempotency window delivers nothing and answers the first publish's publication
+    (`duplicate` set; `offset` 0 when that one was ephemeral too).
+
+    Raises `MemberNotFound` when `to` is given and connected nowhere (and `key` was not
+    published within the window).
     """
 
     room: str
@@ -80,6 +86,7 @@ class PublishEphemeral(Command[None]):
     sender: str = SERVER_SENDER
     to: str | None = None
     exclude: str | None = None
+    key: str | None = None
 
 
 SendWsMessage = SendToMember

@@ -33,7 +33,7 @@ from .events import EventBus, MessagePublished, RoomOccupied, RoomVacated
 from .limits import ConnectionLimits
 from .log import log_event, redact_url
 from .metrics import Metrics
-from .protocol import SERVER_SENDER, ephemeral_frame, message_prefix
+from .protocol import SERVER_SENDER, ephemeral_frame, message_frame, message_prefix
 from .registry import TopicRegistry
 from .rooms import LocalRooms, Member, MemberHandle
 from .settings import Settings
@@ -312,9 +312,12 @@ class Node:
             BrokerUnavailable: nothing was published.
             BrokerTimeout: the broker stopped answering: it may or may not have been.
         """
-        if to is not None:
-            await self._find_member(room, to)
         prefix = message_prefix(topic, payload, room, sender, to)
+        if to is not None and (seen := await self._find_member(room, to, key)) is not None:
+            offset, epoch = seen
+            frame = message_frame(prefix, offset)
+            duplicate = Publication(room, offset, frame, to, epoch, duplicate=True)
+            return self._published_one(duplicate, topic, payload, sender)
         self._publishing += 1
         try:
             publication = await self.broker.publish(room, prefix, to, exclude, key=key)
@@ -448,19 +451,30 @@ class Node:
         )
         return publication.offset
 
-    async def _publish_ephemeral(self, command: PublishEphemeral) -> None:
-        room, to = command.room, command.to
-        if to is not None:
-            await self._find_member(room, to)
+    async def _publish_ephemeral(self, command: PublishEphemeral) -> Publication | None:
+        room, to, key = command.room, command.to, command.key
         frame = ephemeral_frame(command.topic, command.payload, room, command.sender, to)
-        try:
-            await self.broker.publish_ephemeral(room, frame, to, command.exclude)
-        except Exception:
-            self.metrics.broker_errors.inc()
-            raise
+        seen = None if to is None else await self._find_member(room, to, key)
+        if seen is None:
+            try:
+                seen = await self.broker.publish_ephemeral(
+                    room, frame, to, command.exclude, key=key
+                )
+            except Exception:
+                self.metrics.broker_errors.inc()
+                raise
+            if seen is None:
+                return None
+        self.metrics.duplicates.inc()
+        offset, epoch = seen
+        return Publication(room, offset, frame, to, epoch, duplicate=True)
 
-    async def _find_member(self, room: str, username: str) -> None:
-        """Raises `MemberNotFound` when `username` is connected to `room` on no node.
+    async def _find_member(
+        self, room: str, username: str, key: str | None = None
+    ) -> tuple[int, str] | None:
+        """Raises `MemberNotFound` when `username` is connected to `room` on no node, unless
+        `key` was published to the room within the idempotency window: then the first
+        publish's offset and epoch (a repeat whose member left since is still a repeat).
 
         A room that keeps no member entries (a class without presence, under `share`) lists
         nobody: there the message goes to wherever the member is, and nothing is raised.
@@ -470,7 +484,11 @@ class Node:
             and self.rooms.find(room, username) is None
             and not (await self.broker.has_member(room, username))
         ):
-            raise MemberNotFound(f"{username!r} is not connected to room {room!r}")
+            seen = None if key is None else await self.broker.seen_key(room, key)
+            if seen is None:
+                raise MemberNotFound(f"{username!r} is not connected to room {room!r}")
+            return seen
+        return None
 
     async def _kick_member(self, command: KickMember) -> None:
         if self.classes.resolve(command.room).tracked and not await self.broker.has_member(

@@ -138,7 +138,8 @@ class Proxy:
 
         Raises:
             Refused: as `_call`; 4403 when `rooms` does not grant the URL's room; 4400 when
-                neither the backend nor the query names a username.
+                neither the backend nor the query names a username; 4401 when both do and
+                they disagree (as for a token's subject).
         """
         headers = request.headers
         body = {
@@ -157,6 +158,13 @@ class Proxy:
                 claims["sub"] = validate_name(request.username, "username")
             except FrameError as exc:
                 raise Refused(CloseCode.BAD_REQUEST, ErrorCode.BAD_REQUEST, exc.message) from None
+        elif request.username is not None and request.username != claims["sub"]:
+            # As a token's subject: a query that names someone else is refused.
+            raise Refused(
+                CloseCode.UNAUTHENTICATED,
+                ErrorCode.UNAUTHENTICATED,
+                "the username parameter disagrees with the backend's answer",
+            )
         return identity_from_claims(claims, None, request.room)
 
     async def join(self, username: str, room: str, connection_id: str) -> None:

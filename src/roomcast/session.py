@@ -657,7 +657,7 @@ class Session:
     def _publish(self, frame: ClientFrame, member: Member) -> Awaitable[Publication | None]:
         """The default relay of `frame` to its room (or to its `to` member), with its `key`:
         what it returns gives the publication, None for an ephemeral topic (docs/protocol.md,
-        section 10: it has no offset, so its key is not used).
+        section 10: it has no offset), unless its key was published within the window.
 
         Not a coroutine itself, so that a room message costs one coroutine less: the caller
         awaits `Node.publish` directly.
@@ -665,9 +665,9 @@ class Session:
         node, room, sender = self.node, member.room, member.username
         exclude = None if frame.echo else self.connection_id
         if frame.topic in node.ephemeral_topics(room):
-            return _nothing_after(
-                node.commands.send(
-                    PublishEphemeral(room, frame.topic, frame.payload, sender, frame.to, exclude)
+            return node.commands.send(
+                PublishEphemeral(
+                    room, frame.topic, frame.payload, sender, frame.to, exclude, frame.key
                 )
             )
         return node.publish(
@@ -860,7 +860,9 @@ class Session:
         if publication is None:
             self._ack(frame)
         elif frame.id is not None:
-            self.connection.send(ack_frame(frame.id, publication.offset, publication.duplicate))
+            # Offset 0: the key's first publish was of an ephemeral topic, which has none.
+            offset = publication.offset or None
+            self.connection.send(ack_frame(frame.id, offset, publication.duplicate))
 
     def send_error(self, code: ErrorCode, message: str, frame_id: Any = None) -> None:
         """Send an `error` frame; the connection stays open."""
@@ -964,11 +966,6 @@ class Session:
         if self.member is None:
             return []
         return [self.member, *(self._more or {}).values()]
-
-
-async def _nothing_after(awaitable: Awaitable[Any]) -> None:
-    """Await `awaitable`, then give None."""
-    await awaitable
 
 
 async def _capture(handler: Any, ctx: Context) -> Any:

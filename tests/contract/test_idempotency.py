@@ -56,6 +56,37 @@ async def test_a_keyed_message_to_one_member_is_a_duplicate_too(make_broker: Fac
     assert [p.to for p in recorder.publications] == ["bob"]
 
 
+async def test_a_keyed_ephemeral_frame_is_delivered_once(make_broker: Factory) -> None:
+    """An ephemeral frame's key is the room's too: its repeat delivers nothing and answers
+    offset 0, a room message repeating it publishes nothing (offset 0 back), and an
+    ephemeral frame repeating a room message's key answers that one's offset and epoch."""
+    broker, recorder = await make_broker()
+    await broker.subscribe("r1")
+    assert await broker.publish_ephemeral("r1", '{"topic":"typing"}', key="e") is None
+    assert await broker.publish_ephemeral("r1", '{"topic":"typing"}', key="e") == (0, "")
+    assert await broker.publish_ephemeral("r1", '{"topic":"typing"}') is None  # no key
+    again = await broker.publish("r1", prefix("r1", 1), key="e")
+    assert (again.offset, again.duplicate) == (0, True)
+    first = await broker.publish("r1", prefix("r1", 2), key="m")
+    seen = await broker.publish_ephemeral("r1", '{"topic":"typing"}', key="m")
+    assert seen == (first.offset, first.epoch) == (1, first.epoch)
+    assert [p.offset for p in recorder.publications] == [0, 0, 1]
+
+
+async def test_seen_key_answers_the_first_publish(make_broker: Factory) -> None:
+    """`seen_key` reads a room's key without publishing: the first publish's offset and
+    epoch, (0, "") for an ephemeral frame's, None for a key not published (or another
+    room's)."""
+    broker, _ = await make_broker()
+    first = await broker.publish("r1", prefix("r1", 1), "bob", key="k")
+    await broker.publish_ephemeral("r1", '{"topic":"typing"}', key="e")
+    assert await broker.seen_key("r1", "k") == (1, first.epoch)
+    assert await broker.seen_key("r1", "e") == (0, "")
+    assert await broker.seen_key("r1", "other") is None
+    assert await broker.seen_key("r2", "k") is None
+    assert (await broker.publish("r1", prefix("r1", 2))).offset == 2  # nothing was taken
+
+
 async def test_concurrent_publishes_with_one_key_publish_once(make_broker: Factory) -> None:
     """Of many publishes with one key in flight at once (on redis://, from two nodes), exactly
     one publishes; every one of them answers its offset."""

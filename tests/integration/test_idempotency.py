@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.harness import RECV_TIMEOUT, ServerProcess
-from tests.integration.rooms_support import Pair, RoomsClient, Start
+from tests.harness import RECV_TIMEOUT, RedisProcess, ServerProcess
+from tests.integration.rooms_support import Pair, RoomsClient, Start, deploy
 from tests.integration.rooms_support import connect as connect_client
 
 Connect = Callable[..., Awaitable[RoomsClient]]
@@ -200,20 +201,78 @@ async def test_a_bad_idempotency_key_header_is_refused(
     assert good.json() == {"offset": 1}
 
 
-async def test_a_keyed_ephemeral_frame_ignores_its_key(
-    connect: Connect, start_server: Start, room: str
+EPHEMERAL_CLASS = '[rooms.eph]\nephemeral_topics = ["typing"]\n'
+
+
+@pytest.fixture
+def eph_pair(
+    kind: str, start_server: Start, redis_or_none: RedisProcess | None, tmp_path: Path
+) -> Pair:
+    """Two nodes (or one memory:// server) where `typing` is ephemeral in rooms `eph:*`."""
+    config = tmp_path / "rooms.toml"
+    config.write_text(EPHEMERAL_CLASS)
+    return deploy(kind, start_server, redis_or_none, "--config", str(config))
+
+
+def typing(frame_id: int, key: str | None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"topic": "typing", "payload": frame_id, "id": frame_id}
+    if key is not None:
+        frame["key"] = key
+    return frame
+
+
+async def test_a_keyed_ephemeral_frame_is_delivered_once(
+    connect: Connect, eph_pair: Pair, room: str
 ) -> None:
-    """An ephemeral topic has no offset to give back: its key is not used, every copy is
-    delivered and acked without `offset` or `duplicate`, and the room's keys stay free."""
-    server = ServerProcess(["--port", "0"], module="tests.integration.ephemeral_app").start()
-    try:
-        alice = await connect(server, "alice", room)
-        bob = await connect(server, "bob", room)
-        for frame_id in (1, 2):
-            await alice.send({"topic": "typing", "payload": 1, "id": frame_id, "key": "t"})
-            assert (await answer(alice, frame_id))["payload"] == {"id": frame_id}
-        assert [(await bob.recv_topic("typing"))["payload"] for _ in range(2)] == [1, 1]
-        await alice.send(chat(1, 3, "t"))
-        assert (await answer(alice, 3))["payload"] == {"id": 3, "offset": 1}
-    finally:
-        server.stop()
+    """A repeat of an ephemeral frame's key, from any node, is not delivered again: its ack
+    says `duplicate`, without `offset` (the first had none). The key is the room's: a room
+    message with it is a duplicate without offset (frame and HTTP), and an ephemeral frame
+    repeating a room message's key answers that one's offset."""
+    eph = f"eph:{room}"
+    alice = await connect(eph_pair.a, "alice", eph)
+    bob = await connect(eph_pair.b, "bob", eph)
+    await alice.send(typing(1, "t"))
+    assert (await answer(alice, 1))["payload"] == {"id": 1}
+    assert (await bob.recv_topic("typing"))["payload"] == 1
+    await bob.send(typing(2, "t"))
+    assert (await answer(bob, 2))["payload"] == {"id": 2, "duplicate": True}
+    await bob.send(typing(3, None))  # the next one alice gets: the repeat never came
+    assert (await alice.recv_topic("typing"))["payload"] == 3
+    await alice.send(chat(1, 4, "t"))
+    assert (await answer(alice, 4))["payload"] == {"id": 4, "duplicate": True}
+    response = await post(eph_pair.b, eph, {"topic": "chat", "payload": 1}, "t")
+    assert (response.status_code, response.json()) == (202, {"duplicate": True})
+    await alice.send(chat(1, 5, "m"))
+    assert (await answer(alice, 5))["payload"] == {"id": 5, "offset": 1}
+    await bob.send(typing(6, "m"))
+    assert (await answer(bob, 6))["payload"] == {"id": 6, "offset": 1, "duplicate": True}
+    await bob.send(chat(2, 7, None))  # alice got her own chat before her ack: this one next
+    assert (await alice.recv_until(lambda f: f["topic"] in ("typing", "chat")))["offset"] == 2
+
+
+async def test_a_repeat_to_a_member_who_left_is_a_duplicate(
+    connect: Connect, eph_pair: Pair, room: str
+) -> None:
+    """A keyed message `to` a member is answered as a duplicate when repeated after that
+    member left (frame and HTTP, room messages and ephemeral frames); a new key to them
+    answers `member_not_found`."""
+    eph = f"eph:{room}"
+    alice = await connect(eph_pair.a, "alice", eph)
+    bob = await connect(eph_pair.b, "bob", eph)
+    await alice.send(chat(1, 1, "to-bob", to="bob"))
+    assert (await answer(alice, 1))["payload"] == {"id": 1, "offset": 1}
+    await alice.send({**typing(2, "typing-bob"), "to": "bob"})
+    assert (await answer(alice, 2))["payload"] == {"id": 2}
+    assert (await bob.recv_topic("typing"))["payload"] == 2
+    await bob.close()
+    await alice.recv_topic("presence.leave")
+    await alice.send(chat(1, 3, "to-bob", to="bob"))
+    assert (await answer(alice, 3))["payload"] == {"id": 3, "offset": 1, "duplicate": True}
+    await alice.send({**typing(4, "typing-bob"), "to": "bob"})
+    assert (await answer(alice, 4))["payload"] == {"id": 4, "duplicate": True}
+    response = await post(eph_pair.b, eph, {"topic": "chat", "payload": 1, "to": "bob"}, "to-bob")
+    assert (response.status_code, response.json()) == (202, {"offset": 1, "duplicate": True})
+    await alice.send(chat(1, 5, "new", to="bob"))
+    assert (await answer(alice, 5))["payload"]["code"] == "member_not_found"
+    response = await post(eph_pair.b, eph, {"topic": "chat", "payload": 1, "to": "bob"}, "new")
+    assert response.status_code == 404, response.text

@@ -90,6 +90,8 @@ async def test_connect_answer_gives_the_identity_and_its_grants(
         # Every byte in time for a read timeout, the whole answer not within the total.
         ({"body": '{"username": "alice"}', "trickle": 0.1}, 4503, "unavailable"),
         ({"body": '{"rooms": ["elsewhere"]}'}, 4403, "forbidden"),
+        # The query names alice, the backend someone else: as a token's other subject.
+        ({"body": '{"username": "zoe"}'}, 4401, "unauthenticated"),
     ],
 )
 async def test_connect_refusals(
@@ -113,10 +115,17 @@ async def test_connect_refusals(
 async def test_connect_with_no_username_anywhere_is_a_bad_request(
     start_server: StartServer, backend: Backend
 ) -> None:
-    """An answer `{}` keeps the query's username; without one the connect is 4400."""
+    """An answer `{}` keeps the query's username, one that names the same user too; without
+    one anywhere the connect is 4400."""
+    backend.rules(
+        {"path": "/connect", "contains": '"username":"carol"', "body": '{"username": "carol"}'}
+    )
     server = start_server(*proxy_flags(backend, "connect"))
     named = await Client.connect(server.ws_url, "bob", "r1")
     assert (await named.join())["payload"]["username"] == "bob"
+    same = await Client.connect(server.ws_url, "carol", "r1")
+    assert (await same.join())["payload"]["username"] == "carol"
+    await same.close()
     anonymous = await Client.connect(server.ws_url, room="r1")
     closed, frames = await anonymous.closed()
     assert closed == 4400

@@ -177,11 +177,27 @@ class Broker(Protocol):
         publishes."""
 
     async def publish_ephemeral(
-        self, room: str, frame: str, to: str | None = None, exclude: str | None = None
-    ) -> None:
+        self,
+        room: str,
+        frame: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> tuple[int, str] | None:
         """Deliver a complete frame to every node subscribed to the room, without an offset
         and without retaining it (an ephemeral topic: a :class:`Publication` with offset 0);
-        with `exclude`, that connection does not get it."""
+        with `exclude`, that connection does not get it. Returns None.
+
+        With `key`: when a publish to the room with the same key succeeded within the
+        idempotency window, nothing is delivered and the first one's offset and epoch come
+        back (offset 0 when it was ephemeral too); otherwise the key is remembered, in one
+        atomic step with the delivery (as `publish` does)."""
+
+    async def seen_key(self, room: str, key: str) -> tuple[int, str] | None:
+        """The offset and epoch of the publish made to `room` with `key` within the
+        idempotency window (offset 0: a message of an ephemeral topic), or None: how a
+        repeat is answered that cannot be published again (its `to` member left since)."""
 
     async def signal(self, signal: Signal) -> None:
         """Deliver a signal to every node subscribed to its room."""

@@ -224,11 +224,40 @@ class MemoryBroker:
         return publication
 
     async def publish_ephemeral(
-        self, room: str, frame: str, to: str | None = None, exclude: str | None = None
-    ) -> None:
-        """Deliver synchronously, with no offset and nothing retained."""
+        self,
+        room: str,
+        frame: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> tuple[int, str] | None:
+        """Deliver synchronously, with no offset and nothing retained; a key seen within the
+        window delivers nothing (see `Broker.publish_ephemeral`)."""
+        if key is not None:
+            now = time.monotonic()
+            seen = self._seen(room, key, now)
+            if seen is not None:
+                return seen
+            self._keys.setdefault(room, {})[key] = (now + self.idempotency_window, 0, "")
+            self._until_sweep -= 1
+            if not self._until_sweep:
+                self._sweep(now)
         if room in self._subscribed and self._listener is not None:
             self._listener.on_publication(Publication(room, 0, frame, to, exclude=exclude))
+        return None
+
+    async def seen_key(self, room: str, key: str) -> tuple[int, str] | None:
+        """The first publish of `key` in `room` within the window (see `Broker.seen_key`)."""
+        return self._seen(room, key, time.monotonic())
+
+    def _seen(self, room: str, key: str, now: float) -> tuple[int, str] | None:
+        keys = self._keys.get(room)
+        if keys is None:
+            return None
+        _expire_keys(keys, now)
+        seen = keys.get(key)
+        return None if seen is None else (seen[1], seen[2])
 
     def _sweep(self, now: float) -> None:
         """Drop the state of rooms whose history was lost (see the class), and expired keys.

@@ -310,10 +310,20 @@ class ShardedBroker:
         return asyncio.ensure_future(shard.publish(room, prefix, to, exclude, key=key))
 
     async def publish_ephemeral(
-        self, room: str, frame: str, to: str | None = None, exclude: str | None = None
-    ) -> None:
+        self,
+        room: str,
+        frame: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> tuple[int, str] | None:
         """Deliver an ephemeral frame through the room's shard; see `Broker.publish_ephemeral`."""
-        await self._of(room).publish_ephemeral(room, frame, to, exclude)
+        return await self._of(room).publish_ephemeral(room, frame, to, exclude, key=key)
+
+    async def seen_key(self, room: str, key: str) -> tuple[int, str] | None:
+        """The room's shard's answer; see `Broker.seen_key`."""
+        return await self._of(room).seen_key(room, key)
 
     async def signal(self, signal: Signal) -> None:
         """Announce a signal on its room's shard."""

@@ -142,12 +142,13 @@ class RedisBroker:
                 on_connected=self._connected,
                 on_lost=self._lost,
             )
+        self._idempotency_window_ms = max(1, math.ceil(idempotency_window * 1000))
         self._publishing = Publishing(
             self._calls,
             channel_prefix=channel_prefix,
             retention=self._retention,
             keys=self._room_keys,
-            idempotency_window_ms=max(1, math.ceil(idempotency_window * 1000)),
+            idempotency_window_ms=self._idempotency_window_ms,
             deliveries=deliveries,
             serves=self._subscriber.serves,
         )
@@ -351,11 +352,38 @@ class RedisBroker:
         return self._publishing.publish_soon(room, prefix, to, exclude, key)
 
     async def publish_ephemeral(
-        self, room: str, frame: str, to: str | None = None, exclude: str | None = None
-    ) -> None:
+        self,
+        room: str,
+        frame: str,
+        to: str | None = None,
+        exclude: str | None = None,
+        *,
+        key: str | None = None,
+    ) -> tuple[int, str] | None:
         """Announce a message of an ephemeral topic on the room's channel (a plain PUBLISH:
-        no offset, nothing retained); see `Broker.publish_ephemeral`."""
-        await self._announce(room, wire.encode_ephemeral(frame, to, exclude))
+        no offset, nothing retained; with `key`, one script that checks and remembers it);
+        see `Broker.publish_ephemeral`."""
+        message = wire.encode_ephemeral(frame, to, exclude)
+        if key is None:
+            await self._announce(room, message)
+            return None
+        channel = wire.channel(wire.channel_prefix(self._calls.db), room)
+        step = (
+            self._calls.script_ephemeral,
+            [wire.idempotency_key(room, key)],
+            [channel, message, self._idempotency_window_ms],
+        )
+        (answer,) = await self._calls.steps([step], again=[step])
+        return (int(answer[0]), answer[1].decode()) if answer else None
+
+    async def seen_key(self, room: str, key: str) -> tuple[int, str] | None:
+        """The first publish of `key` in `room` within the window, read from its idempotency
+        key (see `Broker.seen_key`)."""
+        seen = await self._calls.steps([("GET", wire.idempotency_key(room, key))], again=[])
+        if seen[0] is None:
+            return None
+        offset, _, epoch = seen[0].partition(b" ")
+        return int(offset), epoch.decode()
 
     async def signal(self, signal: Signal) -> None:
         """Announce a signal on the room's channel."""

@@ -125,6 +125,9 @@ class Calls:
         """Several publishes in one script call (PUBLISH_BATCH; on one Redis only: a Cluster's
         batches span slots)."""
         self.script_publish_batch = register(self.publish_batch_source)
+        self.script_ephemeral = register(
+            scripts.sharded(scripts.EPHEMERAL) if self.cluster else scripts.EPHEMERAL
+        )
         self.script_history = register(
             scripts.sharded(scripts.HISTORY) if self.cluster else scripts.HISTORY
         )

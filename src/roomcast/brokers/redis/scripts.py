@@ -17,6 +17,7 @@ __all__ = [
     "ADD_MEMBER",
     "APPEND_EVENTS",
     "CLAIM_SHARD",
+    "EPHEMERAL",
     "HISTORY",
     "LEASE",
     "PUBLISH",
@@ -130,6 +131,23 @@ end
 return answers
 """
 )
+
+EPHEMERAL = """
+-- A message of an ephemeral topic with an idempotency key: announced unless the key published
+-- already within its window.
+-- KEYS: idempotency key
+-- ARGV: channel, message (wire.encode_ephemeral), idempotency window (ms)
+-- Returns {first offset, its epoch} for a key seen (then nothing is announced), else {}.
+local seen = redis.call('GET', KEYS[1])
+if seen then
+  local space = string.find(seen, ' ', 1, true)
+  return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1)}
+end
+-- Offset 0, no epoch: what PUBLISH answers a room message that repeats this key.
+redis.call('SET', KEYS[1], '0 ', 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return {}
+"""
 
 HISTORY = (
     _NOW_MS
