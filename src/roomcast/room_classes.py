@@ -22,6 +22,7 @@ from .protocol import is_builtin, validate_name, validate_topic
 
 __all__ = [
     "DUPLICATE_POLICIES",
+    "MAX_HISTORY_TTL",
     "DuplicatePolicy",
     "ResolvedClass",
     "RoomClass",
@@ -31,6 +32,9 @@ __all__ = [
 
 DuplicatePolicy = Literal["reject", "replace", "share"]
 DUPLICATE_POLICIES: tuple[DuplicatePolicy, ...] = get_args(DuplicatePolicy)
+MAX_HISTORY_TTL = 315_360_000
+"""The longest `history_ttl`, in seconds (ten years): far below where a Redis expiry in
+milliseconds overflows (which `inf` or `1e20` would)."""
 
 
 class _BadSetting(ConfigError):
@@ -76,8 +80,10 @@ class RoomClass:
         if self.history_ttl is not None:
             if isinstance(self.history_ttl, bool) or not isinstance(self.history_ttl, int | float):
                 raise _BadSetting("history_ttl", f"expected a number, got {self.history_ttl!r}")
-            if not self.history_ttl > 0:
-                raise _BadSetting("history_ttl", f"must be > 0, got {self.history_ttl}")
+            if not 0 < self.history_ttl <= MAX_HISTORY_TTL:
+                raise _BadSetting(
+                    "history_ttl", f"must be > 0 and <= {MAX_HISTORY_TTL}, got {self.history_ttl}"
+                )
         for name in ("presence", "join_leave", "client_publish", "personal"):
             if not isinstance(getattr(self, name), bool):
                 raise _BadSetting(name, f"expected true or false, got {getattr(self, name)!r}")

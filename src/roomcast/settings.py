@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from .brokers import check_url, is_shared
 from .errors import ConfigError
 from .room_classes import (
     DUPLICATE_POLICIES,
+    MAX_HISTORY_TTL,
     DuplicatePolicy,
     RoomClass,
     RoomClasses,
@@ -187,8 +189,16 @@ class Settings:
             )
         if self.history_size < 0:
             raise ConfigError(f"history-size must be >= 0, got {self.history_size}")
-        if self.history_ttl <= 0:
-            raise ConfigError(f"history-ttl must be > 0, got {self.history_ttl}")
+        for setting in dataclasses.fields(self):
+            value = getattr(self, setting.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                # (NaN would pass every bound below: each comparison with it is false.)
+                flag = setting.name.replace("_", "-")
+                raise ConfigError(f"{flag}: expected a finite number, got {value}")
+        if not 0 < self.history_ttl <= MAX_HISTORY_TTL:
+            raise ConfigError(
+                f"history-ttl must be > 0 and <= {MAX_HISTORY_TTL}, got {self.history_ttl}"
+            )
         if self.max_message_size < 64:
             raise ConfigError(f"max-message-size must be >= 64, got {self.max_message_size}")
         if self.on_duplicate is not None and self.on_duplicate not in DUPLICATE_POLICIES:
@@ -335,9 +345,12 @@ def _int(raw: str) -> int:
 
 def _float(raw: str) -> float:
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError(f"expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:

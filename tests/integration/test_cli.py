@@ -24,6 +24,10 @@ BAD_FLAGS = {
     "flag without value": (["--port"], "--port"),
     "negative presence-window": (["--presence-window", "-0.01"], "presence-window"),
     "presence-window over 1 s": (["--presence-window", "2"], "presence-window"),
+    "infinite history-ttl": (["--history-ttl", "inf"], "--history-ttl"),
+    "history-ttl not a number (NaN)": (["--history-ttl", "nan"], "--history-ttl"),
+    "history-ttl past ten years": (["--history-ttl", "1e20"], "history-ttl"),
+    "NaN presence-ttl": (["--presence-ttl", "nan"], "--presence-ttl"),
 }
 
 

@@ -19,6 +19,11 @@ BAD_FILES = {
     "history_size negative": ("[rooms.chat]\nhistory_size = -1\n", "chat", "history_size"),
     "history_ttl wrong type": ('[rooms.chat]\nhistory_ttl = "1h"\n', "chat", "history_ttl"),
     "history_ttl zero": ("[rooms.chat]\nhistory_ttl = 0\n", "chat", "history_ttl"),
+    # Past ten years a Redis expiry would overflow (inf stopped the node with a traceback,
+    # 1e20 failed every publish); NaN passes every comparison.
+    "history_ttl infinite": ("[rooms.chat]\nhistory_ttl = inf\n", "chat", "history_ttl"),
+    "history_ttl huge": ("[rooms.chat]\nhistory_ttl = 1e20\n", "chat", "history_ttl"),
+    "history_ttl nan": ("[rooms.chat]\nhistory_ttl = nan\n", "chat", "history_ttl"),
     "presence wrong type": ('[rooms.feed]\npresence = "no"\n', "feed", "presence"),
     "join_leave wrong type": ("[rooms.feed]\njoin_leave = 0\n", "feed", "join_leave"),
     "client_publish wrong type": (

@@ -86,6 +86,9 @@ def test_ephemeral_topics_are_a_frozenset() -> None:
         ({"history_size": 1.5}, "history_size"),
         ({"history_ttl": 0}, "history_ttl"),
         ({"history_ttl": "5"}, "history_ttl"),
+        ({"history_ttl": float("inf")}, "history_ttl"),
+        ({"history_ttl": float("nan")}, "history_ttl"),
+        ({"history_ttl": 315_360_001}, "history_ttl"),
         ({"presence": "no"}, "presence"),
         ({"max_members": 0}, "max_members"),
         ({"max_members": True}, "max_members"),
@@ -161,3 +164,19 @@ def test_python_api_adds_to_the_settings_classes() -> None:
     rc = Roomcast(settings, room_classes={"chat": RoomClass(history_size=9)})
     assert rc.node.classes.resolve("chat:1").history_size == 9
     assert not rc.node.classes.resolve("feed:1").presence
+
+
+@pytest.mark.parametrize(
+    ("values", "flag"),
+    [
+        ({"history_ttl": float("inf")}, "history-ttl"),
+        ({"presence_ttl": float("nan")}, "presence-ttl"),
+        ({"webhook_timeout": float("-inf")}, "webhook-timeout"),
+        ({"history_ttl": 1e20}, "history-ttl"),
+    ],
+)
+def test_settings_refuse_numbers_past_their_range(values: dict[str, Any], flag: str) -> None:
+    """A setting that is not a finite number (NaN would pass every bound), or a history ttl
+    past ten years, raises ConfigError naming the flag."""
+    with pytest.raises(ConfigError, match=flag):
+        Settings(**values)
