@@ -19,7 +19,7 @@ from .connection import Connection
 from .errors import BrokerUnavailable, FrameError, Refused
 from .log import log_event
 from .node import Node
-from .protocol import error_frame, parse_offset, validate_name, welcome_frame
+from .protocol import SERVER_SENDER, error_frame, parse_offset, validate_name, welcome_frame
 from .session import Session
 
 __all__ = ["ConnectQuery", "bearer_token", "open_session", "parse_connect_query"]
@@ -123,6 +123,12 @@ async def open_session(
             query=query,
         )
         identity = await node.resolver(request)
+        if identity.username == SERVER_SENDER:
+            # `from` would pass the member's messages off as the server's (HTTP API, commands).
+            reserved = f"the username {SERVER_SENDER!r} is reserved for the server"
+            if request.username == SERVER_SENDER:
+                raise _bad_request(reserved)
+            raise Refused(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, reserved)
         lease = node.limits.acquire(client, identity.username)
         # A resolver without its own per-room step is asked again at every room.join, with
         # the request as it was: only then is the request kept.

@@ -24,6 +24,7 @@ from .log import log_event
 from .node import Node
 from .protocol import (
     dumps,
+    is_builtin,
     loads,
     parse_offset,
     validate_key,
@@ -241,6 +242,9 @@ def api_routes(node: Node) -> list[Route]:
         if not isinstance(body, dict):
             raise FrameError(ErrorCode.INVALID_FRAME, "body must be a JSON object")
         topic = validate_topic(body.get("topic"))
+        if is_builtin(topic):
+            # Members would take it for the server's own answer (`room.history`, `presence`).
+            raise FrameError(ErrorCode.INVALID_FRAME, f"topic {topic!r} is built-in: not published")
         payload = body.get("payload")
         if payload is None:
             raise FrameError(ErrorCode.INVALID_FRAME, "payload is required and must not be null")

@@ -174,9 +174,16 @@ def identity_from_claims(
         expires_at: when the connection must present a fresh token (UNIX time).
 
     Raises:
-        Refused: 4401 when `sub` is missing or invalid, `username` disagrees with it, or a
-            claim has the wrong type; 4403 when the token does not grant `room`.
+        Refused: 4400 when `username` is not a valid username; 4401 when `sub` is missing or
+            invalid, `username` disagrees with it, or a claim has the wrong type; 4403 when
+            the token does not grant `room`.
     """
+    if username is not None:
+        # A malformed parameter is the request's fault (4400), whatever the token says.
+        try:
+            validate_name(username, "username")
+        except FrameError as exc:
+            raise Refused(CloseCode.BAD_REQUEST, ErrorCode.BAD_REQUEST, exc.message) from None
     try:
         subject = validate_name(claims.get("sub"), "sub claim")
     except FrameError as exc:

@@ -81,7 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, f"roomcast serve: error: {exc.message}\n")
         from .server import serve
 
-        serve(settings)
+        try:
+            serve(settings)
+        except ConfigError as exc:
+            # What only building the server finds (a key file that cannot be read or parsed).
+            parser.exit(2, f"roomcast serve: error: {exc.message}\n")
         return 0
     status = run_client_command(parser, args)
     if status is not None:

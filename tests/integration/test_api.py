@@ -130,6 +130,11 @@ BAD_BODIES: dict[str, tuple[bytes, int, str]] = {
     "topic empty": (b'{"topic":"","payload":1}', 400, "invalid_frame"),
     "topic too long": (b'{"topic":"' + b"t" * 129 + b'","payload":1}', 400, "invalid_frame"),
     "topic reserved": (b'{"topic":"$x","payload":1}', 400, "invalid_frame"),
+    # Built-in topics: a member would take the message for the server's own answer.
+    "topic room.history": (b'{"topic":"room.history","payload":{}}', 400, "invalid_frame"),
+    "topic room.anything": (b'{"topic":"room.x","payload":1}', 400, "invalid_frame"),
+    "topic presence": (b'{"topic":"presence","payload":[]}', 400, "invalid_frame"),
+    "topic ping": (b'{"topic":"ping","payload":1}', 400, "invalid_frame"),
     "payload missing": (b'{"topic":"t"}', 400, "invalid_frame"),
     "payload null": (b'{"topic":"t","payload":null}', 400, "invalid_frame"),
     "to not a string": (b'{"topic":"t","payload":1,"to":5}', 400, "invalid_frame"),

@@ -133,6 +133,21 @@ async def test_subject_mismatch_is_refused_4401(hs_server: ServerProcess) -> Non
     assert await refusal(hs_server, username="mallory", token=hs()) == (4401, "unauthenticated")
 
 
+@pytest.mark.parametrize("username", ["", "a b", "x" * 129, "tab\there"])
+async def test_an_invalid_username_parameter_is_a_bad_request_with_a_token(
+    hs_server: ServerProcess, username: str
+) -> None:
+    """With authentication on, a `username` that is not a valid username is refused with
+    4400 (a bad request, as without authentication), before the token is compared."""
+    assert await refusal(hs_server, username=username, token=hs()) == (4400, "bad_request")
+
+
+async def test_the_server_s_own_name_is_reserved(hs_server: ServerProcess) -> None:
+    """`$server` is who the HTTP API and commands publish as: a token naming it is refused
+    with 4401, so no member's message can pass for the server's."""
+    assert await refusal(hs_server, token=hs(sub="$server")) == (4401, "unauthenticated")
+
+
 async def test_room_not_granted_is_refused_4403(hs_server: ServerProcess) -> None:
     """A room the token does not grant (exactly or by pattern) is refused with 4403."""
     for room in ("r2", "team", "xteam-a"):

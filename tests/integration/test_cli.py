@@ -28,6 +28,12 @@ BAD_FLAGS = {
     "history-ttl not a number (NaN)": (["--history-ttl", "nan"], "--history-ttl"),
     "history-ttl past ten years": (["--history-ttl", "1e20"], "history-ttl"),
     "NaN presence-ttl": (["--presence-ttl", "nan"], "--presence-ttl"),
+    # Read only as the server is built: still exit 2 and a message, not a traceback.
+    "missing jwt-public-key file": (
+        ["--jwt-public-key", "/nonexistent/key.pem"],
+        "--jwt-public-key",
+    ),
+    "jwt-public-key not a key": (["--jwt-public-key", __file__], "--jwt-public-key"),
 }
 
 

@@ -88,6 +88,8 @@ BAD_QUERIES = {
     "username not UTF-8": {"username": b"\xff", "roomID": "r1"},
     "roomID not UTF-8": {"username": "alice", "roomID": b"r\xed\xa0\x80"},
     "epoch not UTF-8": {"username": "alice", "roomID": "r1", "since": "0", "epoch": b"\xfe"},
+    # The name the HTTP API and commands publish as (`from`): no member may pass for it.
+    "the server's own name": {"username": "$server", "roomID": "r1"},
 }
 
 
