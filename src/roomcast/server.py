@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib.util
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -119,16 +121,25 @@ class _Server(uvicorn.Server):
 
 
 def _log_ready(roomcast: Roomcast, url: str) -> None:
-    """The ready line: listening, and the broker is reachable (/readyz answers 200)."""
+    """The ready line: listening, and the broker is reachable (/readyz answers 200). A worker
+    of `--workers N` logs `roomcast.worker_ready` and tells its supervisor, which logs the one
+    ready line once every worker is."""
     settings = roomcast.settings
+    supervisor = os.environ.get(_READY_FD_ENV)
     log_event(
-        "roomcast.ready",
+        "roomcast.ready" if supervisor is None else "roomcast.worker_ready",
         url=url,
         node_id=settings.node_id,
         broker=redact_url(settings.broker),
         pid=os.getpid(),
         auth="jwt" if settings.auth_enabled else "anonymous",
     )
+    if supervisor is not None:
+        del os.environ[_READY_FD_ENV]  # once
+        with contextlib.suppress(OSError, ValueError):
+            fd = int(supervisor)
+            os.write(fd, b"\n")
+            os.close(fd)
 
 
 def _log_security(roomcast: Roomcast) -> None:
@@ -251,6 +262,8 @@ def serve(settings: Settings, roomcast: Roomcast | None = None) -> None:
 
 
 _WORKER_ENV = "ROOMCAST_WORKER_OF"
+_READY_FD_ENV = "ROOMCAST_READY_FD"
+"""A worker's end of the pipe on which it tells its supervisor that it is ready."""
 
 
 def _parses_to_none(opt: Option) -> bool:
@@ -274,14 +287,24 @@ def _supervise(settings: Settings) -> None:
         env[opt.env] = (
             ",".join(value) if isinstance(value, tuple) else "" if value is None else str(value)
         )
-    env.update({"ROOMCAST_WORKERS": "1", "ROOMCAST_PORT": str(port), _WORKER_ENV: "1"})
+    ready, told = os.pipe()
+    env.update(
+        {
+            "ROOMCAST_WORKERS": "1",
+            "ROOMCAST_PORT": str(port),
+            _WORKER_ENV: "1",
+            _READY_FD_ENV: str(told),
+        }
+    )
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "roomcast", "serve"],
             env={**env, "ROOMCAST_NODE_ID": f"{settings.node_id}-{i}"},
+            pass_fds=(told,),
         )
         for i in range(settings.workers)
     ]
+    os.close(told)
     probe.close()
     log_event("roomcast.supervisor", workers=settings.workers, port=port, pid=os.getpid())
 
@@ -292,7 +315,33 @@ def _supervise(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if _all_ready(ready, children):
+        log_event(
+            "roomcast.ready",
+            url=f"http://{settings.host}:{port}",
+            workers=settings.workers,
+            broker=redact_url(settings.broker),
+            pid=os.getpid(),
+            auth="jwt" if settings.auth_enabled else "anonymous",
+        )
+    os.close(ready)
     status = 0
     for child in children:
         status = max(status, abs(child.wait()))
     sys.exit(status)
+
+
+def _all_ready(ready: int, children: list[subprocess.Popen[bytes]]) -> bool:
+    """Wait until every worker said on `ready` that it is; False once one of them exited
+    first (its own error is its log's, and the supervisor's status)."""
+    count = 0
+    while count < len(children):
+        if any(child.poll() is not None for child in children):
+            return False
+        readable, _, _ = select.select([ready], [], [], 0.5)
+        if readable:
+            data = os.read(ready, 64)
+            if not data:
+                return False
+            count += data.count(b"\n")
+    return True

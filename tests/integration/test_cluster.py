@@ -353,11 +353,17 @@ async def test_redis_restart_outage_and_resumption(
 async def test_workers_share_port_and_broker(
     start_server: Start, redis_server: RedisProcess
 ) -> None:
-    """`--workers 2`: connections land on both processes, which act as one server."""
+    """`--workers 2`: connections land on both processes, which act as one server; the
+    server logs one ready line, once both workers are."""
     server = start_server("--broker", redis_server.url, "--node-id", "w", "--workers", "2")
     assert server.log is not None
-    first = next(i for i, line in enumerate(server.log.lines) if READY.search(line))
-    server.log.wait_for(READY, start=first + 1)
+    lines = list(server.log.lines)
+    ready = [i for i, line in enumerate(lines) if READY.search(line)]
+    workers = [i for i, line in enumerate(lines) if "roomcast.worker_ready" in line]
+    assert len(ready) == 1, lines
+    assert len(workers) == 2, lines
+    assert max(workers) < ready[0], lines
+    assert "workers=2" in lines[ready[0]]
     pattern = re.compile(r"connection\.joined.*username=(u\d+).*node_id=(w-\d)")
     nodes: dict[str, Client] = {}
     clients: list[Client] = []
