@@ -372,6 +372,13 @@ class SentinelSet:
     def start(self) -> SentinelSet:
         self.master.start()
         self.replica.start()
+        # The replica attached first: the Sentinel's first look at the master (at once, then
+        # every 10 s) lists it, so a busy machine does not wait for the second look.
+        self.wait(
+            lambda: (
+                "master_link_status:up" in redis_command(self.replica.port, "INFO", "replication")
+            )
+        )
         config = os.path.join(self.sentinel.dir, "sentinel.conf")
         with open(config, "w") as f:
             f.write(
@@ -387,11 +394,6 @@ class SentinelSet:
         )
         self.sentinel._wait_started()
         # The Sentinel must know the replica (it learns it from the master) to fail over.
-        self.wait(
-            lambda: (
-                "master_link_status:up" in redis_command(self.replica.port, "INFO", "replication")
-            )
-        )
         self.wait(
             lambda: (
                 f"\n{self.replica.port}\n"

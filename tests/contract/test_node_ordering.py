@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from roomcast.brokers import Broker, MemoryBroker
 from roomcast.brokers.redis import RedisBroker, wire
+from roomcast.brokers.redis.cluster_subscriber import ClusterSubscriber
 from roomcast.node import Node
 from roomcast.protocol import message_prefix
 from roomcast.rooms import Member
@@ -101,12 +102,28 @@ async def test_reconnect_repairs_every_room(node: Node) -> None:
     assert first.offsets() == [1]
 
 
+async def unsubscribed(broker: Broker) -> None:
+    """Return once Redis confirmed every UNSUBSCRIBE the node sent: a publish after it is not
+    received (Redis may run a publish from another connection before an UNSUBSCRIBE it had
+    not read yet)."""
+    if not isinstance(broker, RedisBroker):
+        return
+    subscriber = broker._subscriber
+    subscriptions = (
+        list(subscriber._shards.values())
+        if isinstance(subscriber, ClusterSubscriber)
+        else [subscriber]
+    )
+    await until(lambda: not any(s._unsubscribing for s in subscriptions))
+
+
 async def test_one_part_of_the_broker_back_repairs_only_its_rooms(node: Node) -> None:
     """`on_broker_state(True, rooms=...)` (one server of several is back) repairs the rooms it
     names and leaves the others alone."""
     first, second = await member_in(node, "r1"), await member_in(node, "r2")
     for room in ("r1", "r2"):
         await node.broker.unsubscribe(room)
+        await unsubscribed(node.broker)
         await node.broker.publish(room, message_prefix("t", 0, room, "x"))
         await node.broker.subscribe(room)
     node.delivery.on_broker_state(True, rooms=lambda room: room == "r1")

@@ -138,9 +138,21 @@ class Subscriber:
         self._deliveries.forget(room)
         if channel is None:
             return
-        with contextlib.suppress(*FAULTS, RedisError, BrokerUnavailable):
+        # Counted before it is sent: its confirmation may be read while the send awaits.
+        self._unsubscribing[channel] = self._unsubscribing.get(channel, 0) + 1
+        try:
             await self._send(self._unsubscribe_command, channel)
-            self._unsubscribing[channel] = self._unsubscribing.get(channel, 0) + 1
+        except (*FAULTS, RedisError, BrokerUnavailable):
+            self._unsubscribed(channel)
+
+    def _unsubscribed(self, channel: bytes) -> int:
+        """Count one UNSUBSCRIBE of `channel` as answered; how many were outstanding."""
+        asked = self._unsubscribing.get(channel, 0)
+        if asked > 1:
+            self._unsubscribing[channel] = asked - 1
+        else:
+            self._unsubscribing.pop(channel, None)
+        return asked
 
     def adopt(self, room: str) -> None:
         """Take `room` in without subscribing now: it is subscribed on the next (re)connect
@@ -288,11 +300,7 @@ class Subscriber:
                     waiter.set_result(None)
         elif kind == self._unsubscribed_kind:
             channel = response[1]
-            asked = self._unsubscribing.get(channel, 0)
-            if asked > 1:
-                self._unsubscribing[channel] = asked - 1
-            else:
-                self._unsubscribing.pop(channel, None)
+            asked = self._unsubscribed(channel)
             room = self._channels.get(channel)
             if self._sharded and not asked and room in self._rooms and room is not None:
                 # Redis ended it: the slot moved (a failover, a resharding).
