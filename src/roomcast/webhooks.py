@@ -236,7 +236,9 @@ class Webhooks:
         ]
         items = [pending[i] for i in taken]
         changes, dropped = await self.outbox.append_events(
-            [entry for entry, _ in items], self.settings.webhook_max_pending
+            [entry for entry, _ in items],
+            self.settings.webhook_max_pending,
+            sending=self.settings.webhook_batch_size,
         )
         for i in reversed(taken):
             del pending[i]

@@ -79,6 +79,26 @@ async def test_ack_removes_and_the_bound_drops_the_oldest(make_broker: Factory) 
     assert await records(box, room) == [b"m4", b"m5"]
 
 
+async def test_the_batch_being_sent_is_never_dropped(make_broker: Factory) -> None:
+    """Past the bound, the oldest entries after the `sending` ones (the batch a holder may be
+    posting now) are dropped: what is counted as dropped is never delivered after all."""
+    box = outbox((await make_broker())[0])
+    room = "r1"
+    shard = box.shard_of(room)
+    bound = 4 * box.outbox_shards
+    first = [OutboxEntry("other", room, f"m{i}".encode()) for i in range(4)]
+    assert (await box.append_events(first, bound, sending=2))[1] == 0
+    batch = await box.read_events(shard, 2)  # being sent
+    more = [OutboxEntry("other", room, f"m{i}".encode()) for i in range(4, 7)]
+    assert (await box.append_events(more, bound, sending=2))[1] == 3
+    assert await records(box, room) == [b"m0", b"m1", b"m5", b"m6"]
+    await box.ack_events(shard, [entry_id for entry_id, _ in batch])
+    assert await records(box, room) == [b"m5", b"m6"]
+    # A bound smaller than the batch keeps the batch.
+    assert (await box.append_events(first, box.outbox_shards, sending=3))[1] == 3
+    assert await records(box, room) == [b"m5", b"m6", b"m0"]
+
+
 async def test_one_lease_holder_per_shard(make_broker: Factory) -> None:
     """A shard's lease is held by one token until it is released (or lapses)."""
     box = outbox((await make_broker())[0])

@@ -272,6 +272,44 @@ async def test_events_are_dropped_and_counted_after_retry_for(
     assert metric(server, 'roomcast_webhook_events_dropped_total{reason="expired"}') == 2
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_past_max_pending_what_is_counted_dropped_is_never_delivered(
+    request: pytest.FixtureRequest, start_server: StartServer, backend: Backend, kind: str
+) -> None:
+    """Events piling up past --webhook-max-pending while the receiver fails: the batch being
+    retried is kept and delivered, the oldest after it are dropped and counted, and no event
+    is both counted as dropped and delivered (delivered + dropped = published)."""
+    backend.rules({"path": "/hook", "status": 500})
+    broker = ("--broker", request.getfixturevalue("redis_server").url) if kind == "redis" else ()
+    server = start_server(
+        *hook_flags(backend, "--webhook-events", "message.published"),
+        *broker,
+        "--webhook-max-pending", "8", "--webhook-batch-size", "3",
+    )  # fmt: skip
+    with server.http() as http:
+        publish = {"topic": "t", "payload": 0}
+        assert http.post("/api/v1/rooms/r1/messages", json=publish).status_code == 202
+        backend.wait_answered(r"path=/hook status=500")  # that batch is being retried now
+        for n in range(1, 20):
+            publish = {"topic": "t", "payload": n}
+            assert http.post("/api/v1/rooms/r1/messages", json=publish).status_code == 202
+        dropped = 'roomcast_webhook_events_dropped_total{reason="overflow"}'
+        backend.rules()
+        deadline = asyncio.get_running_loop().time() + 20
+        while (
+            metric(server, "roomcast_webhook_events_delivered_total") + metric(server, dropped) < 20
+        ):
+            assert asyncio.get_running_loop().time() < deadline, http.get("/metrics").text
+            http.get("/healthz")  # a round trip to the server, not a sleep
+    events = unique(backend.delivered())
+    offsets = [e["offset"] for e in events]
+    assert offsets[0] == 1, offsets  # the batch that was being sent when the bound was met
+    assert offsets == sorted(offsets)
+    assert len(events) == metric(server, "roomcast_webhook_events_delivered_total")
+    assert len(events) + metric(server, dropped) == 20
+    assert metric(server, dropped) > 0
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -366,7 +366,7 @@ class WebhookOutbox(Protocol):
     A room's events go to one shard (:meth:`shard_of`), in the order they are appended, and
     are delivered in that order by the one node holding the shard's lease. Entries stay
     until acknowledged (`ack_events`), or until the shard holds more than its bound (the
-    oldest are dropped then, and counted).
+    oldest not being sent are dropped then, and counted).
     """
 
     outbox_shards: int
@@ -376,10 +376,12 @@ class WebhookOutbox(Protocol):
         """The shard of `room`'s events."""
 
     async def append_events(
-        self, entries: list[OutboxEntry], max_pending: int
+        self, entries: list[OutboxEntry], max_pending: int, *, sending: int = 0
     ) -> tuple[list[int], int]:
         """Keep `entries` in order (one atomic step per shard) and keep each shard at most
-        `max_pending` entries long.
+        `max_pending` entries long. The oldest `sending` entries of a shard (the batch its
+        holder may be sending) are never dropped: past the bound, the oldest after them go,
+        so that nothing counted as dropped is delivered after all.
 
         Returns:
             The entries that opened (`i + 1` for entry `i`) or closed (`-(i + 1)`) a room's

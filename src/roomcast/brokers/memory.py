@@ -414,7 +414,7 @@ class MemoryBroker:
             self._outbox.append((str(self._outbox_seq), record))
 
     async def append_events(
-        self, entries: list[OutboxEntry], max_pending: int
+        self, entries: list[OutboxEntry], max_pending: int, *, sending: int = 0
     ) -> tuple[list[int], int]:
         """Keep the entries, counting each room's members; see `WebhookOutbox`."""
         changes: list[int] = []
@@ -441,10 +441,14 @@ class MemoryBroker:
                         self._keep(entry.room_record)
             else:
                 self._keep(entry.record)
-        dropped = 0
-        while len(self._outbox) > max_pending:
-            self._outbox.popleft()
-            dropped += 1
+        outbox = self._outbox
+        dropped = len(outbox) - max(max_pending, sending)
+        if dropped <= 0:
+            return changes, 0
+        head = [outbox.popleft() for _ in range(sending)]  # the batch being sent stays
+        for _ in range(dropped):
+            outbox.popleft()
+        outbox.extendleft(reversed(head))
         return changes, dropped
 
     async def claim_shard(self, shard: int, token: str, ttl: float) -> bool:

@@ -496,7 +496,7 @@ class ShardedBroker:
         return self._outbox_starts()[index] + self._outbox(index).shard_of(room)
 
     async def append_events(
-        self, entries: list[OutboxEntry], max_pending: int
+        self, entries: list[OutboxEntry], max_pending: int, *, sending: int = 0
     ) -> tuple[list[int], int]:
         """Keep each entry on its room's server (in order per server, so per room); see
         `WebhookOutbox.append_events`."""
@@ -512,7 +512,9 @@ class ShardedBroker:
 
         results = await asyncio.gather(
             *(
-                self._outbox(index).append_events([entries[p] for p in where], bound(index))
+                self._outbox(index).append_events(
+                    [entries[p] for p in where], bound(index), sending=sending
+                )
                 for index, where in positions.items()
             )
         )

@@ -458,10 +458,10 @@ class RedisBroker:
         return self._outbox.shard_of(room)
 
     async def append_events(
-        self, entries: list[OutboxEntry], max_pending: int
+        self, entries: list[OutboxEntry], max_pending: int, *, sending: int = 0
     ) -> tuple[list[int], int]:
         """Keep events in their shards' streams; see `WebhookOutbox`."""
-        return await self._outbox.append_events(entries, max_pending)
+        return await self._outbox.append_events(entries, max_pending, sending=sending)
 
     async def claim_shard(self, shard: int, token: str, ttl: float) -> bool:
         """Take or renew a shard's lease; see `WebhookOutbox`."""

@@ -47,7 +47,7 @@ class Outbox:
         return zlib.crc32(room.encode()) % OUTBOX_SHARDS
 
     async def append_events(
-        self, entries: list[OutboxEntry], max_pending: int
+        self, entries: list[OutboxEntry], max_pending: int, *, sending: int = 0
     ) -> tuple[list[int], int]:
         """Append each shard's entries in one script call (one atomic step per shard)."""
         by_shard: dict[int, list[int]] = {}
@@ -58,7 +58,7 @@ class Outbox:
         changes: list[int] = []
         dropped = 0
         for shard, indexes in by_shard.items():
-            args: list[str | bytes | int] = [bound]
+            args: list[str | bytes | int] = [bound, sending]
             for index in indexes:
                 entry = entries[index]
                 args += [_KINDS[entry.kind], entry.room, entry.record, entry.room_record]

@@ -426,8 +426,9 @@ return 0
 
 APPEND_EVENTS = """
 -- KEYS: outbox stream, occupancy hash, lease (of one shard)
--- ARGV: max entries kept, then for each event: kind ('j' joined, 'l' left, 'o' other),
---       room, record ('' when not kept), room record ('' when not kept)
+-- ARGV: max entries kept, entries being sent (the oldest, never dropped), then for each
+--       event: kind ('j' joined, 'l' left, 'o' other), room, record ('' when not kept),
+--       room record ('' when not kept)
 -- Counts each room's members: a join that makes 1 opens an occupancy (its room record, a
 -- room.occupied, is kept before it), a leave that makes 0 closes it (its room.vacated is
 -- kept after it). Returns the entries that opened (i) or closed (-i) an occupancy, 1-based,
@@ -438,9 +439,9 @@ local function keep(record)
     redis.call('XADD', KEYS[1], '*', 'e', record)
   end
 end
-for i = 0, (#ARGV - 1) / 4 - 1 do
-  local kind, room = ARGV[2 + 4 * i], ARGV[3 + 4 * i]
-  local record, room_record = ARGV[4 + 4 * i], ARGV[5 + 4 * i]
+for i = 0, (#ARGV - 2) / 4 - 1 do
+  local kind, room = ARGV[3 + 4 * i], ARGV[4 + 4 * i]
+  local record, room_record = ARGV[5 + 4 * i], ARGV[6 + 4 * i]
   if kind == 'j' then
     if redis.call('HINCRBY', KEYS[2], room, 1) == 1 then
       changes[#changes + 1] = i + 1
@@ -463,8 +464,19 @@ for i = 0, (#ARGV - 1) / 4 - 1 do
   end
 end
 local dropped = 0
-if redis.call('XLEN', KEYS[1]) > tonumber(ARGV[1]) then
-  dropped = redis.call('XTRIM', KEYS[1], 'MAXLEN', tonumber(ARGV[1]))
+local sending = tonumber(ARGV[2])
+local excess = redis.call('XLEN', KEYS[1]) - math.max(tonumber(ARGV[1]), sending)
+if excess > 0 then
+  if sending == 0 then
+    dropped = redis.call('XTRIM', KEYS[1], 'MAXLEN', tonumber(ARGV[1]))
+  else
+    -- The batch being sent stays: the oldest after it go.
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', sending + excess)
+    for j = sending + 1, #oldest do
+      redis.call('XDEL', KEYS[1], oldest[j][1])
+    end
+    dropped = #oldest - sending
+  end
 end
 changes[#changes + 1] = dropped
 return changes
