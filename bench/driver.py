@@ -227,20 +227,21 @@ def cluster_ports(count: int) -> list[int]:
     return ports
 
 
-def cpu_times(pids: list[int]) -> tuple[float, float]:
-    """User and system CPU time of the processes, in seconds."""
+def cpu_ticks(pids: list[int]) -> tuple[int, int]:
+    """User and system CPU time of the processes, in clock ticks (whole numbers, so that a
+    difference of two readings is never a rounding error below zero)."""
     user = system = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             user += int(fields[11])
             system += int(fields[12])
-    return user / TICK, system / TICK
+    return user, system
 
 
 def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time of the processes."""
-    return sum(cpu_times(pids))
+    return sum(cpu_ticks(pids)) / TICK
 
 
 async def settle(pids: list[int], quiet: float = 0.1, longest: float = 30.0) -> None:
@@ -423,7 +424,7 @@ class Run:
         results: dict[str, dict[str, Any]] = {}
         out: dict[str, Any] = {}
         rss0 = rss_bytes(pids)
-        marks: dict[tuple[str, int], tuple[float, float, float]] = {}
+        marks: dict[tuple[str, int], tuple[int, int, float]] = {}
         server: dict[tuple[str, int], dict[str, float]] = {}
         timeout = float(spec.get("timeout", 90))
         try:
@@ -433,17 +434,17 @@ class Run:
                     event = line.pop("event")
                     if event == "mark" and line["name"] == "start":
                         key = (line["phase"], line["index"])
-                        marks[key] = (*cpu_times(pids), time.monotonic())
+                        marks[key] = (*cpu_ticks(pids), time.monotonic())
                     elif event == "mark" and line["name"] == "end":
                         key = (line["phase"], line["index"])
                         user0, system0, t0 = marks[key]
-                        user, system = cpu_times(pids)
-                        cpu = user + system - user0 - system0
+                        user, system = cpu_ticks(pids)
+                        ticks = user + system - user0 - system0
                         server[key] = {
-                            "server_cpu_pct": 100 * cpu / (time.monotonic() - t0),
-                            "server_cpu_s": cpu,
+                            "server_cpu_pct": 100 * ticks / TICK / (time.monotonic() - t0),
+                            "server_cpu_s": ticks / TICK,
                             # The kernel's share: at a fixed rate mostly the writes' own.
-                            "server_system_share": (system - system0) / cpu if cpu else 0.0,
+                            "server_system_share": (system - system0) / ticks if ticks else 0.0,
                         }
                     elif event == "hold":
                         await asyncio.sleep(1.0)
