@@ -264,6 +264,8 @@ export class Room {
   /** @internal */ backlog?: number;
   /** @internal re-joins asked again in a row (their backoff) */
   retries = 0;
+  /** @internal a join waiting for its backoff to be asked again */
+  timer?: ReturnType<typeof setTimeout>;
   /** @internal frames that came before any handler of their topic (none for the URL's room) */
   early?: Message[];
   /** @internal */ settle!: [(room: Room) => void, (error: RoomcastError) => void];
@@ -562,10 +564,11 @@ export class Client {
       if (error.code === "disconnected" || this.closed) return;
       // no answer in time, or (a room joined before the reconnect) the broker unavailable
       // for now: asked again (joining a room twice changes nothing), unless the connection
-      // dropped meanwhile, after which the reconnect joins it
-      if (error.code === "timeout" || (error.code === "unavailable" && room.joined)) {
+      // dropped meanwhile, after which the reconnect joins it; a first join three times at
+      // most, so that join() settles
+      if (error.code === (room.joined || room.retries < 2 ? "timeout" : 0) || (error.code === "unavailable" && room.joined)) {
         const ws = this.ws;
-        setTimeout(() => {
+        room.timer = setTimeout(() => {
           if (!this.closed && ws === this.ws && this.joined && this.rooms.get(room.id) === room) this.sendJoin(room);
         }, this.backoff(room.retries++));
         return;
@@ -632,7 +635,7 @@ export class Client {
   private dial(): void {
     const opts = this.o;
     const Ctor = opts.WebSocket ?? (globalThis as any).WebSocket;
-    if (!Ctor) throw new TypeError("no WebSocket: pass the WebSocket option (e.g. from the ws package)");
+    if (!Ctor) throw new TypeError("no WebSocket: pass the WebSocket option");
     const query: Record<string, string> = { username: opts.username };
     const first = this.first;
     if (first) query.roomID = first.id;
@@ -831,7 +834,7 @@ export class Client {
     } else if (this.queue.length < (this.o.maxQueue ?? 1000)) {
       this.queue.push([text, id]);
     } else {
-      throw new RoomcastError("queue_full", "too many frames wait for a reconnect");
+      throw new RoomcastError("queue_full", "too many frames queued");
     }
   }
 
@@ -925,7 +928,10 @@ export class Client {
     for (const id of [...this.pending.keys()]) this.answer(id, failure);
     this.queue = [];
     this.settle[1](failure);
-    for (const room of this.rooms.values()) room.settle[1](failure);
+    for (const room of this.rooms.values()) {
+      clearTimeout(room.timer); // a join waiting to be asked again
+      room.settle[1](failure);
+    }
     this.setStatus("closed", { code, reason, error });
   }
 

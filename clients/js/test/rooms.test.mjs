@@ -113,6 +113,36 @@ test("a refused join rejects with the server's code and leaves no handle", async
   assert.equal(c.status, "connected");
 });
 
+test("a first join that is never answered rejects with timeout after a few tries, and close leaves no timer", async (t) => {
+  const joins = [];
+  const server = await fakeServer(t, (ws, url) => {
+    sendFrame(ws, "welcome", { connectionId: "c", username: url.searchParams.get("username"), rooms: [] });
+    ws.on("message", (raw) => {
+      const f = JSON.parse(raw);
+      if (f.topic === "room.join") joins.push(f); // never answered
+    });
+  });
+  const c = client(t, server.url, "alice", undefined, { requestTimeout: 100 });
+  await within(c.ready, "connected");
+  await assert.rejects(within(c.join("quiet"), "join settles"), (e) => e.code === "timeout");
+  assert.equal(joins.length, 3);
+  assert.deepEqual([...c.rooms.keys()], []);
+  // A re-ask waiting for its backoff when the client closes is cancelled with it.
+  const pending = c.join("later").catch((e) => e.code);
+  const later = c.rooms.get("later");
+  await within(
+    new Promise((resolve) => {
+      const check = () => (later.retries === 1 ? resolve() : setTimeout(check, 5));
+      check();
+    }),
+    "a re-ask waiting for its backoff",
+  );
+  assert.equal(later.timer._destroyed, false); // (Node's own flag of a cleared timer)
+  c.close();
+  assert.equal(await within(pending, "join rejected on close"), "closed");
+  assert.equal(later.timer._destroyed, true); // no timer left to keep the process alive
+});
+
 test("leave sends room.leave and nothing more of the room is delivered; a kick leaves too", async (t) => {
   const server = await roomsServer(t, { offset: 0 });
   const c = client(t, server.url, "alice", "lobby");
