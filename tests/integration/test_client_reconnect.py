@@ -455,3 +455,44 @@ async def test_close_stops_a_hanging_handshake_and_passes_cancellation_on() -> N
         release.set()
         async with asyncio.timeout(5):
             await client.close()
+
+
+async def test_a_rejoin_answered_unavailable_is_asked_again() -> None:
+    """After a reconnect, a room whose `room.join` finds the broker unavailable (its server is
+    down for now) is joined again after a backoff, not dropped: its messages still come."""
+    joins: list[list[int]] = [[], []]
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.send(welcome(offset=0))
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["topic"] != "room.join":
+                continue
+            joins[number].append(frame["id"])
+            if number == 1 and len(joins[1]) == 1:
+                error = {"code": "unavailable", "message": "down", "id": frame["id"]}
+                await ws.send(json.dumps({"topic": "error", "payload": error}))
+                continue
+            joined = {"roomID": "r2", "members": ["alice"], "epoch": "e2", "offset": 0}
+            if "since" in frame["payload"]:
+                joined["recovered"] = True
+            await ws.send(json.dumps({"topic": "joined", "payload": joined, "room": "r2"}))
+            await ws.send(json.dumps({"topic": "ack", "payload": {"id": frame["id"]}}))
+            if number == 0:
+                await ws.close(1012)
+                return
+            note = {"topic": "news", "payload": 1, "room": "r2", "from": "bob", "offset": 1}
+            await ws.send(json.dumps(note))
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="r1", backoff=FAST)
+        await client.connect()
+        seen = Collector()
+        room = await client.join("r2")
+        room.on("news")(seen)
+        frames = await seen.wait(1)
+        assert [f.offset for f in frames] == [1]
+        assert len(joins[1]) == 2  # refused once, asked again
+        assert not room.left
+        assert "r2" in client.rooms
+        await client.close()

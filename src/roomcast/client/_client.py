@@ -499,7 +499,9 @@ class Client:
         self._incoming.put_nowait(lambda: None)
 
     async def _send_join(self, ws: ClientConnection, room: Room) -> None:
-        """Send `room.join`; a refusal drops the room (and tells its handlers `left`)."""
+        """Send `room.join`; a refusal drops the room (and tells its handlers `left`), but
+        a room joined before the reconnect whose join found the broker unavailable (or got
+        no answer in time) is asked again after a backoff."""
         frame_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         frame = self._frame("room.join", room._join_payload(), None, frame_id, None)
@@ -508,6 +510,13 @@ class Client:
         def answered(done: asyncio.Future[Any]) -> None:
             self._pending.pop(frame_id, None)
             error = None if done.cancelled() else done.exception()
+            if (
+                isinstance(error, RequestError)
+                and error.wire_code in ("unavailable", "timeout")
+                and room._joined.is_set()
+            ):
+                self._join_later(ws, room)
+                return
             if isinstance(error, RequestError):
                 room._refused = error
                 self._drop_room(room)
@@ -518,6 +527,21 @@ class Client:
         future.add_done_callback(answered)
         with contextlib.suppress(ConnectionLost):  # sent again after the reconnect
             await self._write(ws, frame)
+
+    def _join_later(self, ws: ClientConnection, room: Room) -> None:
+        """Send `room.join` of `room` again after a backoff growing with each try, unless
+        the connection changed (the reconnect joins it) or the room was left meanwhile."""
+        delay = self._backoff.delay(Reconnect.BACKOFF, room._retries, self._rng)
+        room._retries += 1
+
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            if self._ws is ws and self._rooms.get(room.id) is room and not room.left:
+                await self._send_join(ws, room)
+
+        task = asyncio.get_running_loop().create_task(again())
+        self._resends.add(task)
+        task.add_done_callback(self._resends.discard)
 
     async def _rejoin(self, ws: ClientConnection) -> None:
         """Join every room again on a new connection, each from its own offset, then send

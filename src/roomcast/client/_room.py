@@ -91,6 +91,8 @@ class Room:
         self._due: list[tuple[Frame, FrameHandler]] = []
         self._joined = asyncio.Event()
         self._refused: BaseException | None = None
+        self._retries = 0
+        """Joins in a row answered `unavailable` after a reconnect (their backoff)."""
         self._on_recovery_failed: (
             Callable[[Room, dict[str, Any]], Awaitable[None] | None] | None
         ) = None
@@ -206,6 +208,7 @@ class Room:
             backlog = 0 if resumed else (self._backlog or 0)
             self._offset = max(0, offset - backlog)
             self._epoch = str(payload.get("epoch"))
+        self._retries = 0
         self._joined.set()
         return None if recovered is None else bool(recovered)
 
