@@ -47,9 +47,10 @@ def close_after_welcome(code: int):  # type: ignore[no-untyped-def]
     return script
 
 
-@pytest.mark.parametrize("code", NO_RECONNECT)
+@pytest.mark.parametrize("code", [*NO_RECONNECT, 4401])
 async def test_no_reconnect_after_final_codes(code: int) -> None:
-    """After 1000, 1007, 1008, 1009, 4400, 4403, 4409 or 4499 the client stays closed."""
+    """After 1000, 1007, 1008, 1009, 4400, 4403, 4409 or 4499 the client stays closed, and
+    after 4401 without a token provider (no new token to come), never `reconnecting`."""
     async with FakeServer(close_after_welcome(code)) as server:
         states = StateLog()
         client = Client(server.url, username="alice", room="r1", on_state=states, backoff=FAST)

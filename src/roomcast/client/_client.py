@@ -812,9 +812,12 @@ class Client:
                 elif not ever_joined:
                     final = info
                     break
-                if rule is Reconnect.NEVER or (
-                    self._max_attempts is not None and attempt >= self._max_attempts
+                if (
+                    rule is Reconnect.NEVER
+                    or (self._max_attempts is not None and attempt >= self._max_attempts)
+                    or (rule is Reconnect.NEW_TOKEN and self._token_provider is None)
                 ):
+                    # (4401 without a provider: no new token to come, so no reconnecting.)
                     final = info
                     break
                 if ever_joined:
