@@ -497,3 +497,42 @@ async def test_a_rejoin_answered_unavailable_is_asked_again() -> None:
         assert not room.left
         assert "r2" in client.rooms
         await client.close()
+
+
+async def test_a_resend_into_a_room_not_yet_joined_again_is_retried() -> None:
+    """A request into a joined room, cut off before its answer, is resent after the reconnect;
+    while that room's join is still refused (`unavailable`), the resend is answered
+    `not_joined`, and is sent again until the room is back: request() returns the offset
+    the first attempt had published, not an error."""
+
+    async def script(ws: ServerConnection, number: int) -> None:
+        await ws.send(welcome(offset=0))
+        joined_r2, joins = False, 0
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["topic"] == "room.join":
+                joins += 1
+                if number == 1 and joins == 1:
+                    error = {"code": "unavailable", "message": "down", "id": frame["id"]}
+                    await ws.send(json.dumps({"topic": "error", "payload": error}))
+                    continue
+                joined_r2 = True
+                joined = {"roomID": "r2", "members": ["alice"], "epoch": "e2", "offset": 4}
+                await ws.send(json.dumps({"topic": "joined", "payload": joined, "room": "r2"}))
+                await ws.send(json.dumps({"topic": "ack", "payload": {"id": frame["id"]}}))
+            elif frame["topic"] == "chat" and number == 0:
+                await ws.close(1012)  # published (offset 5), but the answer is lost
+                return
+            elif frame["topic"] == "chat" and not joined_r2:
+                error = {"code": "not_joined", "message": "not in r2", "id": frame["id"]}
+                await ws.send(json.dumps({"topic": "error", "payload": error}))
+            elif frame["topic"] == "chat":
+                ack = {"id": frame["id"], "offset": 5, "duplicate": True}
+                await ws.send(json.dumps({"topic": "ack", "payload": ack}))
+
+    async with FakeServer(script) as server:
+        client = Client(server.url, username="alice", room="r1", backoff=FAST)
+        await client.connect()
+        room = await client.join("r2")
+        assert await room.request("chat", {"text": "once"}, timeout=10) == 5
+        await client.close()

@@ -1051,6 +1051,12 @@ class Client:
             return  # already delivered before a reconnect
         self._incoming.put_nowait(frame if room is first else (frame, room))
 
+    def _rejoining(self, entry: _Pending) -> bool:
+        """Whether `entry`'s room is one the client holds, joined again after the reconnect
+        (its join may still be on its way, or asked again after `unavailable`)."""
+        room = self._rooms.get(str(entry.frame.get("room")))
+        return room is not None and not room.left and room is not self._url_room
+
     def _answer(self, entry: _Pending, frame: Frame, topic: str) -> None:
         """Settle a request with its `ack` or `error`; a `timeout` error (the outcome is
         unknown) sends a resendable request again instead."""
@@ -1065,11 +1071,16 @@ class Client:
             future.set_result(offset if isinstance(offset, int) else None)
             return
         code, message = _error_of(frame)
-        if entry.resend and (code == "timeout" or (code == "unavailable" and entry.uncertain)):
+        if entry.resend and (
+            code == "timeout"
+            or (code == "unavailable" and entry.uncertain)
+            or (code == "not_joined" and entry.uncertain and self._rejoining(entry))
+        ):
             # The first attempt may have published: only an answer to the same key can say.
-            # `unavailable` (the broker is down meanwhile) is retried after a backoff.
+            # `unavailable` (the broker is down meanwhile) is retried after a backoff, and so
+            # is `not_joined` of a room being joined again after the reconnect.
             delay = 0.0
-            if code == "unavailable":
+            if code != "timeout":
                 delay = self._backoff.delay(Reconnect.BACKOFF, entry.uncertain - 1, self._rng)
             entry.uncertain += 1
             self._resend(entry, delay)
