@@ -463,8 +463,8 @@ class Node:
             except Exception:
                 self.metrics.broker_errors.inc()
                 raise
-            if seen is None:
-                return None
+        if seen is None:
+            return None
         self.metrics.duplicates.inc()
         offset, epoch = seen
         return Publication(room, offset, frame, to, epoch, duplicate=True)

@@ -218,9 +218,7 @@ class MemoryBroker:
             keys[key] = (now + self.idempotency_window, stream.offset, stream.epoch)
         if room in self._subscribed and self._listener is not None:
             self._listener.on_publication(publication)
-        self._until_sweep -= 1
-        if not self._until_sweep:
-            self._sweep(now)
+        self._count_down(now)
         return publication
 
     async def publish_ephemeral(
@@ -240,9 +238,7 @@ class MemoryBroker:
             if seen is not None:
                 return seen
             self._keys.setdefault(room, {})[key] = (now + self.idempotency_window, 0, "")
-            self._until_sweep -= 1
-            if not self._until_sweep:
-                self._sweep(now)
+            self._count_down(now)
         if room in self._subscribed and self._listener is not None:
             self._listener.on_publication(Publication(room, 0, frame, to, exclude=exclude))
         return None
@@ -258,6 +254,12 @@ class MemoryBroker:
         _expire_keys(keys, now)
         seen = keys.get(key)
         return None if seen is None else (seen[1], seen[2])
+
+    def _count_down(self, now: float) -> None:
+        """One more publish (or key kept) toward the next sweep."""
+        self._until_sweep -= 1
+        if not self._until_sweep:
+            self._sweep(now)
 
     def _sweep(self, now: float) -> None:
         """Drop the state of rooms whose history was lost (see the class), and expired keys.

@@ -12,7 +12,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -216,6 +216,7 @@ class Client:
         self._pending: dict[str | int, _Pending] = {}
         self._presence_pending = 0
         self._resends: set[asyncio.Task[None]] = set()
+        """Resends and re-joins waiting for their delay (cancelled when the client closes)."""
         self._last_answer: Frame | None = None
         """The last `room.history` answer: the ack that follows resolves with it."""
         self._handlers: dict[str, list[FrameHandler]] = {}
@@ -539,9 +540,7 @@ class Client:
             if self._ws is ws and self._rooms.get(room.id) is room and not room.left:
                 await self._send_join(ws, room)
 
-        task = asyncio.get_running_loop().create_task(again())
-        self._resends.add(task)
-        task.add_done_callback(self._resends.discard)
+        self._later(again())
 
     async def _rejoin(self, ws: ClientConnection) -> None:
         """Join every room again on a new connection, each from its own offset, then send
@@ -737,7 +736,11 @@ class Client:
             with contextlib.suppress(ConnectionLost):
                 await self._write_pending(ws, entry)
 
-        task = asyncio.get_running_loop().create_task(resend())
+        self._later(resend())
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background, held until it ends or the client closes."""
+        task = asyncio.get_running_loop().create_task(work)
         self._resends.add(task)
         task.add_done_callback(self._resends.discard)
 

@@ -42,6 +42,19 @@ local function now_ms()
 end
 """
 
+_SEEN = """
+-- The first publish of idempotency key `key` within its window: {offset, epoch}, or nil
+-- (its value is "offset epoch"; offset 0 and no epoch for a message of an ephemeral topic).
+local function seen_key(key)
+  local seen = redis.call('GET', key)
+  if not seen then
+    return nil
+  end
+  local space = string.find(seen, ' ', 1, true)
+  return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1)}
+end
+"""
+
 _PUBLISH_ONE = (
     """
 -- KEYS: offset, epoch, stream, presence[, idempotency key]
@@ -51,14 +64,13 @@ _PUBLISH_ONE = (
 -- published already within its window (then nothing is published).
 """
     + _NOW_MS
+    + _SEEN
     + """
 local function publish(KEYS, ARGV)
-  if KEYS[5] then
-    local seen = redis.call('GET', KEYS[5])
-    if seen then
-      local space = string.find(seen, ' ', 1, true)
-      return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1), 1}
-    end
+  local seen = KEYS[5] and seen_key(KEYS[5])
+  if seen then
+    seen[3] = 1
+    return seen
   end
   local epoch = redis.call('GET', KEYS[2])
   if not epoch then
@@ -132,22 +144,24 @@ return answers
 """
 )
 
-EPHEMERAL = """
+EPHEMERAL = (
+    _SEEN
+    + """
 -- A message of an ephemeral topic with an idempotency key: announced unless the key published
 -- already within its window.
 -- KEYS: idempotency key
 -- ARGV: channel, message (wire.encode_ephemeral), idempotency window (ms)
 -- Returns {first offset, its epoch} for a key seen (then nothing is announced), else {}.
-local seen = redis.call('GET', KEYS[1])
+local seen = seen_key(KEYS[1])
 if seen then
-  local space = string.find(seen, ' ', 1, true)
-  return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1)}
+  return seen
 end
 -- Offset 0, no epoch: what PUBLISH answers a room message that repeats this key.
 redis.call('SET', KEYS[1], '0 ', 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return {}
 """
+)
 
 HISTORY = (
     _NOW_MS
